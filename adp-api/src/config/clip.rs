@@ -1,0 +1,207 @@
+//! OpenCLIP model configs (the JSON files of open_clip's `model_configs/`) and checkpoints.
+use super::read_json;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+fn default_head_width() -> usize {
+    64
+}
+fn default_mlp_ratio() -> f32 {
+    4.0
+}
+fn default_context() -> usize {
+    77
+}
+fn default_vocab() -> usize {
+    49408
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    pub image_size: usize,
+    pub layers: usize,
+    pub width: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_head_width")]
+    pub head_width: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    #[serde(default = "default_context")]
+    pub context_length: usize,
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub layers: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f32,
+}
+
+/// An open_clip model config: `{"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    pub embed_dim: usize,
+    #[serde(default)]
+    pub quick_gelu: bool,
+    pub vision_cfg: VisionConfig,
+    pub text_cfg: TextConfig,
+}
+
+impl ClipConfig {
+    fn preset(embed_dim: usize, v: (usize, usize, usize, usize, usize), t: (usize, usize, usize)) -> Self {
+        ClipConfig {
+            embed_dim,
+            quick_gelu: false,
+            vision_cfg: VisionConfig {
+                image_size: v.0,
+                layers: v.1,
+                width: v.2,
+                patch_size: v.3,
+                head_width: v.4,
+                mlp_ratio: 4.0,
+            },
+            text_cfg: TextConfig {
+                context_length: 77,
+                vocab_size: 49408,
+                width: t.0,
+                heads: t.1,
+                layers: t.2,
+                mlp_ratio: 4.0,
+            },
+        }
+    }
+    pub fn vit_b_16() -> Self {
+        Self::preset(512, (224, 12, 768, 16, 64), (512, 8, 12))
+    }
+    pub fn vit_b_16_plus_240() -> Self {
+        Self::preset(640, (240, 12, 896, 16, 64), (640, 10, 12))
+    }
+    pub fn vit_l_14() -> Self {
+        Self::preset(768, (224, 24, 1024, 14, 64), (768, 12, 12))
+    }
+    /// The paper's default (laion2b_s32b_b79k weights).
+    pub fn vit_h_14() -> Self {
+        Self::preset(1024, (224, 32, 1280, 14, 80), (1024, 16, 24))
+    }
+
+    pub const PRESETS: [&'static str; 4] = ["ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14", "ViT-H-14"];
+
+    pub fn from_preset(name: &str) -> Result<Self> {
+        match name {
+            "ViT-B-16" => Ok(Self::vit_b_16()),
+            "ViT-B-16-plus-240" => Ok(Self::vit_b_16_plus_240()),
+            "ViT-L-14" => Ok(Self::vit_l_14()),
+            "ViT-H-14" => Ok(Self::vit_h_14()),
+            _ => Err(Error::invalid("CLIP preset", format!("{name:?}; known: {}", Self::PRESETS.join(", ")))),
+        }
+    }
+
+    /// Reads an open_clip model config, or a hub `open_clip_config.json` (`{"model_cfg": …}`).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let value: serde_json::Value = read_json(path)?;
+        let model = value.get("model_cfg").cloned().unwrap_or(value);
+        let cfg: ClipConfig = serde_json::from_value(model).map_err(|e| Error::config(path, e.to_string()))?;
+        cfg.validate().map_err(|m| Error::config(path, m))?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations between sizes that the architecture needs.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let v = &self.vision_cfg;
+        let t = &self.text_cfg;
+        let mut problems = Vec::new();
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            problems.push(format!("vision_cfg.image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
+        }
+        if v.head_width == 0 || v.width % v.head_width != 0 {
+            problems.push(format!("vision_cfg.width {} is not a multiple of head_width {}", v.width, v.head_width));
+        }
+        if t.heads == 0 || t.width % t.heads != 0 {
+            problems.push(format!("text_cfg.width {} is not a multiple of heads {}", t.width, t.heads));
+        }
+        if t.context_length < 2 {
+            problems.push(format!("text_cfg.context_length {} leaves no room for start and end tokens", t.context_length));
+        }
+        if self.embed_dim == 0 || v.layers == 0 || t.layers == 0 {
+            problems.push("embed_dim and layer counts must be positive".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    pub fn grid(&self) -> usize {
+        self.vision_cfg.image_size / self.vision_cfg.patch_size
+    }
+    pub fn vision_heads(&self) -> usize {
+        self.vision_cfg.width / self.vision_cfg.head_width
+    }
+}
+
+/// A CLIP checkpoint on disk: open_clip-named safetensors plus its model config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipCheckpoint {
+    pub config: ClipConfig,
+    pub config_path: PathBuf,
+    pub weights: PathBuf,
+}
+
+impl ClipCheckpoint {
+    const CONFIG_NAMES: [&'static str; 2] = ["open_clip_config.json", "config.json"];
+    const WEIGHT_NAMES: [&'static str; 2] = ["open_clip_model.safetensors", "model.safetensors"];
+
+    /// Finds the config and the weights in a folder (open_clip hub names first).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(dir, "CLIP checkpoint folder not found"));
+        }
+        let find = |names: &[&str], what: &str| {
+            names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
+                Error::io(dir, format!("no {what} found (looked for {})", names.join(", ")))
+            })
+        };
+        let config_path = find(&Self::CONFIG_NAMES, "open_clip model config")?;
+        let weights = find(&Self::WEIGHT_NAMES, "safetensors weights")?;
+        Ok(Self { config: ClipConfig::from_file(&config_path)?, config_path, weights })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_open_clip_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ViT-H-14.json");
+        std::fs::write(
+            &p,
+            r#"{"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": 32, "width": 1280,
+              "head_width": 80, "patch_size": 14}, "text_cfg": {"context_length": 77,
+              "vocab_size": 49408, "width": 1024, "heads": 16, "layers": 24}}"#,
+        )
+        .unwrap();
+        assert_eq!(ClipConfig::from_file(&p).unwrap(), ClipConfig::vit_h_14());
+        assert_eq!(ClipConfig::vit_h_14().grid(), 16);
+        assert_eq!(ClipConfig::vit_b_16_plus_240().grid(), 15);
+    }
+
+    #[test]
+    fn contradictions_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.json");
+        let mut cfg = ClipConfig::vit_b_16();
+        cfg.vision_cfg.patch_size = 15;
+        std::fs::write(&p, serde_json::to_string(&cfg).unwrap()).unwrap();
+        let e = ClipConfig::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.json") && e.contains("patch_size 15"), "{e}");
+        assert!(ClipConfig::from_preset("ViT-X").unwrap_err().to_string().contains("ViT-H-14"));
+    }
+}

@@ -1,0 +1,269 @@
+//! A Stable Diffusion checkpoint in the diffusers folder layout, read from its configs.
+use super::read_json;
+use crate::{requests::Prediction, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextEncoderConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_77")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_quick_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_ln_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// `attention_head_dim` is a number or one number per block in diffusers configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    pub fn get(&self, block: usize) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v[block.min(v.len().saturating_sub(1))],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnetConfig {
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_2")]
+    pub layers_per_block: usize,
+    pub cross_attention_dim: usize,
+    #[serde(default = "d_head_dim")]
+    pub attention_head_dim: PerBlock,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default = "d_32")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_eps5")]
+    pub norm_eps: f64,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "d_3")]
+    pub in_channels: usize,
+    #[serde(default = "d_3")]
+    pub out_channels: usize,
+    #[serde(default = "d_4")]
+    pub latent_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_1")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_32")]
+    pub norm_num_groups: usize,
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+    #[serde(default = "d_scaling")]
+    pub scaling_factor: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(default = "d_1000")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_beta_schedule")]
+    pub beta_schedule: String,
+    #[serde(default = "d_epsilon")]
+    pub prediction_type: String,
+    #[serde(default)]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default)]
+    pub clip_sample: bool,
+    #[serde(default = "d_leading")]
+    pub timestep_spacing: String,
+}
+
+impl SchedulerConfig {
+    /// The training noise schedule β_t, as diffusers builds it.
+    pub fn betas(&self) -> Result<Vec<f64>> {
+        let n = self.num_train_timesteps;
+        let (a, b) = (self.beta_start, self.beta_end);
+        let lin = |a: f64, b: f64| (0..n).map(move |i| a + (b - a) * i as f64 / (n.max(2) - 1) as f64);
+        match self.beta_schedule.as_str() {
+            "linear" => Ok(lin(a, b).collect()),
+            "scaled_linear" => Ok(lin(a.sqrt(), b.sqrt()).map(|x| x * x).collect()),
+            other => Err(Error::invalid("beta_schedule", format!("{other:?} (supported: linear, scaled_linear)"))),
+        }
+    }
+
+    /// ᾱ_t = Π_{s ≤ t} (1 − β_s).
+    pub fn alphas_cumprod(&self) -> Result<Vec<f64>> {
+        let mut acc = 1.0;
+        Ok(self.betas()?.into_iter().map(|b| {
+            acc *= 1.0 - b;
+            acc
+        }).collect())
+    }
+
+    pub fn prediction(&self) -> Result<Prediction> {
+        match self.prediction_type.as_str() {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::VPrediction),
+            other => Err(Error::invalid("prediction_type", format!("{other:?} (supported: epsilon, v_prediction)"))),
+        }
+    }
+}
+
+/// A diffusers folder: `model_index.json` and one sub-folder per part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffusionSpec {
+    pub root: PathBuf,
+    pub text_encoder: TextEncoderConfig,
+    pub unet: UnetConfig,
+    pub vae: VaeConfig,
+    pub scheduler: SchedulerConfig,
+    pub prediction: Prediction,
+}
+
+impl DiffusionSpec {
+    pub fn from_dir(root: &Path) -> Result<Self> {
+        let index = root.join("model_index.json");
+        let index_json: serde_json::Value = read_json(&index)?;
+        for part in ["text_encoder", "tokenizer", "unet", "vae", "scheduler"] {
+            if index_json.get(part).is_none() {
+                return Err(Error::config(&index, format!("no `{part}` entry")));
+            }
+        }
+        let scheduler_path = ["scheduler_config.json", "config.json"]
+            .iter()
+            .map(|n| root.join("scheduler").join(n))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| root.join("scheduler/scheduler_config.json"));
+        let scheduler: SchedulerConfig = read_json(&scheduler_path)?;
+        let prediction = scheduler.prediction().map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
+        scheduler.betas().map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
+        let spec = DiffusionSpec {
+            root: root.to_path_buf(),
+            text_encoder: read_json(&root.join("text_encoder/config.json"))?,
+            unet: read_json(&root.join("unet/config.json"))?,
+            vae: read_json(&root.join("vae/config.json"))?,
+            scheduler,
+            prediction,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let u = &self.unet;
+        if u.down_block_types.len() != u.block_out_channels.len() || u.up_block_types.len() != u.block_out_channels.len() {
+            return Err(Error::config(
+                self.root.join("unet/config.json"),
+                format!(
+                    "{} down and {} up block types for {} block_out_channels",
+                    u.down_block_types.len(),
+                    u.up_block_types.len(),
+                    u.block_out_channels.len()
+                ),
+            ));
+        }
+        if u.cross_attention_dim != self.text_encoder.hidden_size {
+            return Err(Error::config(
+                self.root.join("unet/config.json"),
+                format!(
+                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                    u.cross_attention_dim, self.text_encoder.hidden_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The safetensors file of a part (`unet`, `vae`, `text_encoder`).
+    pub fn weights(&self, part: &str) -> Result<PathBuf> {
+        let dir = self.root.join(part);
+        ["diffusion_pytorch_model.safetensors", "model.safetensors"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::io(&dir, "no diffusion_pytorch_model.safetensors or model.safetensors"))
+    }
+
+    /// Latent side = image side / 2^(VAE blocks − 1).
+    pub fn vae_downsampling(&self) -> usize {
+        1 << self.vae.block_out_channels.len().saturating_sub(1)
+    }
+}
+
+fn d_1() -> usize { 1 }
+fn d_2() -> usize { 2 }
+fn d_3() -> usize { 3 }
+fn d_4() -> usize { 4 }
+fn d_32() -> usize { 32 }
+fn d_77() -> usize { 77 }
+fn d_1000() -> usize { 1000 }
+fn d_vocab() -> usize { 49408 }
+fn d_head_dim() -> PerBlock { PerBlock::One(8) }
+fn d_true() -> bool { true }
+fn d_eps5() -> f64 { 1e-5 }
+fn d_ln_eps() -> f64 { 1e-5 }
+fn d_scaling() -> f32 { 0.18215 }
+fn d_beta_start() -> f64 { 0.0001 }
+fn d_beta_end() -> f64 { 0.02 }
+fn d_beta_schedule() -> String { "linear".into() }
+fn d_epsilon() -> String { "epsilon".into() }
+fn d_leading() -> String { "leading".into() }
+fn d_quick_gelu() -> String { "quick_gelu".into() }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_linear_matches_diffusers() {
+        let s: SchedulerConfig = serde_json::from_str(
+            r#"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                "prediction_type": "v_prediction", "num_train_timesteps": 1000}"#,
+        )
+        .unwrap();
+        let b = s.betas().unwrap();
+        assert!((b[0] - 0.00085).abs() < 1e-12 && (b[999] - 0.012).abs() < 1e-12);
+        // diffusers: torch.linspace(0.00085**0.5, 0.012**0.5, 1000)**2, element 500
+        let mid = (0.00085f64.sqrt() + (0.012f64.sqrt() - 0.00085f64.sqrt()) * 500.0 / 999.0).powi(2);
+        assert!((b[500] - mid).abs() < 1e-15);
+        assert_eq!(s.prediction().unwrap(), Prediction::VPrediction);
+        let ac = s.alphas_cumprod().unwrap();
+        assert!((ac[0] - (1.0 - 0.00085)).abs() < 1e-12 && ac[999] < ac[0]);
+    }
+
+    #[test]
+    fn missing_parts_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = DiffusionSpec::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("model_index.json"), "{e}");
+        std::fs::write(dir.path().join("model_index.json"), r#"{"unet": ["diffusers", "UNet2DConditionModel"]}"#).unwrap();
+        let e = DiffusionSpec::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no `text_encoder` entry"), "{e}");
+    }
+}

@@ -1,0 +1,124 @@
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// An owned, row-major f32 tensor: the currency between the host and every backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl Tensor {
+    /// Checks that `data` holds exactly `shape.iter().product()` values.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::Invalid {
+                what: "tensor".into(),
+                message: format!("shape {shape:?} holds {n} values but {} were given", data.len()),
+            });
+        }
+        Ok(Self { shape, data })
+    }
+
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self { shape, data: vec![0.0; n] }
+    }
+
+    pub fn from_fn(shape: Vec<usize>, f: impl FnMut(usize) -> f32) -> Self {
+        let n = shape.iter().product();
+        Self { shape, data: (0..n).map(f).collect() }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Same data, another shape with the same number of values.
+    pub fn reshape(self, shape: Vec<usize>) -> Result<Self> {
+        Self::new(shape, self.data)
+    }
+
+    /// Fails with the name `what` when the rank or a fixed dimension differs; `None` is any size.
+    pub fn expect_shape(&self, what: &str, expected: &[Option<usize>]) -> Result<()> {
+        let ok = self.shape.len() == expected.len()
+            && self.shape.iter().zip(expected).all(|(d, e)| e.map_or(true, |e| e == *d));
+        if ok {
+            return Ok(());
+        }
+        let pattern: Vec<String> =
+            expected.iter().map(|e| e.map_or("_".to_string(), |v| v.to_string())).collect();
+        Err(Error::shape(what, format!("[{}]", pattern.join(", ")), &self.shape))
+    }
+
+    /// Rejects NaN and infinities, naming `what` and the first bad index.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        check_finite(what, &self.data)
+    }
+
+    /// Row `i` of the leading dimension, as a slice.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let stride: usize = self.shape[1..].iter().product();
+        &self.data[i * stride..(i + 1) * stride]
+    }
+
+    /// Largest absolute difference to `other`; `None` when the shapes differ.
+    pub fn max_abs_diff(&self, other: &Tensor) -> Option<f32> {
+        (self.shape == other.shape).then(|| {
+            self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+        })
+    }
+
+    pub fn max_abs(&self) -> f32 {
+        self.data.iter().map(|v| v.abs()).fold(0.0, f32::max)
+    }
+}
+
+pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFinite { what: what.into(), index }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructor_checks_length() {
+        assert!(Tensor::new(vec![2, 3], vec![0.0; 6]).is_ok());
+        let e = Tensor::new(vec![2, 3], vec![0.0; 5]).unwrap_err().to_string();
+        assert!(e.contains("[2, 3]") && e.contains("5"), "{e}");
+    }
+
+    #[test]
+    fn expect_shape_names_the_tensor() {
+        let t = Tensor::zeros(vec![2, 4]);
+        t.expect_shape("x", &[None, Some(4)]).unwrap();
+        let e = t.expect_shape("embeddings", &[None, Some(3)]).unwrap_err().to_string();
+        assert_eq!(e, "embeddings: expected shape [_, 3], got [2, 4]");
+    }
+
+    #[test]
+    fn finds_nan() {
+        let t = Tensor::new(vec![3], vec![1.0, f32::NAN, 0.0]).unwrap();
+        assert_eq!(t.check_finite("t").unwrap_err(), Error::NonFinite { what: "t".into(), index: 1 });
+    }
+}

@@ -1,0 +1,113 @@
+//! The four pipeline traits and the backend that creates them.
+use crate::requests::*;
+use crate::{ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The parts of the pipeline a backend may provide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Capability {
+    TextImageEncoder,
+    LatentDiffuser,
+    ConceptOptimizer,
+    Scorer,
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What a backend says of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub name: String,
+    pub version: String,
+    /// What it wraps, e.g. "libtorch 2.13.0" or "candle 0.11".
+    pub runtime: String,
+    pub devices: Vec<Device>,
+    pub provides: Vec<Capability>,
+}
+
+impl BackendInfo {
+    pub fn check_device(&self, device: Device) -> Result<()> {
+        if self.devices.contains(&device) {
+            Ok(())
+        } else {
+            Err(Error::DeviceUnavailable { backend: self.name.clone(), device: device.to_string() })
+        }
+    }
+    pub fn unsupported(&self, capability: Capability) -> Error {
+        Error::Unsupported { backend: self.name.clone(), capability: capability.to_string() }
+    }
+}
+
+/// A backend: the factory of the pipeline's parts. The defaults say "not provided", so a backend
+/// implements exactly what it declares in [`BackendInfo::provides`].
+pub trait Backend: Send + Sync {
+    fn info(&self) -> BackendInfo;
+
+    fn text_image_encoder(&self, _clip: &ClipCheckpoint, _device: Device) -> Result<Box<dyn TextImageEncoder>> {
+        Err(self.info().unsupported(Capability::TextImageEncoder))
+    }
+    fn latent_diffuser(&self, _sd: &DiffusionSpec, _device: Device) -> Result<Box<dyn LatentDiffuser>> {
+        Err(self.info().unsupported(Capability::LatentDiffuser))
+    }
+    fn concept_optimizer(
+        &self,
+        _clip: &ClipCheckpoint,
+        _sd: &DiffusionSpec,
+        _device: Device,
+    ) -> Result<Box<dyn ConceptOptimizer>> {
+        Err(self.info().unsupported(Capability::ConceptOptimizer))
+    }
+    fn scorer(&self, _device: Device) -> Result<Box<dyn Scorer>> {
+        Err(self.info().unsupported(Capability::Scorer))
+    }
+}
+
+/// CLIP: images and prompts into one embedding space (SPEC §2–3, §6).
+pub trait TextImageEncoder: Send + Sync {
+    fn dims(&self) -> EncoderDims;
+    /// `[N, embed_dim]` image embeddings `f(x)` (not normalised). Images of any size are
+    /// preprocessed as SPEC §2 says.
+    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor>;
+    /// Penultimate patch tokens and WinCLIP window embeddings for the given window sizes.
+    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures>;
+    /// `[P, embed_dim]` text embeddings `g(prompt)`, pooled at the first end token.
+    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor>;
+    /// The token embedding of a single-token word (a concept's starting point, e.g. "object").
+    fn token_embedding(&self, word: &str) -> Result<Vec<f32>>;
+    /// `P_CLIP(S_n(c) | x)` and optionally its gradient.
+    fn state_probability(&self, request: &StateProbabilityRequest) -> Result<StateProbability>;
+}
+
+/// Stable Diffusion: latents, conditioning, the denoising loss and img2img (SPEC §4–5).
+pub trait LatentDiffuser: Send + Sync {
+    fn dims(&self) -> DiffuserDims;
+    /// `scaling_factor · VAE.encode(x)` (posterior mean), images at `dims().image_size`.
+    fn vae_encode(&self, images: &ImageBatch) -> Result<Tensor>;
+    /// Images in [0, 1] from scaled latents.
+    fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch>;
+    /// `[P, context_length, text_width]` text-encoder states for the UNet's cross-attention.
+    fn text_conditioning(&self, prompts: &[Prompt]) -> Result<Tensor>;
+    fn unet_prediction(&self, request: &UnetRequest) -> Result<Tensor>;
+    fn denoising_loss(&self, request: &DenoisingLossRequest) -> Result<ValueAndGrad>;
+    fn img2img(&self, request: &Img2ImgRequest) -> Result<ImageBatch>;
+}
+
+/// Learns one concept vector (SPEC eq. 3 / eq. 4). `progress` is called after every step and
+/// may cancel the run, which then ends with [`Error::Cancelled`].
+pub trait ConceptOptimizer: Send + Sync {
+    fn learn(&self, request: &LearnRequest, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Concept>;
+}
+
+/// Reference association (SPEC eq. 8): memories of support features and nearest-neighbour
+/// distances, computed on the backend's device.
+pub trait Scorer: Send + Sync {
+    /// `support` is `[K, P, D]` or `[M, D]`; the memory holds the unit-normalised rows.
+    fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory>;
+    /// For `test` `[N, P, D]`: `[N, P]` of `min_r ½(1 − ⟨F, r⟩)` over the memory.
+    fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor>;
+}

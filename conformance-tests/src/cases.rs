@@ -1,0 +1,120 @@
+//! The cases. Each panics with a message naming what broke.
+use adp_api::requests::FeatureKind;
+use adp_api::{Backend, Capability, ClipCheckpoint, ClipConfig, Device, Error, Tensor};
+use std::sync::Arc;
+
+/// Runs `case` when the backend declares `capability`; a backend is held to what it declares.
+pub fn when_declared(backend: &dyn Backend, capability: Capability, case: fn(&dyn Backend)) {
+    if backend.info().provides.contains(&capability) {
+        case(backend);
+    } else {
+        eprintln!("{} does not declare {capability}: case skipped", backend.info().name);
+    }
+}
+
+pub fn info_is_consistent(backend: &dyn Backend) {
+    let info = backend.info();
+    assert!(!info.name.is_empty(), "backend name is empty");
+    assert!(!info.version.is_empty(), "{}: empty version", info.name);
+    assert_eq!(info.devices.first(), Some(&Device::Cpu), "{}: every backend runs on the CPU, listed first", info.name);
+    let mut provides = info.provides.clone();
+    provides.dedup();
+    assert_eq!(provides.len(), info.provides.len(), "{}: capability listed twice", info.name);
+}
+
+/// A part the backend does not declare must be refused with `Unsupported`, not faked.
+pub fn undeclared_parts_are_refused(backend: &dyn Backend) {
+    let info = backend.info();
+    if !info.provides.contains(&Capability::Scorer) {
+        let err = backend.scorer(Device::Cpu).err().expect("undeclared scorer was created");
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+    if !info.provides.contains(&Capability::TextImageEncoder) {
+        let clip = ClipCheckpoint { config: ClipConfig::vit_b_16(), config_path: "none.json".into(), weights: "none.safetensors".into() };
+        let err = backend.text_image_encoder(&clip, Device::Cpu).err().expect("undeclared encoder was created");
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+}
+
+/// Deterministic pseudo-random features (a fixed LCG), the same on every machine.
+pub fn features(shape: Vec<usize>, seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    Tensor::from_fn(shape, |_| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// SPEC eq. 8 computed by its definition, in f64.
+fn nearest_by_definition(memory: &Tensor, test: &Tensor) -> Vec<f32> {
+    let d = memory.shape()[memory.shape().len() - 1];
+    let mem: Vec<Vec<f32>> = memory.data().chunks(d).map(unit).collect();
+    test.data()
+        .chunks(d)
+        .map(|q| {
+            let q = unit(q);
+            mem.iter()
+                .map(|r| 0.5 * (1.0 - r.iter().zip(&q).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()))
+                .fold(f64::INFINITY, f64::min) as f32
+        })
+        .collect()
+}
+
+pub fn scorer_matches_the_definition(backend: &dyn Backend) {
+    let scorer = backend.scorer(Device::Cpu).expect("scorer");
+    let support = features(vec![3, 5, 8], 1);
+    let memory = scorer.build_memory(FeatureKind::PatchTokens, &support).expect("build_memory");
+    assert_eq!(memory.kind, FeatureKind::PatchTokens);
+    assert_eq!(memory.features.shape(), &[15, 8], "memory rows");
+    for row in memory.features.data().chunks(8) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "memory rows are unit vectors, got norm {norm}");
+    }
+    let test = features(vec![2, 4, 8], 2);
+    let got = scorer.associate(&memory, &test).expect("associate");
+    assert_eq!(got.shape(), &[2, 4]);
+    let want = nearest_by_definition(&support, &test);
+    for (i, (g, w)) in got.data().iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-5, "distance {i}: {g} vs definition {w}");
+    }
+    // A support feature is at distance 0 from itself.
+    let own = Tensor::new(vec![1, 5, 8], support.row(0).to_vec()).unwrap();
+    let zero = scorer.associate(&memory, &own).expect("associate");
+    assert!(zero.max_abs() < 1e-5, "a support feature's own distance is {}", zero.max_abs());
+}
+
+pub fn scorer_rejects_bad_features(backend: &dyn Backend) {
+    let scorer = backend.scorer(Device::Cpu).expect("scorer");
+    let memory = scorer.build_memory(FeatureKind::Window(2), &features(vec![2, 3, 4], 3)).expect("memory");
+    let err = scorer.associate(&memory, &features(vec![1, 3, 5], 4)).expect_err("width 5 against a width-4 memory");
+    assert!(matches!(err, Error::Shape { .. }), "wrong width: {err}");
+    let mut nan = features(vec![1, 2, 4], 5);
+    nan.data_mut()[3] = f32::NAN;
+    let err = scorer.associate(&memory, &nan).expect_err("NaN test features");
+    assert!(matches!(err, Error::NonFinite { index: 3, .. }), "NaN: {err}");
+    let err = scorer.build_memory(FeatureKind::PatchTokens, &Tensor::zeros(vec![0, 4])).expect_err("empty support");
+    assert!(matches!(err, Error::Shape { .. } | Error::EmptySupportSet), "empty support: {err}");
+}
+
+pub fn scorer_is_batch_invariant_and_thread_safe(backend: &dyn Backend) {
+    let scorer: Arc<dyn adp_api::Scorer> = Arc::from(backend.scorer(Device::Cpu).expect("scorer"));
+    let memory = Arc::new(scorer.build_memory(FeatureKind::PatchTokens, &features(vec![4, 6, 8], 6)).expect("memory"));
+    let batch = features(vec![4, 6, 8], 7);
+    let whole = scorer.associate(&memory, &batch).expect("batch");
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (scorer, memory) = (scorer.clone(), memory.clone());
+            let one = Tensor::new(vec![1, 6, 8], batch.row(i).to_vec()).unwrap();
+            std::thread::spawn(move || scorer.associate(&memory, &one).expect("single"))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let single = h.join().expect("thread");
+        assert_eq!(single.data(), whole.row(i), "image {i}: single call differs from the batch");
+    }
+}

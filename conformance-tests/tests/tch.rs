@@ -1,0 +1,15 @@
+//! The conformance suite for the libtorch backend, in process and as a plugin.
+mod in_process {
+    adp_conformance::conformance_tests!(adp_conformance::in_process(adp_backend_tch::TchBackend::new()));
+}
+mod plugin {
+    adp_conformance::conformance_tests!(adp_conformance::plugin("adp_plugin_tch"));
+}
+
+/// Both real plugins live in one process.
+#[test]
+fn tch_and_candle_plugins_load_side_by_side() {
+    let tch = adp_conformance::plugin("adp_plugin_tch");
+    let candle = adp_conformance::plugin("adp_plugin_candle");
+    assert_eq!((tch.info().name, candle.info().name), ("tch".to_string(), "candle".to_string()));
+}

@@ -1,0 +1,6 @@
+//! The adp host library: finding and loading backend plugins ([`plugin`]) and the proxy that
+//! makes a loaded plugin an ordinary [`adp_api::Backend`] ([`proxy`]).
+pub mod plugin;
+pub mod proxy;
+
+pub use plugin::{discover, load, plugin_dirs, Plugin, PLUGIN_PATH_ENV};

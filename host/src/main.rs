@@ -1,0 +1,72 @@
+//! `adp`: few-shot industrial anomaly detection (ADP) from the command line.
+use adp_host::plugin;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "adp", version, about = "Few-shot anomaly detection via personalization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every plugin found, with its version, ABI, devices and the traits it provides.
+    Plugins {
+        /// Folder to search (repeatable). Default: $ADP_PLUGIN_PATH, else the folder of `adp`.
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// One JSON object per plugin instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Plugins { plugin_dirs, json } => list_plugins(&plugin::plugin_dirs(&plugin_dirs), json),
+    }
+}
+
+fn list_plugins(dirs: &[PathBuf], json: bool) -> Result<()> {
+    let mut found = 0;
+    for dir in dirs {
+        for (path, loaded) in plugin::discover(dir)? {
+            found += 1;
+            let row = match &loaded {
+                Ok(p) => {
+                    let i = p.backend_info();
+                    serde_json::json!({
+                        "name": i.name, "version": p.crate_version(), "abi": p.abi_version(),
+                        "runtime": i.runtime,
+                        "devices": i.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                        "traits": i.provides.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                        "path": path,
+                    })
+                }
+                Err(e) => serde_json::json!({ "path": path, "error": e.to_string() }),
+            };
+            if json {
+                println!("{row}");
+                continue;
+            }
+            match loaded {
+                Ok(p) => {
+                    let i = p.backend_info();
+                    let list = |v: Vec<String>| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+                    println!("{} {} (ABI {}, {})", i.name, p.crate_version(), p.abi_version(), i.runtime);
+                    println!("  devices: {}", list(i.devices.iter().map(|d| d.to_string()).collect()));
+                    println!("  traits:  {}", list(i.provides.iter().map(|c| c.to_string()).collect()));
+                    println!("  path:    {}", path.display());
+                }
+                Err(e) => println!("(not loadable) {}\n  error:   {e}", path.display()),
+            }
+        }
+    }
+    if found == 0 && !json {
+        println!("no plugins found in {dirs:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The messages that cross the boundary, and their encoding (postcard).
+use adp_api::requests::*;
+use adp_api::{ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Opens one of the four pipeline parts.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Open<'a> {
+    TextImageEncoder { clip: Cow<'a, ClipCheckpoint>, device: Device },
+    LatentDiffuser { sd: Cow<'a, DiffusionSpec>, device: Device },
+    ConceptOptimizer { clip: Cow<'a, ClipCheckpoint>, sd: Cow<'a, DiffusionSpec>, device: Device },
+    Scorer { device: Device },
+}
+
+/// One trait method call on an opened object. Borrowed on the host side, owned after decoding.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Call<'a> {
+    EncoderDims,
+    ImageEmbeddings(Cow<'a, ImageBatch>),
+    DenseFeatures(Cow<'a, ImageBatch>, Cow<'a, [usize]>),
+    TextEmbeddings(Cow<'a, [Prompt]>),
+    TokenEmbedding(Cow<'a, str>),
+    StateProbability(Cow<'a, StateProbabilityRequest>),
+    DiffuserDims,
+    VaeEncode(Cow<'a, ImageBatch>),
+    VaeDecode(Cow<'a, Tensor>),
+    TextConditioning(Cow<'a, [Prompt]>),
+    UnetPrediction(Cow<'a, UnetRequest>),
+    DenoisingLoss(Cow<'a, DenoisingLossRequest>),
+    Img2Img(Cow<'a, Img2ImgRequest>),
+    Learn(Cow<'a, LearnRequest>),
+    BuildMemory(FeatureKind, Cow<'a, Tensor>),
+    Associate(Cow<'a, ReferenceMemory>, Cow<'a, Tensor>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    EncoderDims(EncoderDims),
+    DiffuserDims(DiffuserDims),
+    Tensor(Tensor),
+    Images(ImageBatch),
+    Dense(DenseFeatures),
+    Vector(Vec<f32>),
+    StateProbability(StateProbability),
+    ValueAndGrad(ValueAndGrad),
+    Concept(Concept),
+    Memory(ReferenceMemory),
+}
+
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| Error::invalid("wire message", e.to_string()))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+impl From<&Progress> for crate::ffi::AdpProgress {
+    fn from(p: &Progress) -> Self {
+        Self {
+            step: p.step,
+            total_steps: p.total_steps,
+            loss: p.loss,
+            diffusion_loss: p.diffusion_loss,
+            clip_normal: p.clip_normal,
+            clip_anomaly: p.clip_anomaly,
+        }
+    }
+}
+
+impl From<&crate::ffi::AdpProgress> for Progress {
+    fn from(p: &crate::ffi::AdpProgress) -> Self {
+        Self {
+            step: p.step,
+            total_steps: p.total_steps,
+            loss: p.loss,
+            diffusion_loss: p.diffusion_loss,
+            clip_normal: p.clip_normal,
+            clip_anomaly: p.clip_anomaly,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_calls_decode_to_owned_ones() {
+        let t = Tensor::from_fn(vec![2, 3], |i| i as f32 * 0.5);
+        let bytes = encode(&Call::BuildMemory(FeatureKind::Window(2), Cow::Borrowed(&t))).unwrap();
+        match decode::<Call>(&bytes).unwrap() {
+            Call::BuildMemory(FeatureKind::Window(2), back) => assert_eq!(back.as_ref(), &t),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nan_image_cannot_be_smuggled_through() {
+        // ImageBatch validates on decoding too.
+        let mut bad = Tensor::zeros(vec![1, 3, 1, 1]);
+        bad.data_mut()[0] = f32::NAN;
+        let bytes = encode(&bad).unwrap();
+        assert!(decode::<ImageBatch>(&bytes).is_err());
+    }
+
+    #[test]
+    fn errors_round_trip_exactly() {
+        let e = Error::MissingTensor { file: "w.safetensors".into(), tensor: "visual.proj".into() };
+        assert_eq!(decode::<Error>(&encode(&e).unwrap()).unwrap(), e);
+    }
+}

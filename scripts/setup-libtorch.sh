@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Provisions a CPU libtorch 2.13 (what tch 0.26 needs) cut from PyPI's torch wheel, once per user.
+# The wheel is a CUDA build: its libtorch_cpu.so still needs libcudart/libcupti at load time, so the
+# two small NVIDIA runtime wheels are unpacked next to it. tch links `-ltorch`, which a CPU build
+# satisfies with an empty stub libtorch.so.
+#
+# Idempotent: a finished install is marked by $LIBTORCH/.adp-complete and reused.
+# Usage: eval "$(scripts/setup-libtorch.sh --print-env)"   or   scripts/setup-libtorch.sh
+# Honours: LIBTORCH (use an existing full libtorch, e.g. a CUDA one, as is),
+#          ADP_LIBTORCH_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/adp/libtorch).
+set -euo pipefail
+
+TORCH_VERSION=2.13.0
+CUDART_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+print_env=0
+[ "${1:-}" = "--print-env" ] && print_env=1
+log() { echo "setup-libtorch: $*" >&2; }
+
+if [ -n "${LIBTORCH:-}" ] && [ -f "$LIBTORCH/lib/libtorch_cpu.so" ] && [ ! -f "$LIBTORCH/.adp-complete" ]; then
+  # A user-supplied libtorch (possibly with libtorch_cuda): used untouched.
+  log "using the libtorch at $LIBTORCH"
+  dest="$LIBTORCH"
+else
+  cache="${ADP_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/adp/libtorch}"
+  dest="$cache/$TORCH_VERSION-cpu"
+  if [ -f "$dest/.adp-complete" ]; then
+    log "cached libtorch $TORCH_VERSION at $dest"
+  else
+    command -v python3 >/dev/null || { log "python3 (with pip) is needed to fetch the torch wheel"; exit 1; }
+    command -v gcc >/dev/null || { log "gcc is needed to build the stub libtorch.so"; exit 1; }
+    work=$(mktemp -d "${TMPDIR:-/tmp}/adp-libtorch.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    log "downloading torch==$TORCH_VERSION (about 530 MB) and the CUDA runtime wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_28_x86_64 "torch==$TORCH_VERSION" -d "$work/wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: \
+      "nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION" -d "$work/wheels"
+    stage="$work/libtorch"
+    mkdir -p "$stage/lib"
+    log "unpacking"
+    python3 - "$work/wheels" "$stage" <<'PY'
+import pathlib, shutil, sys, zipfile
+wheels, stage = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+want_torch_libs = {"libtorch_cpu.so", "libc10.so", "libgomp.so.1", "libshm.so"}
+want_cuda_libs = {"libcudart.so.13", "libcupti.so.13"}
+found = set()
+for whl in sorted(wheels.glob("*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for name in z.namelist():
+            base = name.rsplit("/", 1)[-1]
+            if name.startswith("torch/include/") and not name.endswith("/"):
+                target = stage / name[len("torch/"):]
+            elif name.startswith("torch/lib/") and base in want_torch_libs:
+                target = stage / "lib" / base
+            elif base in want_cuda_libs:
+                target = stage / "lib" / base
+            else:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if target.parent.name == "lib":
+                found.add(base)
+missing = (want_torch_libs | want_cuda_libs) - found
+if missing:
+    sys.exit(f"setup-libtorch: the wheels lack {sorted(missing)}")
+PY
+    echo "" > "$work/stub.c"
+    gcc -shared -fPIC -o "$stage/lib/libtorch.so" "$work/stub.c"
+    # libtorch_cpu finds its neighbours through its own RUNPATH ($ORIGIN), so no LD_LIBRARY_PATH.
+    echo "torch $TORCH_VERSION cpu, cudart $CUDART_VERSION, cupti $CUPTI_VERSION" > "$stage/VERSION.adp"
+    # torch-sys checks this file against the libtorch version tch expects.
+    echo "$TORCH_VERSION" > "$stage/build-version"
+    mkdir -p "$(dirname "$dest")"
+    rm -rf "$dest.tmp" && mv "$stage" "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+    touch "$dest/.adp-complete"
+    log "installed libtorch $TORCH_VERSION (CPU) at $dest"
+  fi
+fi
+
+if [ "$print_env" = 1 ]; then
+  echo "export LIBTORCH='$dest'"
+else
+  echo "$dest"
+fi
