@@ -4,7 +4,7 @@
 //! [`ffi::AdpPluginDeclaration`] that names the ABI version, the plugin's crate version and its
 //! backend, and points at two `#[repr(C)]` function tables: one for the backend (info, open,
 //! free_buffer) and one for the objects it opens (call, close). Arguments and results cross as
-//! byte buffers holding [`wire`] messages (postcard encoding of the `adp-api` types), so the same
+//! byte buffers holding [`wire`] messages (MessagePack encoding of the `adp-api` types), so the same
 //! Rust values reach the plugin as a host would pass in process. Every buffer is freed by the side
 //! that allocated it; every exported function catches panics; progress and cancellation cross as
 //! a C function pointer. Plugins are built with [`export_plugin!`].

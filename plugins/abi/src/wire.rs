@@ -1,4 +1,5 @@
-//! The messages that cross the boundary, and their encoding (postcard).
+//! The messages that cross the boundary, and their encoding (MessagePack: self-describing, so
+//! untagged config enums and JSON values inside concepts cross unchanged).
 use adp_api::requests::*;
 use adp_api::{ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -49,11 +50,11 @@ pub enum Reply {
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(|e| Error::invalid("wire message", e.to_string()))
+    rmp_serde::to_vec(value).map_err(|e| Error::invalid("wire message", e.to_string()))
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, postcard::Error> {
-    postcard::from_bytes(bytes)
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
 }
 
 impl From<&Progress> for crate::ffi::AdpProgress {
@@ -103,6 +104,15 @@ mod tests {
         bad.data_mut()[0] = f32::NAN;
         let bytes = encode(&bad).unwrap();
         assert!(decode::<ImageBatch>(&bytes).is_err());
+    }
+
+    #[test]
+    fn diffusion_specs_and_concepts_cross() {
+        let v: adp_api::config::diffusion::PerBlock = serde_json::from_str("[2, 4]").unwrap();
+        assert_eq!(decode::<adp_api::config::diffusion::PerBlock>(&encode(&v).unwrap()).unwrap(), v);
+        let mut c = Concept { name: "c".into(), placeholder: "<c>".into(), vector: vec![1.0], provenance: Default::default() };
+        c.provenance.hyperparameters.insert("alpha".into(), serde_json::json!({"x": [1, 2.5]}));
+        assert_eq!(decode::<Concept>(&encode(&c).unwrap()).unwrap(), c);
     }
 
     #[test]
