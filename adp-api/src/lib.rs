@@ -14,6 +14,7 @@ pub mod error;
 pub mod image;
 pub mod requests;
 pub mod tensor;
+pub mod tokenizer;
 pub mod traits;
 
 pub use concept::{Concept, LossRecord, Provenance};

@@ -1,5 +1,7 @@
 //! The adp host library: finding and loading backend plugins ([`plugin`]) and the proxy that
-//! makes a loaded plugin an ordinary [`adp_api::Backend`] ([`proxy`]).
+//! makes a loaded plugin an ordinary [`adp_api::Backend`] ([`proxy`]); the deterministic
+//! reference checkpoints of the test suite ([`fixtures`]).
+pub mod fixtures;
 pub mod plugin;
 pub mod proxy;
 

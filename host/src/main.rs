@@ -22,11 +22,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
+    /// diffusers folders (`sd-epsilon/`, `sd-v/`).
+    Fixtures {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// `tiny`, or an open_clip preset (ViT-B-16, ViT-B-16-plus-240, ViT-L-14, ViT-H-14) for
+        /// real-size random weights.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Plugins { plugin_dirs, json } => list_plugins(&plugin::plugin_dirs(&plugin_dirs), json),
+        Command::Fixtures { out, seed, preset } => {
+            let paths = adp_host::fixtures::write_all(&out, seed, &preset)?;
+            println!("{}\n{}\n{}", paths.clip.display(), paths.sd_epsilon.display(), paths.sd_v.display());
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,143 @@
+//! CLIP's BPE tokenizer (lower-cased, start 49406, end 49407, zero-padded to the context), with
+//! placeholders for concepts.
+//!
+//! A placeholder becomes the id `49408 + slot`, above the vocabulary, so that the encoder knows
+//! where to substitute the concept vector. This is exactly why text features are pooled at the
+//! first end token and never at `argmax(ids)` (SPEC §3).
+use crate::requests::Prompt;
+use crate::{Error, Result};
+use std::io::Read;
+
+pub const START: u32 = 49406;
+pub const END: u32 = 49407;
+/// The id of concept slot `k` is `PLACEHOLDER_BASE + k`.
+pub const PLACEHOLDER_BASE: u32 = 49408;
+pub const VOCAB_SIZE: usize = 49408;
+
+static BPE_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
+
+/// The merge list (`"#version: 0.2"` header, then one `a b` rule per line), decompressed.
+pub fn bpe_merges_text() -> String {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(BPE_GZ).read_to_string(&mut text).expect("bundled BPE vocabulary");
+    text
+}
+
+/// A prompt as ids, with where each concept slot sits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    /// `context_length` ids: start, text, end, zeros.
+    pub ids: Vec<u32>,
+    /// Index of the first end token: where text features are pooled.
+    pub end: usize,
+    /// `(position, slot)` of every placeholder occurrence.
+    pub concepts: Vec<(usize, usize)>,
+}
+
+pub struct ClipTokenizer {
+    inner: instant_clip_tokenizer::Tokenizer,
+}
+
+impl Default for ClipTokenizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClipTokenizer {
+    pub fn new() -> Self {
+        let text = bpe_merges_text();
+        let inner = instant_clip_tokenizer::Tokenizer::with_vocabulary(std::io::Cursor::new(text), VOCAB_SIZE as u16)
+            .expect("bundled BPE vocabulary is valid");
+        Self { inner }
+    }
+
+    /// Ids of plain text, without start and end tokens.
+    pub fn encode_text(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        // open_clip collapses whitespace before splitting; so do we.
+        let clean = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.inner.encode(&clean, &mut out);
+        out.into_iter().map(|t| t.to_u16() as u32).collect()
+    }
+
+    /// Tokenizes a prompt, replacing each concept's placeholder by its slot id. Fails when the
+    /// prompt does not fit `context_length` with its start and end tokens.
+    pub fn encode(&self, prompt: &Prompt, context_length: usize) -> Result<Tokens> {
+        let mut ids = vec![START];
+        let mut concepts = Vec::new();
+        let mut rest = prompt.text.as_str();
+        loop {
+            let next = prompt
+                .concepts
+                .iter()
+                .enumerate()
+                .filter_map(|(k, c)| (!c.placeholder.is_empty()).then(|| rest.find(&c.placeholder).map(|at| (at, k))).flatten())
+                .min();
+            match next {
+                Some((at, k)) => {
+                    ids.extend(self.encode_text(&rest[..at]));
+                    concepts.push((ids.len(), k));
+                    ids.push(PLACEHOLDER_BASE + k as u32);
+                    rest = &rest[at + prompt.concepts[k].placeholder.len()..];
+                }
+                None => {
+                    ids.extend(self.encode_text(rest));
+                    break;
+                }
+            }
+        }
+        for (k, c) in prompt.concepts.iter().enumerate() {
+            if !concepts.iter().any(|&(_, s)| s == k) {
+                return Err(Error::invalid("prompt", format!("{:?} does not contain the placeholder {:?}", prompt.text, c.placeholder)));
+            }
+        }
+        ids.push(END);
+        if ids.len() > context_length {
+            return Err(Error::PromptTooLong { prompt: prompt.text.clone(), tokens: ids.len(), context: context_length });
+        }
+        let end = ids.len() - 1;
+        ids.resize(context_length, 0);
+        Ok(Tokens { ids, end, concepts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_open_clip_ids() {
+        let t = ClipTokenizer::new();
+        // open_clip.tokenize("a photo of a damaged object")[0][:8]
+        let got = t.encode(&Prompt::plain("a photo of a damaged object"), 77).unwrap();
+        assert_eq!(&got.ids[..8], &[49406, 320, 1125, 539, 320, 13568, 14115, 49407]);
+        assert_eq!(got.end, 7);
+        assert_eq!(got.ids.len(), 77);
+        assert!(got.ids[8..].iter().all(|&i| i == 0));
+    }
+
+    #[test]
+    fn placeholders_get_slot_ids() {
+        let t = ClipTokenizer::new();
+        let p = Prompt::with_concept("A photo of a flawless <c_n>.", "<c_n>", &[0.0]);
+        let got = t.encode(&p, 77).unwrap();
+        let plain = t.encode(&Prompt::plain("a photo of a flawless"), 77).unwrap();
+        assert_eq!(&got.ids[..6], &plain.ids[..6]);
+        assert_eq!(got.ids[6], PLACEHOLDER_BASE);
+        assert_eq!(got.concepts, vec![(6, 0)]);
+        assert_eq!(got.ids[got.end], END);
+        // Pooling at argmax would pick the placeholder, not the end token.
+        let argmax = got.ids.iter().enumerate().max_by_key(|(_, v)| **v).unwrap().0;
+        assert_ne!(argmax, got.end);
+    }
+
+    #[test]
+    fn too_long_and_missing_placeholder_are_errors() {
+        let t = ClipTokenizer::new();
+        let long = Prompt::plain("word ".repeat(80));
+        assert!(matches!(t.encode(&long, 77), Err(Error::PromptTooLong { tokens: 82, context: 77, .. })));
+        let p = Prompt::with_concept("a photo of a thing", "<c>", &[0.0]);
+        assert!(t.encode(&p, 77).unwrap_err().to_string().contains("does not contain the placeholder"));
+    }
+}
