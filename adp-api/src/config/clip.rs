@@ -137,6 +137,54 @@ impl ClipConfig {
         }
     }
 
+    /// Every tensor of an open_clip `CLIP` state dict for this config, with its shape.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        fn block(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize, mlp_ratio: f32) {
+            let hidden = (w as f32 * mlp_ratio) as usize;
+            for (name, shape) in [
+                ("ln_1.weight", vec![w]),
+                ("ln_1.bias", vec![w]),
+                ("attn.in_proj_weight", vec![3 * w, w]),
+                ("attn.in_proj_bias", vec![3 * w]),
+                ("attn.out_proj.weight", vec![w, w]),
+                ("attn.out_proj.bias", vec![w]),
+                ("ln_2.weight", vec![w]),
+                ("ln_2.bias", vec![w]),
+                ("mlp.c_fc.weight", vec![hidden, w]),
+                ("mlp.c_fc.bias", vec![hidden]),
+                ("mlp.c_proj.weight", vec![w, hidden]),
+                ("mlp.c_proj.bias", vec![w]),
+            ] {
+                out.push((format!("{prefix}.{name}"), shape));
+            }
+        }
+        let (v, t) = (&self.vision_cfg, &self.text_cfg);
+        let w = v.width;
+        let mut out = vec![
+            ("visual.class_embedding".to_string(), vec![w]),
+            ("visual.positional_embedding".into(), vec![self.grid() * self.grid() + 1, w]),
+            ("visual.conv1.weight".into(), vec![w, 3, v.patch_size, v.patch_size]),
+            ("visual.ln_pre.weight".into(), vec![w]),
+            ("visual.ln_pre.bias".into(), vec![w]),
+        ];
+        for i in 0..v.layers {
+            block(&mut out, &format!("visual.transformer.resblocks.{i}"), w, v.mlp_ratio);
+        }
+        out.push(("visual.ln_post.weight".into(), vec![w]));
+        out.push(("visual.ln_post.bias".into(), vec![w]));
+        out.push(("visual.proj".into(), vec![w, self.embed_dim]));
+        out.push(("token_embedding.weight".into(), vec![t.vocab_size, t.width]));
+        out.push(("positional_embedding".into(), vec![t.context_length, t.width]));
+        for i in 0..t.layers {
+            block(&mut out, &format!("transformer.resblocks.{i}"), t.width, t.mlp_ratio);
+        }
+        out.push(("ln_final.weight".into(), vec![t.width]));
+        out.push(("ln_final.bias".into(), vec![t.width]));
+        out.push(("text_projection".into(), vec![t.width, self.embed_dim]));
+        out.push(("logit_scale".into(), vec![]));
+        out
+    }
+
     pub fn grid(&self) -> usize {
         self.vision_cfg.image_size / self.vision_cfg.patch_size
     }
@@ -170,6 +218,11 @@ impl ClipCheckpoint {
         let config_path = find(&Self::CONFIG_NAMES, "open_clip model config")?;
         let weights = find(&Self::WEIGHT_NAMES, "safetensors weights")?;
         Ok(Self { config: ClipConfig::from_file(&config_path)?, config_path, weights })
+    }
+
+    /// Checks the weights file against the config: every tensor present, with the implied shape.
+    pub fn check_weights(&self) -> Result<()> {
+        super::st::check_tensors(&self.weights, &self.config.tensor_shapes())
     }
 }
 

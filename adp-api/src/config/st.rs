@@ -2,6 +2,7 @@
 use crate::{Error, Result, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
+use std::io::Read;
 
 /// Reads `name` as f32 (f16 and bf16 are widened), or fails naming `file` and `name`.
 pub fn read_f32(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Tensor> {
@@ -37,4 +38,72 @@ pub fn read_f32_shaped(st: &SafeTensors<'_>, name: &str, file: &Path, expected: 
         });
     }
     Ok(t)
+}
+
+/// Reads only the header of a safetensors file and checks that every `(name, shape)` is there.
+/// Catches a truncated file, a missing tensor and a wrong shape before any weight is loaded.
+pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<()> {
+    let bad = |m: String| Error::Config { file: file.into(), message: m };
+    let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let total = f.metadata().map_err(|e| Error::io(file, e))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad("truncated: shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > total.saturating_sub(8) || n > 100_000_000 {
+        return Err(bad(format!("truncated or not safetensors: header of {n} bytes in a {total}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(file, e))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let mut data_end = 0u64;
+    for (name, v) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let end = v["data_offsets"][1].as_u64().unwrap_or(u64::MAX);
+        data_end = data_end.max(end);
+    }
+    if 8 + n + data_end > total {
+        return Err(bad(format!("truncated: tensors need {} bytes, the file has {total}", 8 + n + data_end)));
+    }
+    for (name, shape) in expected {
+        let entry = header.get(name).ok_or_else(|| Error::MissingTensor { file: file.into(), tensor: name.clone() })?;
+        let got: Vec<usize> = entry["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect()).unwrap_or_default();
+        if &got != shape {
+            return Err(Error::TensorShape { file: file.into(), tensor: name.clone(), expected: shape.clone(), got });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn file_with(dir: &Path, shape: Vec<usize>) -> std::path::PathBuf {
+        let bytes = vec![0u8; shape.iter().product::<usize>() * 4];
+        let view = TensorView::new(Dtype::F32, shape, &bytes).unwrap();
+        let path = dir.join("w.safetensors");
+        std::fs::write(&path, safetensors::serialize([("visual.proj", view)], None).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn names_missing_tensors_wrong_shapes_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with(dir.path(), vec![4, 2]);
+        check_tensors(&path, &[("visual.proj".into(), vec![4, 2])]).unwrap();
+        let e = check_tensors(&path, &[("visual.conv1.weight".into(), vec![1])]).unwrap_err();
+        assert_eq!(e.to_string(), format!("checkpoint {}: missing tensor `visual.conv1.weight`", path.display()));
+        let e = check_tensors(&path, &[("visual.proj".into(), vec![4, 3])]).unwrap_err();
+        assert_eq!(e.to_string(), format!("checkpoint {}: tensor `visual.proj` has shape [4, 2], the config implies [4, 3]", path.display()));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let e = check_tensors(&path, &[]).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        std::fs::write(&path, b"abc").unwrap();
+        assert!(check_tensors(&path, &[]).unwrap_err().to_string().contains("truncated"));
+    }
 }
