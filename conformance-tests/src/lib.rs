@@ -5,6 +5,8 @@
 //! suite twice: in process, and through its plugin loaded by the host, so one test body runs
 //! against both. A backend is held to the cases of every trait it declares.
 pub mod cases;
+pub mod encoder_cases;
+pub mod goldens;
 
 use adp_api::Backend;
 use std::path::PathBuf;
@@ -53,6 +55,34 @@ macro_rules! conformance_tests {
         #[test]
         fn undeclared_parts_are_refused() {
             $crate::cases::undeclared_parts_are_refused(&*subject());
+        }
+        #[test]
+        fn image_features_match_open_clip() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::image_features_match_open_clip);
+        }
+        #[test]
+        fn text_embeddings_match_open_clip() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::text_embeddings_match_open_clip);
+        }
+        #[test]
+        fn state_probability_matches_open_clip() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::state_probability_matches_open_clip);
+        }
+        #[test]
+        fn state_probability_gradient_matches_finite_differences() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::state_probability_gradient_matches_finite_differences);
+        }
+        #[test]
+        fn encoder_is_deterministic_batch_invariant_and_thread_safe() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_is_deterministic_batch_invariant_and_thread_safe);
+        }
+        #[test]
+        fn encoder_rejects_bad_checkpoints() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_rejects_bad_checkpoints);
+        }
+        #[test]
+        fn encoder_rejects_bad_inputs() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_rejects_bad_inputs);
         }
         #[test]
         fn scorer_matches_the_definition() {

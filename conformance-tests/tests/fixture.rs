@@ -11,11 +11,17 @@ fn plugin() -> Subject {
     adp_conformance::plugin("adp_plugin_test_fixture")
 }
 
-mod in_process {
-    adp_conformance::conformance_tests!(adp_conformance::in_process(adp_plugin_test_fixture::FixtureBackend));
-}
-mod through_plugin {
-    adp_conformance::conformance_tests!(adp_conformance::plugin("adp_plugin_test_fixture"));
+/// The fixture is no model, so of the shared suite it runs the backend-neutral cases: its scorer
+/// is the definition itself.
+#[test]
+fn shared_neutral_cases_in_process_and_through_the_plugin() {
+    use adp_conformance::cases;
+    for b in [adp_conformance::in_process(FixtureBackend), plugin()] {
+        cases::info_is_consistent(&*b);
+        cases::scorer_matches_the_definition(&*b);
+        cases::scorer_rejects_bad_features(&*b);
+        cases::scorer_is_batch_invariant_and_thread_safe(&*b);
+    }
 }
 
 fn images(n: usize, seed: u64) -> ImageBatch {

@@ -22,6 +22,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print image and text embeddings of a CLIP checkpoint as JSON, to check it against a
+    /// reference.
+    Embed {
+        /// Plugin name (searched like `adp plugins` does) or path.
+        #[arg(long)]
+        plugin: String,
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Folder with `open_clip_config.json` and `open_clip_model.safetensors`.
+        #[arg(long)]
+        clip: PathBuf,
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: adp_api::Device,
+    },
     /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
     /// diffusers folders (`sd-epsilon/`, `sd-v/`).
     Fixtures {
@@ -39,6 +57,23 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Plugins { plugin_dirs, json } => list_plugins(&plugin::plugin_dirs(&plugin_dirs), json),
+        Command::Embed { plugin: name, plugin_dirs, clip, images, texts, device } => {
+            let backend = plugin::find(&name, &plugin::plugin_dirs(&plugin_dirs))?;
+            let encoder = adp_api::Backend::text_image_encoder(&backend, &adp_api::ClipCheckpoint::from_dir(&clip)?, device)?;
+            for path in &images {
+                let batch = adp_api::ImageBatch::read_files(std::slice::from_ref(path))?;
+                let e = encoder.image_embeddings(&batch)?;
+                println!("{}", serde_json::json!({ "image": path, "embedding": e.data() }));
+            }
+            if !texts.is_empty() {
+                let prompts: Vec<_> = texts.iter().map(adp_api::Prompt::plain).collect();
+                let e = encoder.text_embeddings(&prompts)?;
+                for (i, text) in texts.iter().enumerate() {
+                    println!("{}", serde_json::json!({ "text": text, "embedding": e.row(i) }));
+                }
+            }
+            Ok(())
+        }
         Command::Fixtures { out, seed, preset } => {
             let paths = adp_host::fixtures::write_all(&out, seed, &preset)?;
             println!("{}\n{}\n{}", paths.clip.display(), paths.sd_epsilon.display(), paths.sd_v.display());

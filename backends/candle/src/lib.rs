@@ -1,8 +1,11 @@
-//! adp's candle backend.
-//!
-//! It reports itself and its devices; the pipeline parts land with the candle-backend issue, and
-//! until then it declares no capabilities rather than pretending to.
-use adp_api::{Backend, BackendInfo, Device};
+//! adp's candle backend: OpenCLIP (`TextImageEncoder`) and reference association (`Scorer`) so
+//! far; Stable Diffusion and concept learning are still to come and are not declared.
+mod convert;
+mod encoder;
+pub mod open_clip;
+mod scorer;
+
+use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "candle";
 
@@ -31,19 +34,15 @@ impl Backend for CandleBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "candle-core 0.11".into(),
             devices: devices(),
-            provides: vec![],
+            provides: vec![Capability::TextImageEncoder, Capability::Scorer],
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn reports_cpu_and_no_capabilities_yet() {
-        let info = CandleBackend.info();
-        assert_eq!(info.name, "candle");
-        assert_eq!(info.devices[0], Device::Cpu);
-        assert!(info.provides.is_empty());
+    fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
+        Ok(Box::new(encoder::CandleEncoder::load(clip, convert::device(device)?)?))
+    }
+
+    fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
+        Ok(Box::new(scorer::CandleScorer { device: convert::device(device)?, chunk: 4096 }))
     }
 }

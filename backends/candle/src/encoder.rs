@@ -1,0 +1,143 @@
+//! `TextImageEncoder` on an OpenCLIP checkpoint.
+use crate::convert::{err, from_candle, to_candle};
+use crate::open_clip::OpenClip;
+use adp_api::preprocess::clip_preprocess;
+use adp_api::requests::*;
+use adp_api::tokenizer::{ClipTokenizer, Tokens};
+use adp_api::{ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
+use candle_core::{DType, Var, D};
+use candle_nn::VarBuilder;
+
+pub struct CandleEncoder {
+    model: OpenClip,
+    tokenizer: ClipTokenizer,
+    dims: EncoderDims,
+    device: candle_core::Device,
+}
+
+impl CandleEncoder {
+    pub fn load(clip: &ClipCheckpoint, device: candle_core::Device) -> Result<Self> {
+        clip.check_weights()?;
+        // SAFETY: the file is memory-mapped read-only; adp never writes checkpoints it reads.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&clip.weights], DType::F32, &device) }
+            .map_err(|e| Error::io(&clip.weights, e))?;
+        let model = OpenClip::new(vb, &clip.config).map_err(|e| Error::config(&clip.weights, e.to_string()))?;
+        let c = &clip.config;
+        let dims = EncoderDims {
+            image_size: c.vision_cfg.image_size,
+            grid: c.grid(),
+            embed_dim: c.embed_dim,
+            vision_width: c.vision_cfg.width,
+            text_width: c.text_cfg.width,
+            context_length: c.text_cfg.context_length,
+        };
+        Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
+    }
+
+    fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
+        if images.is_empty() {
+            return Err(Error::EmptySupportSet);
+        }
+        to_candle(&clip_preprocess(images, self.dims.image_size), &self.device)
+    }
+
+    fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
+    }
+
+    /// Concept vectors as tensors; those named `trainable` share one `Var` for gradients.
+    fn slots(&self, prompts: &[Prompt], trainable: Option<(&str, &Var)>) -> Result<Vec<Vec<candle_core::Tensor>>> {
+        prompts
+            .iter()
+            .map(|p| {
+                p.concepts
+                    .iter()
+                    .map(|c| {
+                        if c.vector.len() != self.dims.text_width {
+                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
+                        }
+                        match trainable {
+                            Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
+                            _ => candle_core::Tensor::new(c.vector.as_slice(), &self.device).map_err(err),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn normalize(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
+}
+
+impl TextImageEncoder for CandleEncoder {
+    fn dims(&self) -> EncoderDims {
+        self.dims
+    }
+
+    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
+        from_candle(&self.model.visual.embed(&self.pixels(images)?).map_err(err)?)
+    }
+
+    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
+        let x = self.pixels(images)?;
+        let windows = window_sizes
+            .iter()
+            .map(|&size| {
+                if size == 0 || size > self.dims.grid {
+                    return Err(Error::invalid("window size", format!("{size} on a {0}×{0} patch grid", self.dims.grid)));
+                }
+                let embeddings = from_candle(&self.model.visual.window_embeddings(&x, size).map_err(err)?)?;
+                Ok(WindowFeatures { size, embeddings })
+            })
+            .collect::<Result<_>>()?;
+        let patch_tokens = from_candle(&self.model.visual.penultimate_tokens(&x).map_err(err)?)?;
+        Ok(DenseFeatures { grid: self.dims.grid, patch_tokens, windows })
+    }
+
+    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        let tokens = self.tokens(prompts)?;
+        from_candle(&self.model.text.encode(&tokens, &self.slots(prompts, None)?).map_err(err)?)
+    }
+
+    fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
+        let ids = self.tokenizer.encode_text(word);
+        let [id] = ids[..] else {
+            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
+        };
+        let row = self.model.text.token_embedding.get(id as usize).map_err(err)?;
+        row.to_vec1::<f32>().map_err(err)
+    }
+
+    fn state_probability(&self, r: &StateProbabilityRequest) -> Result<StateProbability> {
+        if !(r.temperature > 0.0) {
+            return Err(Error::invalid("temperature", format!("{} must be positive", r.temperature)));
+        }
+        let f = normalize(&self.model.visual.embed(&self.pixels(&r.images)?).map_err(err)?).map_err(err)?;
+        let prompts = [r.normal.clone(), r.anomalous.clone()];
+        let start = prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
+        let var = match (&r.gradient_of, start) {
+            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
+            (_, Some(c)) => Some(Var::new(c.vector.as_slice(), &self.device).map_err(err)?),
+            (None, None) => None,
+        };
+        let trainable = r.gradient_of.as_deref().zip(var.as_ref());
+        let tokens = self.tokens(&prompts)?;
+        let g = normalize(&self.model.text.encode(&tokens, &self.slots(&prompts, trainable)?).map_err(err)?).map_err(err)?;
+        let logits = (f.matmul(&g.t().map_err(err)?).map_err(err)? / r.temperature as f64).map_err(err)?;
+        let p_normal = candle_nn::ops::softmax_last_dim(&logits).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
+        let grad = match &var {
+            Some(var) => {
+                let grads = p_normal.mean_all().and_then(|m| m.backward()).map_err(err)?;
+                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("gradient", "the concept does not reach the output"))?;
+                Some(g.to_vec1::<f32>().map_err(err)?)
+            }
+            None => None,
+        };
+        Ok(StateProbability { normal: p_normal.to_vec1::<f32>().map_err(err)?, grad })
+    }
+}

@@ -1,0 +1,201 @@
+//! Cases for `TextImageEncoder`: parity with open_clip on the fixture checkpoint, gradients,
+//! determinism, batching, threads, and every bad input with its own error.
+use crate::goldens::{assert_close, clip_checkpoint, fixtures, Golden, FORWARD_TOLERANCE};
+use adp_api::requests::*;
+use adp_api::{Backend, ClipCheckpoint, Device, Error, ImageBatch, Tensor, TextImageEncoder};
+use std::sync::Arc;
+
+/// Gradients pass through more operations than forward values: 1e-3 of the golden's magnitude.
+pub const GRADIENT_TOLERANCE: f32 = 1e-3;
+
+fn encoder(backend: &dyn Backend) -> Box<dyn TextImageEncoder> {
+    backend.text_image_encoder(&clip_checkpoint(), Device::Cpu).expect("open the fixture CLIP")
+}
+
+fn golden_images(g: &Golden) -> ImageBatch {
+    ImageBatch::new(g.f32("images")).expect("golden images")
+}
+
+/// A prompt from the goldens: `<c>` stands for the golden concept vector.
+fn prompt(text: &str, concept: &[f32]) -> Prompt {
+    if text.contains("<c>") {
+        Prompt::with_concept(text, "<c>", concept)
+    } else {
+        Prompt::plain(text)
+    }
+}
+
+pub fn image_features_match_open_clip(backend: &dyn Backend) {
+    let g = Golden::open("clip");
+    let enc = encoder(backend);
+    let images = golden_images(&g);
+    assert_close("image embeddings", &enc.image_embeddings(&images).unwrap(), &g.f32("image_embeddings"), FORWARD_TOLERANCE);
+    let dense = enc.dense_features(&images, &[2, 3]).unwrap();
+    assert_eq!(dense.grid, 4);
+    assert_close("penultimate patch tokens", &dense.patch_tokens, &g.f32("patch_tokens"), FORWARD_TOLERANCE);
+    assert_eq!((dense.windows[0].size, dense.windows[1].size), (2, 3));
+    assert_close("2×2 window embeddings", &dense.windows[0].embeddings, &g.f32("window_2"), FORWARD_TOLERANCE);
+    assert_close("3×3 window embeddings", &dense.windows[1].embeddings, &g.f32("window_3"), FORWARD_TOLERANCE);
+}
+
+pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
+    let g = Golden::open("clip");
+    let enc = encoder(backend);
+    let concept = g.f32("concept").into_data();
+    let texts: Vec<String> = serde_json::from_value(g.meta_json("prompts")).expect("prompts list");
+    let prompts: Vec<Prompt> = texts.iter().map(|t| prompt(t, &concept)).collect();
+    // The tokenizer gives open_clip's ids, with the placeholder id where the concept goes.
+    let (shape, ids) = g.i64("text_ids");
+    let tokenizer = adp_api::tokenizer::ClipTokenizer::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let ours = tokenizer.encode(p, 77).unwrap().ids;
+        let theirs: Vec<u32> = ids[i * shape[1]..(i + 1) * shape[1]].iter().map(|&v| v as u32).collect();
+        assert_eq!(ours, theirs, "token ids of {:?}", p.text);
+    }
+    assert_close("text embeddings", &enc.text_embeddings(&prompts).unwrap(), &g.f32("text_embeddings"), FORWARD_TOLERANCE);
+}
+
+fn state_request(g: &Golden, images: ImageBatch, concept: &[f32], temperature: f32) -> StateProbabilityRequest {
+    StateProbabilityRequest {
+        images,
+        normal: prompt(&g.meta_str("normal_prompt"), concept),
+        anomalous: prompt(&g.meta_str("anomalous_prompt"), concept),
+        temperature,
+        gradient_of: Some("<c>".into()),
+    }
+}
+
+pub fn state_probability_matches_open_clip(backend: &dyn Backend) {
+    let g = Golden::open("clip");
+    let enc = encoder(backend);
+    let concept = g.f32("concept").into_data();
+    let tau: f32 = g.meta_str("tau").parse().expect("tau");
+    let got = enc.state_probability(&state_request(&g, golden_images(&g), &concept, tau)).unwrap();
+    let p = Tensor::new(vec![got.normal.len()], got.normal).unwrap();
+    assert_close("P_CLIP(S_n | x)", &p, &g.f32("state_probability"), FORWARD_TOLERANCE);
+    let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
+    assert_close("d mean P_CLIP / d concept", &grad, &g.f32("state_probability_grad"), GRADIENT_TOLERANCE);
+}
+
+/// The concept gradient against central finite differences (temperature 1, where P is not
+/// saturated, so differences of f32 values resolve it).
+pub fn state_probability_gradient_matches_finite_differences(backend: &dyn Backend) {
+    let g = Golden::open("clip");
+    let enc = encoder(backend);
+    let concept = g.f32("concept").into_data();
+    let mean_p = |v: &[f32]| {
+        let r = enc.state_probability(&StateProbabilityRequest { gradient_of: None, ..state_request(&g, golden_images(&g), v, 1.0) }).unwrap();
+        r.normal.iter().map(|&p| p as f64).sum::<f64>() / r.normal.len() as f64
+    };
+    let grad = enc.state_probability(&state_request(&g, golden_images(&g), &concept, 1.0)).unwrap().grad.unwrap();
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(scale > 0.0, "the gradient is identically zero");
+    let h = 1e-2f32;
+    for k in [0, 7, 19, concept.len() - 1] {
+        let (mut up, mut down) = (concept.clone(), concept.clone());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (mean_p(&up) - mean_p(&down)) / (2.0 * h as f64);
+        assert!((fd - grad[k] as f64).abs() <= 0.02 * scale + 1e-6, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
+    }
+}
+
+pub fn encoder_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn Backend) {
+    let g = Golden::open("clip");
+    let enc: Arc<dyn TextImageEncoder> = Arc::from(encoder(backend));
+    let images = golden_images(&g);
+    let batch = enc.image_embeddings(&images).unwrap();
+    assert_eq!(batch, enc.image_embeddings(&images).unwrap(), "two identical calls differ");
+    let threads: Vec<_> = (0..images.len())
+        .map(|i| {
+            let (enc, one) = (enc.clone(), images.image(i));
+            std::thread::spawn(move || enc.image_embeddings(&one).unwrap())
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let single = t.join().unwrap();
+        let row = Tensor::new(vec![1, batch.shape()[1]], batch.row(i).to_vec()).unwrap();
+        assert_close(&format!("image {i} alone vs in a batch"), &single, &row, 1e-5);
+    }
+}
+
+/// A copy of the fixture CLIP folder whose weights `edit` rewrites (name → shape and values).
+fn edited_checkpoint(edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>), config: Option<adp_api::ClipConfig>) -> (tempfile::TempDir, ClipCheckpoint) {
+    let src = &fixtures().clip;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(src.join("open_clip_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = adp_api::config::st::read_f32(&st, n, src).unwrap();
+            (n.to_string(), t.shape().to_vec(), t.into_data())
+        })
+        .collect();
+    edit(&mut tensors);
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<_> = data.iter().map(|(n, s, b)| (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
+    std::fs::write(dir.path().join("open_clip_model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut ckpt = ClipCheckpoint::from_dir(src).unwrap();
+    if let Some(c) = config {
+        ckpt.config = c;
+    }
+    ckpt.weights = dir.path().join("open_clip_model.safetensors");
+    (dir, ckpt)
+}
+
+fn open_err(backend: &dyn Backend, ckpt: &ClipCheckpoint) -> Error {
+    backend.text_image_encoder(ckpt, Device::Cpu).err().expect("a broken checkpoint was accepted")
+}
+
+pub fn encoder_rejects_bad_checkpoints(backend: &dyn Backend) {
+    let (_d, ckpt) = edited_checkpoint(|t| t.retain(|(n, _, _)| n != "visual.proj"), None);
+    assert_eq!(open_err(backend, &ckpt), Error::MissingTensor { file: ckpt.weights.clone(), tensor: "visual.proj".into() });
+
+    let (_d, ckpt) = edited_checkpoint(
+        |t| {
+            let e = t.iter_mut().find(|(n, _, _)| n == "ln_final.weight").unwrap();
+            e.1 = vec![16];
+            e.2.truncate(16);
+        },
+        None,
+    );
+    assert_eq!(open_err(backend, &ckpt), Error::TensorShape { file: ckpt.weights.clone(), tensor: "ln_final.weight".into(), expected: vec![32], got: vec![16] });
+
+    let mut wider = clip_checkpoint().config;
+    wider.embed_dim = 48;
+    let (_d, ckpt) = edited_checkpoint(|_| {}, Some(wider));
+    assert!(matches!(open_err(backend, &ckpt), Error::TensorShape { expected, got, .. } if expected == vec![64, 48] && got == vec![64, 32]), "config contradicting the tensors");
+
+    let (_d, ckpt) = edited_checkpoint(|_| {}, None);
+    let bytes = std::fs::read(&ckpt.weights).unwrap();
+    std::fs::write(&ckpt.weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = open_err(backend, &ckpt);
+    assert!(err.to_string().contains("truncated") && err.to_string().contains(&ckpt.weights.display().to_string()), "{err}");
+}
+
+pub fn encoder_rejects_bad_inputs(backend: &dyn Backend) {
+    let enc = encoder(backend);
+    let long = Prompt::plain("defect ".repeat(80));
+    assert!(matches!(enc.text_embeddings(&[long]), Err(Error::PromptTooLong { context: 77, .. })));
+    let wrong = Prompt::with_concept("a photo of a <c>", "<c>", &[0.0; 5]);
+    assert!(matches!(enc.text_embeddings(&[wrong]), Err(Error::Shape { .. })));
+    let empty = ImageBatch::new(Tensor::zeros(vec![0, 3, 32, 32])).unwrap();
+    assert_eq!(enc.image_embeddings(&empty).unwrap_err(), Error::EmptySupportSet);
+    let images = ImageBatch::new(Tensor::zeros(vec![1, 3, 32, 32])).unwrap();
+    assert!(matches!(enc.dense_features(&images, &[5]), Err(Error::Invalid { .. })));
+    assert!(ImageBatch::new(Tensor::zeros(vec![1, 1, 32, 32])).is_err(), "one channel");
+    let mut nan = Tensor::zeros(vec![1, 3, 32, 32]);
+    nan.data_mut()[9] = f32::NAN;
+    assert!(matches!(ImageBatch::new(nan), Err(Error::NonFinite { index: 9, .. })));
+}
+
+/// Two backends that both declare the encoder agree within the parity bound.
+pub fn encoders_agree(a: &dyn Backend, b: &dyn Backend) {
+    let g = Golden::open("clip");
+    let (ea, eb) = (encoder(a), encoder(b));
+    let images = golden_images(&g);
+    let reference = ea.image_embeddings(&images).unwrap();
+    assert_close("image embeddings across backends", &eb.image_embeddings(&images).unwrap(), &reference, FORWARD_TOLERANCE);
+}

@@ -1,0 +1,95 @@
+//! Reading the golden files (`conformance-tests/goldens/*.safetensors`) written by
+//! `tools/golden/make_goldens.py` from open_clip and diffusers, and the fixture checkpoints they
+//! were computed on (regenerated here by `adp_host::fixtures`, seed 0).
+use adp_api::{Tensor, ClipCheckpoint, DiffusionSpec};
+use adp_host::fixtures::FixturePaths;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub struct Golden {
+    pub name: String,
+    bytes: Vec<u8>,
+    pub meta: HashMap<String, serde_json::Value>,
+}
+
+pub fn goldens_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("goldens")
+}
+
+impl Golden {
+    pub fn open(name: &str) -> Golden {
+        let path = goldens_dir().join(format!("{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("golden header");
+        let meta = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v))))
+            .collect();
+        Golden { name: name.into(), bytes, meta }
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("golden file")
+    }
+
+    pub fn f32(&self, tensor: &str) -> Tensor {
+        let path = goldens_dir().join(&self.name);
+        adp_api::config::st::read_f32(&self.st(), tensor, &path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn i64(&self, tensor: &str) -> (Vec<usize>, Vec<i64>) {
+        let st = self.st();
+        let v = st.tensor(tensor).unwrap_or_else(|_| panic!("golden {} lacks `{tensor}`", self.name));
+        assert_eq!(v.dtype(), Dtype::I64, "{tensor}");
+        (v.shape().to_vec(), v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())
+    }
+
+    pub fn meta_str(&self, key: &str) -> String {
+        match self.meta.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => panic!("golden {} has no metadata `{key}`", self.name),
+        }
+    }
+
+    pub fn meta_json(&self, key: &str) -> serde_json::Value {
+        self.meta.get(key).cloned().unwrap_or_else(|| panic!("golden {} has no metadata `{key}`", self.name))
+    }
+}
+
+/// The fixture checkpoints (seed 0), written once per test process.
+pub fn fixtures() -> &'static FixturePaths {
+    static PATHS: OnceLock<(tempfile::TempDir, FixturePaths)> = OnceLock::new();
+    &PATHS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let paths = adp_host::fixtures::write_all(dir.path(), 0, "tiny").expect("fixtures");
+            (dir, paths)
+        })
+        .1
+}
+
+pub fn clip_checkpoint() -> ClipCheckpoint {
+    ClipCheckpoint::from_dir(&fixtures().clip).expect("fixture CLIP checkpoint")
+}
+
+pub fn diffusion_spec(v_prediction: bool) -> DiffusionSpec {
+    let f = fixtures();
+    DiffusionSpec::from_dir(if v_prediction { &f.sd_v } else { &f.sd_epsilon }).expect("fixture diffusers folder")
+}
+
+/// The parity bound: max |got − golden| ≤ `rel` × max |golden| (f32 throughout).
+pub fn assert_close(what: &str, got: &Tensor, golden: &Tensor, rel: f32) {
+    assert_eq!(got.shape(), golden.shape(), "{what}: shape");
+    let diff = got.max_abs_diff(golden).expect("same shape");
+    let bound = rel * golden.max_abs().max(1e-6);
+    assert!(diff <= bound, "{what}: max |diff| {diff:e} exceeds {rel:e} × max |golden| = {bound:e}");
+}
+
+/// Forward values: 1e-4 of the golden's magnitude.
+pub const FORWARD_TOLERANCE: f32 = 1e-4;
