@@ -14,6 +14,7 @@ pub mod error;
 pub mod image;
 pub mod preprocess;
 pub mod requests;
+pub mod rng;
 pub mod tensor;
 pub mod tokenizer;
 pub mod traits;

@@ -58,8 +58,8 @@ pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
 fn state_request(g: &Golden, images: ImageBatch, concept: &[f32], temperature: f32) -> StateProbabilityRequest {
     StateProbabilityRequest {
         images,
-        normal: prompt(&g.meta_str("normal_prompt"), concept),
-        anomalous: prompt(&g.meta_str("anomalous_prompt"), concept),
+        normal: prompt(&g.meta_str("state_prompt_normal"), concept),
+        anomalous: prompt(&g.meta_str("state_prompt_anomalous"), concept),
         temperature,
         gradient_of: Some("<c>".into()),
     }

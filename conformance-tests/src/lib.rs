@@ -5,6 +5,7 @@
 //! suite twice: in process, and through its plugin loaded by the host, so one test body runs
 //! against both. A backend is held to the cases of every trait it declares.
 pub mod cases;
+pub mod diffuser_cases;
 pub mod encoder_cases;
 pub mod goldens;
 
@@ -83,6 +84,38 @@ macro_rules! conformance_tests {
         #[test]
         fn encoder_rejects_bad_inputs() {
             $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_rejects_bad_inputs);
+        }
+        #[test]
+        fn vae_matches_diffusers() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::vae_matches_diffusers);
+        }
+        #[test]
+        fn conditioning_and_unet_match_diffusers() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::conditioning_and_unet_match_diffusers);
+        }
+        #[test]
+        fn denoising_loss_matches_diffusers_epsilon() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_matches_diffusers_epsilon);
+        }
+        #[test]
+        fn denoising_loss_matches_diffusers_v_prediction() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_matches_diffusers_v_prediction);
+        }
+        #[test]
+        fn denoising_loss_gradient_matches_finite_differences() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_gradient_matches_finite_differences);
+        }
+        #[test]
+        fn img2img_matches_diffusers() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::img2img_matches_diffusers);
+        }
+        #[test]
+        fn img2img_is_deterministic_under_a_seed() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::img2img_is_deterministic_under_a_seed);
+        }
+        #[test]
+        fn diffuser_rejects_bad_inputs() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::diffuser_rejects_bad_inputs);
         }
         #[test]
         fn scorer_matches_the_definition() {

@@ -13,3 +13,14 @@ fn tch_and_candle_plugins_load_side_by_side() {
     let candle = adp_conformance::plugin("adp_plugin_candle");
     assert_eq!((tch.info().name, candle.info().name), ("tch".to_string(), "candle".to_string()));
 }
+
+/// The two backends agree with each other on the same inputs, for every trait both declare.
+#[test]
+fn tch_and_candle_agree() {
+    use adp_api::Capability;
+    let (tch, candle) = (adp_conformance::plugin("adp_plugin_tch"), adp_conformance::plugin("adp_plugin_candle"));
+    let both = |c: Capability| tch.info().provides.contains(&c) && candle.info().provides.contains(&c);
+    if both(Capability::TextImageEncoder) {
+        adp_conformance::encoder_cases::encoders_agree(&*candle, &*tch);
+    }
+}

@@ -126,6 +126,41 @@ impl SchedulerConfig {
         }).collect())
     }
 
+    /// DDIM inference timesteps, descending, as diffusers' `set_timesteps` makes them.
+    pub fn ddim_timesteps(&self, steps: usize) -> Result<Vec<usize>> {
+        let n = self.num_train_timesteps;
+        if steps == 0 || steps > n {
+            return Err(Error::invalid("inference steps", format!("{steps} (1 to {n})")));
+        }
+        let mut t: Vec<usize> = match self.timestep_spacing.as_str() {
+            "leading" => (0..steps).map(|i| i * (n / steps) + self.steps_offset).collect(),
+            "trailing" => {
+                let ratio = n as f64 / steps as f64;
+                (1..=steps).map(|i| ((i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+            }
+            "linspace" => (0..steps).map(|i| ((n - 1) as f64 * i as f64 / (steps - 1).max(1) as f64).round() as usize).collect(),
+            other => return Err(Error::invalid("timestep_spacing", format!("{other:?} (supported: leading, trailing, linspace)"))),
+        };
+        t.reverse();
+        Ok(t)
+    }
+
+    /// The timesteps img2img runs at `strength`: the last `steps · strength` of the schedule, as
+    /// diffusers' `StableDiffusionImg2ImgPipeline.get_timesteps` picks them.
+    pub fn img2img_timesteps(&self, steps: usize, strength: f32) -> Result<Vec<usize>> {
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(Error::invalid("strength", format!("{strength} is outside [0, 1]")));
+        }
+        let all = self.ddim_timesteps(steps)?;
+        let init = ((steps as f32 * strength) as usize).min(steps);
+        Ok(all[steps - init..].to_vec())
+    }
+
+    /// The step between consecutive DDIM timesteps.
+    pub fn ddim_step(&self, steps: usize) -> usize {
+        self.num_train_timesteps / steps.max(1)
+    }
+
     pub fn prediction(&self) -> Result<Prediction> {
         match self.prediction_type.as_str() {
             "epsilon" => Ok(Prediction::Epsilon),
@@ -255,6 +290,16 @@ mod tests {
         assert_eq!(s.prediction().unwrap(), Prediction::VPrediction);
         let ac = s.alphas_cumprod().unwrap();
         assert!((ac[0] - (1.0 - 0.00085)).abs() < 1e-12 && ac[999] < ac[0]);
+    }
+
+    #[test]
+    fn ddim_timesteps_match_diffusers() {
+        let s: SchedulerConfig = serde_json::from_str(r#"{"steps_offset": 1, "timestep_spacing": "leading"}"#).unwrap();
+        // DDIMScheduler(steps_offset=1).set_timesteps(30).timesteps[:3] and [-1]
+        let t = s.ddim_timesteps(30).unwrap();
+        assert_eq!((&t[..3], t[29]), (&[958usize, 925, 892][..], 1));
+        let i2i = s.img2img_timesteps(30, 0.5).unwrap();
+        assert_eq!((i2i.len(), i2i[0]), (15, 463));
     }
 
     #[test]

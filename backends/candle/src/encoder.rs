@@ -129,7 +129,7 @@ impl TextImageEncoder for CandleEncoder {
         let tokens = self.tokens(&prompts)?;
         let g = normalize(&self.model.text.encode(&tokens, &self.slots(&prompts, trainable)?).map_err(err)?).map_err(err)?;
         let logits = (f.matmul(&g.t().map_err(err)?).map_err(err)? / r.temperature as f64).map_err(err)?;
-        let p_normal = candle_nn::ops::softmax_last_dim(&logits).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
+        let p_normal = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
         let grad = match &var {
             Some(var) => {
                 let grads = p_normal.mean_all().and_then(|m| m.backward()).map_err(err)?;

@@ -1,11 +1,14 @@
-//! adp's candle backend: OpenCLIP (`TextImageEncoder`) and reference association (`Scorer`) so
-//! far; Stable Diffusion and concept learning are still to come and are not declared.
+//! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`) and
+//! reference association (`Scorer`); concept learning is still to come and is not declared.
 mod convert;
+mod diffuser;
+pub mod diffusion;
 mod encoder;
+mod nn;
 pub mod open_clip;
 mod scorer;
 
-use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, Result, Scorer, TextImageEncoder};
+use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "candle";
 
@@ -34,12 +37,16 @@ impl Backend for CandleBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "candle-core 0.11".into(),
             devices: devices(),
-            provides: vec![Capability::TextImageEncoder, Capability::Scorer],
+            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::Scorer],
         }
     }
 
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
         Ok(Box::new(encoder::CandleEncoder::load(clip, convert::device(device)?)?))
+    }
+
+    fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
+        Ok(Box::new(diffuser::CandleDiffuser::load(sd, convert::device(device)?)?))
     }
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {

@@ -1,8 +1,12 @@
-//! adp's libtorch backend (tch).
-//!
-//! It reports itself and its devices; the pipeline parts land with the tch-backend issue, and
-//! until then it declares no capabilities rather than pretending to.
-use adp_api::{Backend, BackendInfo, Device};
+//! adp's libtorch backend (tch): OpenCLIP (`TextImageEncoder`) and reference association
+//! (`Scorer`), mirroring the candle backend module for module. The diffusion parts and concept
+//! learning are still to come and are not declared.
+mod convert;
+mod encoder;
+pub mod open_clip;
+mod scorer;
+
+use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "tch";
 
@@ -17,8 +21,7 @@ impl TchBackend {
 
 /// The CPU, then every CUDA device the loaded libtorch sees (none with a CPU libtorch).
 fn devices() -> Vec<Device> {
-    let cuda = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
-    std::iter::once(Device::Cpu).chain((0..cuda).map(Device::Cuda)).collect()
+    std::iter::once(Device::Cpu).chain((0..convert::cuda_count()).map(Device::Cuda)).collect()
 }
 
 impl Backend for TchBackend {
@@ -28,22 +31,55 @@ impl Backend for TchBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "libtorch 2.13 (tch 0.26)".into(),
             devices: devices(),
-            provides: vec![],
+            provides: vec![Capability::TextImageEncoder, Capability::Scorer],
         }
+    }
+
+    fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
+        Ok(Box::new(encoder::TchEncoder::load(clip, convert::device(device)?)?))
+    }
+
+    fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
+        Ok(Box::new(scorer::TchScorer { device: convert::device(device)?, chunk: 4096 }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use adp_api::requests::FeatureKind;
+    use adp_api::{Error, Tensor};
+
     #[test]
-    fn reports_cpu_and_no_capabilities_yet() {
+    fn reports_cpu_and_what_it_provides() {
         let info = TchBackend.info();
         assert_eq!(info.name, "tch");
         assert_eq!(info.devices[0], Device::Cpu);
-        assert!(info.provides.is_empty());
+        assert_eq!(info.provides, vec![Capability::TextImageEncoder, Capability::Scorer]);
         // libtorch really is loaded and computes.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
         assert_eq!(f32::try_from(t).unwrap(), 6.0);
+    }
+
+    #[test]
+    fn unknown_cuda_device_is_refused() {
+        let n = convert::cuda_count();
+        let err = TchBackend.scorer(Device::Cuda(n)).err().expect("a missing device was accepted");
+        assert_eq!(err, Error::DeviceUnavailable { backend: NAME.into(), device: Device::Cuda(n).to_string() });
+    }
+
+    #[test]
+    fn scorer_chunks_do_not_change_the_result() {
+        let support = Tensor::from_fn(vec![3, 5, 4], |i| ((i * 7919) % 13) as f32 - 6.0);
+        let test = Tensor::from_fn(vec![2, 6, 4], |i| ((i * 104729) % 11) as f32 - 5.0);
+        let whole = scorer::TchScorer { device: tch::Device::Cpu, chunk: 4096 };
+        let memory = whole.build_memory(FeatureKind::PatchTokens, &support).unwrap();
+        let expected = whole.associate(&memory, &test).unwrap();
+        for chunk in [0, 1, 5, 12] {
+            let s = scorer::TchScorer { device: tch::Device::Cpu, chunk };
+            assert_eq!(s.associate(&memory, &test).unwrap(), expected, "chunk {chunk}");
+        }
+        let bad = adp_api::requests::ReferenceMemory { kind: FeatureKind::PatchTokens, features: Tensor::zeros(vec![4]) };
+        assert!(matches!(whole.associate(&bad, &test), Err(Error::Shape { .. })));
     }
 }

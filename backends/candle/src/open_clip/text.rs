@@ -4,7 +4,8 @@ use super::transformer::Transformer;
 use adp_api::tokenizer::Tokens;
 use adp_api::ClipConfig;
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use crate::nn::{layer_norm, LayerNorm};
+use candle_nn::VarBuilder;
 
 pub struct TextTransformer {
     pub token_embedding: Tensor,

@@ -1,6 +1,7 @@
 //! open_clip's `Transformer`: `resblocks.N.{ln_1, attn, ln_2, mlp}`, pre-norm, batch first.
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
+use crate::nn::{layer_norm, LayerNorm};
+use candle_nn::{linear, Linear, VarBuilder};
 
 /// `nn.MultiheadAttention` with its packed `in_proj_weight` / `in_proj_bias`.
 pub struct Attention {
@@ -33,7 +34,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
         self.out_proj.forward(&out)
     }

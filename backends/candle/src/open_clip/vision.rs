@@ -2,7 +2,8 @@
 use super::transformer::Transformer;
 use adp_api::ClipConfig;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d_no_bias, layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use crate::nn::{layer_norm, LayerNorm};
+use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 pub struct VisionTransformer {
     conv1: Conv2d,

@@ -1,0 +1,282 @@
+//! `LatentDiffuser` on a diffusers folder.
+use crate::convert::{err, from_candle, to_candle};
+use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet};
+use adp_api::requests::*;
+use adp_api::tokenizer::{ClipTokenizer, Tokens};
+use adp_api::{DiffusionSpec, Error, ImageBatch, LatentDiffuser, Result, Tensor};
+use candle_core::{DType, Var};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::vae;
+use std::path::Path;
+
+pub struct CandleDiffuser {
+    text: TextEncoder,
+    unet: UNet,
+    vae: vae::AutoEncoderKL,
+    schedule: Schedule,
+    spec: DiffusionSpec,
+    dims: DiffuserDims,
+    tokenizer: ClipTokenizer,
+    device: candle_core::Device,
+}
+
+fn load_err(file: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::config(file, e.to_string())
+}
+
+/// The block layouts this UNet supports: one transformer layer per attention, up blocks
+/// mirroring the down blocks' cross-attention, the last down block without one.
+fn check_unet_layout(spec: &DiffusionSpec) -> Result<()> {
+    let u = &spec.unet;
+    let n = u.block_out_channels.len();
+    let cross = |t: &str| t.starts_with("CrossAttn");
+    let known = |t: &str| matches!(t, "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D");
+    let bad = |m: String| Err(Error::config(spec.root.join("unet/config.json"), m));
+    if let Some(t) = u.down_block_types.iter().chain(&u.up_block_types).find(|t| !known(t)) {
+        return bad(format!("unsupported block type {t:?}"));
+    }
+    for i in 0..n {
+        if cross(&u.down_block_types[i]) != cross(&u.up_block_types[n - 1 - i]) {
+            return bad("up blocks do not mirror the down blocks' cross-attention".into());
+        }
+    }
+    Ok(())
+}
+
+impl CandleDiffuser {
+    pub fn load(spec: &DiffusionSpec, device: candle_core::Device) -> Result<Self> {
+        let te_path = spec.weights("text_encoder")?;
+        // SAFETY (all three): checkpoints are memory-mapped read-only.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], DType::F32, &device) }.map_err(|e| Error::io(&te_path, e))?;
+        let text = TextEncoder::new(vb, &spec.text_encoder, &device).map_err(load_err(&te_path))?;
+
+        let unet_path = spec.weights("unet")?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], DType::F32, &device) }.map_err(|e| Error::io(&unet_path, e))?;
+        let u = &spec.unet;
+        check_unet_layout(spec)?;
+        let unet = UNet::new(vb, u).map_err(load_err(&unet_path))?;
+
+        // candle's VAE only exposes posterior samples; with the log-variance half of
+        // `quant_conv` zeroed and its bias at −1e4 the posterior's std is exactly 0, so its
+        // sample is its mean — the deterministic latent the SPEC's loss starts from.
+        let vae_path = spec.weights("vae")?;
+        let mut tensors = candle_core::safetensors::load(&vae_path, &device).map_err(|e| Error::io(&vae_path, e))?;
+        let lc = spec.vae.latent_channels;
+        let w = tensors.get("quant_conv.weight").ok_or_else(|| Error::MissingTensor { file: vae_path.clone(), tensor: "quant_conv.weight".into() })?;
+        let b = tensors.get("quant_conv.bias").ok_or_else(|| Error::MissingTensor { file: vae_path.clone(), tensor: "quant_conv.bias".into() })?;
+        let mean_only = |t: &candle_core::Tensor, fill: f64| -> candle_core::Result<candle_core::Tensor> {
+            let keep = t.narrow(0, 0, lc)?;
+            candle_core::Tensor::cat(&[&keep, &(keep.zeros_like()? + fill)?], 0)
+        };
+        let (w, b) = (mean_only(w, 0.0).map_err(load_err(&vae_path))?, mean_only(b, -1e4).map_err(load_err(&vae_path))?);
+        tensors.insert("quant_conv.weight".into(), w);
+        tensors.insert("quant_conv.bias".into(), b);
+        let v = &spec.vae;
+        let vae_cfg = vae::AutoEncoderKLConfig {
+            block_out_channels: v.block_out_channels.clone(),
+            layers_per_block: v.layers_per_block,
+            latent_channels: v.latent_channels,
+            norm_num_groups: v.norm_num_groups,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+        };
+        let vae = vae::AutoEncoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &device), v.in_channels, v.out_channels, vae_cfg)
+            .map_err(load_err(&vae_path))?;
+
+        let s = &spec.scheduler;
+        let alphas_cumprod = s.alphas_cumprod()?;
+        let schedule = Schedule {
+            final_alpha_cumprod: if s.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
+            alphas_cumprod,
+            prediction: spec.prediction,
+        };
+        let image_size = v.sample_size.unwrap_or(u.sample_size.unwrap_or(64) * spec.vae_downsampling());
+        let dims = DiffuserDims {
+            image_size,
+            latent_channels: v.latent_channels,
+            vae_downsampling: spec.vae_downsampling(),
+            text_width: spec.text_encoder.hidden_size,
+            context_length: spec.text_encoder.max_position_embeddings,
+            train_timesteps: s.num_train_timesteps,
+            prediction: spec.prediction,
+        };
+        Ok(Self { text, unet, vae, schedule, spec: spec.clone(), dims, tokenizer: ClipTokenizer::new(), device })
+    }
+
+    fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
+        if images.is_empty() {
+            return Err(Error::EmptySupportSet);
+        }
+        let s = self.dims.image_size;
+        images.expect_size(&format!("diffusion input (N, 3, {s}, {s})"), s, s)?;
+        let x = to_candle(images.pixels(), &self.device)?;
+        (x * 2.0).and_then(|x| x - 1.0).map_err(err)
+    }
+
+    fn latents(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
+        let x = self.pixels(images)?;
+        // One image at a time: candle-transformers' VAE attention feeds a non-contiguous batch to
+        // matmul, which candle mis-reads for batches of more than one.
+        let z = (0..images.len())
+            .map(|i| x.narrow(0, i, 1).and_then(|xi| self.vae.encode(&xi)?.sample()))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .and_then(|zs| candle_core::Tensor::cat(&zs, 0))
+            .map_err(err)?;
+        (z * self.spec.vae.scaling_factor as f64).map_err(err)
+    }
+
+    fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
+    }
+
+    /// Text-encoder states; the concept named by `trainable` uses the given `Var`.
+    fn condition(&self, prompts: &[Prompt], trainable: Option<(&str, &Var)>) -> Result<candle_core::Tensor> {
+        let tokens = self.tokens(prompts)?;
+        let slots = prompts
+            .iter()
+            .map(|p| {
+                p.concepts
+                    .iter()
+                    .map(|c| {
+                        if c.vector.len() != self.dims.text_width {
+                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
+                        }
+                        match trainable {
+                            Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
+                            _ => candle_core::Tensor::new(c.vector.as_slice(), &self.device).map_err(err),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.text.forward(&tokens, &slots).map_err(err)
+    }
+
+    fn check_timestep(&self, t: u32) -> Result<usize> {
+        let t = t as usize;
+        if t >= self.dims.train_timesteps {
+            return Err(Error::invalid("timestep", format!("{t} (the schedule has {})", self.dims.train_timesteps)));
+        }
+        Ok(t)
+    }
+
+    fn latent_shape(&self, n: usize) -> Vec<usize> {
+        let side = self.dims.image_size / self.dims.vae_downsampling;
+        vec![n, self.dims.latent_channels, side, side]
+    }
+}
+
+impl LatentDiffuser for CandleDiffuser {
+    fn dims(&self) -> DiffuserDims {
+        self.dims
+    }
+
+    fn vae_encode(&self, images: &ImageBatch) -> Result<Tensor> {
+        from_candle(&self.latents(images)?)
+    }
+
+    fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch> {
+        let shape = self.latent_shape(latents.shape().first().copied().unwrap_or(0));
+        latents.expect_shape("latents", &shape.iter().enumerate().map(|(i, &d)| (i > 0).then_some(d)).collect::<Vec<_>>())?;
+        latents.check_finite("latents")?;
+        let z = to_candle(latents, &self.device)?;
+        let x = (z / self.spec.vae.scaling_factor as f64)
+            .and_then(|z| (0..z.dim(0)?).map(|i| self.vae.decode(&z.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>())
+            .and_then(|xs| candle_core::Tensor::cat(&xs, 0))
+            .and_then(|x| (x / 2.0)? + 0.5)
+            .and_then(|x| x.clamp(0.0, 1.0))
+            .map_err(err)?;
+        ImageBatch::new(from_candle(&x)?)
+    }
+
+    fn text_conditioning(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        from_candle(&self.condition(prompts, None)?)
+    }
+
+    fn unet_prediction(&self, r: &UnetRequest) -> Result<Tensor> {
+        let n = r.timesteps.len();
+        let shape = self.latent_shape(n);
+        r.latents.expect_shape("latents", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
+        r.conditioning.expect_shape("conditioning", &[Some(n), Some(self.dims.context_length), Some(self.dims.text_width)])?;
+        let (z, c) = (to_candle(&r.latents, &self.device)?, to_candle(&r.conditioning, &self.device)?);
+        let t = r.timesteps.iter().map(|&t| self.check_timestep(t).map(|t| t as f64)).collect::<Result<Vec<_>>>()?;
+        from_candle(&self.unet.forward(&z, &t, &c).map_err(err)?)
+    }
+
+    fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
+        let n = r.images.len();
+        if r.prompts.len() != n || r.timesteps.len() != n {
+            return Err(Error::invalid("denoising loss", format!("{n} images need as many prompts and timesteps (got {} and {})", r.prompts.len(), r.timesteps.len())));
+        }
+        let shape = self.latent_shape(n);
+        r.noise.expect_shape("noise", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
+        r.noise.check_finite("noise")?;
+        let z0 = self.latents(&r.images)?.detach();
+        let noise = to_candle(&r.noise, &self.device)?;
+        let start = r.prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
+        let var = match (&r.gradient_of, start) {
+            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
+            (_, Some(c)) => Some(Var::new(c.vector.as_slice(), &self.device).map_err(err)?),
+            (None, None) => None,
+        };
+        let cond = self.condition(&r.prompts, r.gradient_of.as_deref().zip(var.as_ref()))?;
+        let mut noisy = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        let mut ts = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = self.check_timestep(r.timesteps[i])?;
+            let (z, e) = (z0.narrow(0, i, 1).map_err(err)?, noise.narrow(0, i, 1).map_err(err)?);
+            noisy.push(self.schedule.add_noise(&z, &e, t).map_err(err)?);
+            targets.push(self.schedule.target(&z, &e, t).map_err(err)?);
+            ts.push(t as f64);
+        }
+        let zt = candle_core::Tensor::cat(&noisy, 0).map_err(err)?;
+        let pred = self.unet.forward(&zt, &ts, &cond).map_err(err)?;
+        let target = candle_core::Tensor::cat(&targets, 0).map_err(err)?;
+        let loss = (pred - target).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(err)?;
+        let grad = match &var {
+            Some(var) => {
+                let grads = loss.backward().map_err(err)?;
+                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?;
+                Some(g.to_vec1::<f32>().map_err(err)?)
+            }
+            None => None,
+        };
+        Ok(ValueAndGrad { value: loss.to_scalar::<f32>().map_err(err)?, grad })
+    }
+
+    fn img2img(&self, r: &Img2ImgRequest) -> Result<ImageBatch> {
+        if !(r.guidance.is_finite() && r.guidance >= 0.0) {
+            return Err(Error::invalid("guidance", format!("{}", r.guidance)));
+        }
+        let n = r.images.len();
+        let z0 = self.latents(&r.images)?;
+        let shape = self.latent_shape(n);
+        let noise = match &r.noise {
+            Some(noise) => {
+                noise.expect_shape("img2img noise", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
+                to_candle(noise, &self.device)?
+            }
+            None => to_candle(&Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?, &self.device)?,
+        };
+        let timesteps = self.spec.scheduler.img2img_timesteps(r.steps, r.strength)?;
+        let step = self.spec.scheduler.ddim_step(r.steps);
+        let Some(&first) = timesteps.first() else {
+            return self.vae_decode(&from_candle(&z0)?);
+        };
+        let mut latents = self.schedule.add_noise(&z0, &noise, first).map_err(err)?;
+        let prompts: Vec<Prompt> = std::iter::repeat(r.negative_prompt.clone()).take(n).chain(std::iter::repeat(r.prompt.clone()).take(n)).collect();
+        let cond = self.condition(&prompts, None)?;
+        for &t in &timesteps {
+            let input = candle_core::Tensor::cat(&[&latents, &latents], 0).map_err(err)?;
+            let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond).map_err(err)?;
+            let (uncond, text) = (out.narrow(0, 0, n).map_err(err)?, out.narrow(0, n, n).map_err(err)?);
+            let guided = ((&text - &uncond).and_then(|d| d * r.guidance as f64)).and_then(|d| &uncond + d).map_err(err)?;
+            latents = self.schedule.step(&guided, t, t.checked_sub(step), &latents).map_err(err)?;
+        }
+        self.vae_decode(&from_candle(&latents)?)
+    }
+}

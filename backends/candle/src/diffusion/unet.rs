@@ -1,0 +1,269 @@
+//! diffusers' `UNet2DConditionModel` (names as in its state dict), written here rather than taken
+//! from candle-transformers because the concept's gradient must flow back through
+//! cross-attention (candle-transformers uses a softmax without a backward pass there), and
+//! because every sample of a batch needs its own timestep.
+use adp_api::config::diffusion::UnetConfig;
+use candle_core::{Module, Result, Tensor, D};
+use crate::nn::{layer_norm, LayerNorm};
+use candle_nn::{conv2d, group_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
+    conv2d(cin, cout, 3, Conv2dConfig { padding: 1, stride, ..Default::default() }, vb)
+}
+
+struct Resnet {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl Resnet {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, temb: usize, c: &UnetConfig) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(c.norm_num_groups, cin, c.norm_eps, vb.pp("norm1"))?,
+            conv1: conv3(vb.pp("conv1"), cin, cout, 1)?,
+            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(c.norm_num_groups, cout, c.norm_eps, vb.pp("norm2"))?,
+            conv2: conv3(vb.pp("conv2"), cout, cout, 1)?,
+            shortcut: (cin != cout).then(|| conv2d(cin, cout, 1, Default::default(), vb.pp("conv_shortcut"))).transpose()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h.broadcast_add(&t)?)?.silu()?)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        skip + h
+    }
+}
+
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, dim: usize, context: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, t, w) = x.dims3()?;
+        let d = w / self.heads;
+        let heads = |y: Tensor| -> Result<Tensor> {
+            let s = y.dim(1)?;
+            y.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k, v) = (heads(self.to_q.forward(x)?)?, heads(self.to_k.forward(context)?)?, heads(self.to_v.forward(context)?)?);
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let out = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// `Transformer2DModel` with linear projections and one `BasicTransformerBlock`.
+struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Linear,
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff_in: Linear,
+    ff_out: Linear,
+    proj_out: Linear,
+}
+
+impl SpatialTransformer {
+    fn new(vb: VarBuilder, c: usize, heads: usize, cfg: &UnetConfig) -> Result<Self> {
+        let b = vb.pp("transformer_blocks.0");
+        Ok(Self {
+            norm: group_norm(cfg.norm_num_groups, c, 1e-6, vb.pp("norm"))?,
+            proj_in: linear(c, c, vb.pp("proj_in"))?,
+            norm1: layer_norm(c, 1e-5, b.pp("norm1"))?,
+            attn1: Attention::new(b.pp("attn1"), c, c, heads)?,
+            norm2: layer_norm(c, 1e-5, b.pp("norm2"))?,
+            attn2: Attention::new(b.pp("attn2"), c, cfg.cross_attention_dim, heads)?,
+            norm3: layer_norm(c, 1e-5, b.pp("norm3"))?,
+            ff_in: linear(c, 8 * c, b.pp("ff.net.0.proj"))?,
+            ff_out: linear(4 * c, c, b.pp("ff.net.2"))?,
+            proj_out: linear(c, c, vb.pp("proj_out"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        // `.contiguous()`: candle's batched matmul mis-reads non-contiguous left operands (batch > 1).
+        let hs = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let hs = self.proj_in.forward(&hs)?;
+        let n1 = self.norm1.forward(&hs)?;
+        let hs = (&hs + self.attn1.forward(&n1, &n1)?)?;
+        let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context)?)?;
+        let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
+        let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
+        let hs = (&hs + self.ff_out.forward(&(a * gate.gelu_erf()?)?)?)?;
+        let out = self.proj_out.forward(&hs)?.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))?;
+        out + x
+    }
+}
+
+struct Layer {
+    resnet: Resnet,
+    attention: Option<SpatialTransformer>,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let x = self.resnet.forward(x, temb)?;
+        match &self.attention {
+            Some(a) => a.forward(&x, context),
+            None => Ok(x),
+        }
+    }
+}
+
+struct Block {
+    layers: Vec<Layer>,
+    resample: Option<Conv2d>,
+}
+
+pub struct UNet {
+    conv_in: Conv2d,
+    linear_1: Linear,
+    linear_2: Linear,
+    down: Vec<Block>,
+    mid: (Resnet, SpatialTransformer, Resnet),
+    up: Vec<Block>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    channels0: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+}
+
+impl UNet {
+    pub fn new(vb: VarBuilder, c: &UnetConfig) -> Result<Self> {
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let temb = ch[0] * 4;
+        let cross = |t: &String| t.starts_with("CrossAttn");
+        let layer = |vb: &VarBuilder, j: usize, cin: usize, cout: usize, attn: bool, heads: usize| -> Result<Layer> {
+            Ok(Layer {
+                resnet: Resnet::new(vb.pp(format!("resnets.{j}")), cin, cout, temb, c)?,
+                attention: attn.then(|| SpatialTransformer::new(vb.pp(format!("attentions.{j}")), cout, heads, c)).transpose()?,
+            })
+        };
+        let mut down = Vec::new();
+        for i in 0..n {
+            let vb = vb.pp(format!("down_blocks.{i}"));
+            let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+            let layers = (0..c.layers_per_block)
+                .map(|j| layer(&vb, j, if j == 0 { cin } else { ch[i] }, ch[i], cross(&c.down_block_types[i]), c.attention_head_dim.get(i)))
+                .collect::<Result<_>>()?;
+            let resample = (i + 1 < n).then(|| conv3(vb.pp("downsamplers.0.conv"), ch[i], ch[i], 2)).transpose()?;
+            down.push(Block { layers, resample });
+        }
+        let last = ch[n - 1];
+        let heads_mid = c.attention_head_dim.get(n - 1);
+        let mid = (
+            Resnet::new(vb.pp("mid_block.resnets.0"), last, last, temb, c)?,
+            SpatialTransformer::new(vb.pp("mid_block.attentions.0"), last, heads_mid, c)?,
+            Resnet::new(vb.pp("mid_block.resnets.1"), last, last, temb, c)?,
+        );
+        let mut up = Vec::new();
+        for i in 0..n {
+            let vb = vb.pp(format!("up_blocks.{i}"));
+            let out = ch[n - 1 - i];
+            let prev = if i == 0 { last } else { ch[n - i] };
+            let input = ch[n - 1 - (i + 1).min(n - 1)];
+            let layers_n = c.layers_per_block + 1;
+            let layers = (0..layers_n)
+                .map(|j| {
+                    let skip = if j + 1 == layers_n { input } else { out };
+                    let res_in = if j == 0 { prev } else { out };
+                    layer(&vb, j, res_in + skip, out, cross(&c.up_block_types[i]), c.attention_head_dim.get(n - 1 - i))
+                })
+                .collect::<Result<_>>()?;
+            let resample = (i + 1 < n).then(|| conv3(vb.pp("upsamplers.0.conv"), out, out, 1)).transpose()?;
+            up.push(Block { layers, resample });
+        }
+        Ok(Self {
+            conv_in: conv3(vb.pp("conv_in"), c.in_channels, ch[0], 1)?,
+            linear_1: linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?,
+            linear_2: linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
+            down,
+            mid,
+            up,
+            conv_norm_out: group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv3(vb.pp("conv_out"), ch[0], c.out_channels, 1)?,
+            channels0: ch[0],
+            flip_sin_to_cos: c.flip_sin_to_cos,
+            freq_shift: c.freq_shift as f64,
+        })
+    }
+
+    /// diffusers' `get_timestep_embedding`, one timestep per sample.
+    fn timestep_embedding(&self, timesteps: &[f64], device: &candle_core::Device) -> Result<Tensor> {
+        let half = self.channels0 / 2;
+        let mut data: Vec<f32> = Vec::with_capacity(timesteps.len() * self.channels0);
+        for &t in timesteps {
+            let args: Vec<f64> = (0..half).map(|i| t * (-(10000f64.ln()) * i as f64 / (half as f64 - self.freq_shift)).exp()).collect();
+            let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
+            if self.flip_sin_to_cos {
+                data.extend(cos.iter().chain(&sin));
+            } else {
+                data.extend(sin.iter().chain(&cos));
+            }
+        }
+        Tensor::from_vec(data, (timesteps.len(), self.channels0), device)
+    }
+
+    /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.
+    pub fn forward(&self, x: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
+        let temb = self.timestep_embedding(timesteps, x.device())?;
+        let temb = self.linear_2.forward(&self.linear_1.forward(&temb)?.silu()?)?;
+        let mut h = self.conv_in.forward(x)?;
+        let mut skips = vec![h.clone()];
+        for block in &self.down {
+            for l in &block.layers {
+                h = l.forward(&h, &temb, context)?;
+                skips.push(h.clone());
+            }
+            if let Some(conv) = &block.resample {
+                h = conv.forward(&h)?;
+                skips.push(h.clone());
+            }
+        }
+        h = self.mid.0.forward(&h, &temb)?;
+        h = self.mid.1.forward(&h, context)?;
+        h = self.mid.2.forward(&h, &temb)?;
+        for block in &self.up {
+            for l in &block.layers {
+                let skip = skips.pop().expect("one skip per up layer");
+                h = l.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, context)?;
+            }
+            if let Some(conv) = &block.resample {
+                let (_, _, hh, ww) = h.dims4()?;
+                h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
+            }
+        }
+        self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
+    }
+}

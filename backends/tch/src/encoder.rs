@@ -1,0 +1,167 @@
+//! `TextImageEncoder` on an OpenCLIP checkpoint.
+use crate::convert::{err, from_tch, to_tch, to_vec};
+use crate::open_clip::{OpenClip, Weights};
+use adp_api::preprocess::clip_preprocess;
+use adp_api::requests::*;
+use adp_api::tokenizer::{ClipTokenizer, Tokens};
+use adp_api::{ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
+use tch::{Kind, TchError};
+
+pub struct TchEncoder {
+    model: OpenClip,
+    tokenizer: ClipTokenizer,
+    dims: EncoderDims,
+    device: tch::Device,
+}
+
+impl TchEncoder {
+    /// Checks the checkpoint against its config, then loads every weight once onto `device`.
+    pub fn load(clip: &ClipCheckpoint, device: tch::Device) -> Result<Self> {
+        clip.check_weights()?;
+        let weights = Weights::load(&clip.weights, device)?;
+        let model = OpenClip::new(&weights, &clip.config)?;
+        let c = &clip.config;
+        let dims = EncoderDims {
+            image_size: c.vision_cfg.image_size,
+            grid: c.grid(),
+            embed_dim: c.embed_dim,
+            vision_width: c.vision_cfg.width,
+            text_width: c.text_cfg.width,
+            context_length: c.text_cfg.context_length,
+        };
+        Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
+    }
+
+    fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
+        if images.is_empty() {
+            return Err(Error::EmptySupportSet);
+        }
+        to_tch(&clip_preprocess(images, self.dims.image_size), self.device)
+    }
+
+    fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
+    }
+
+    /// Concept vectors as tensors; those named `trainable` are that one leaf tensor, so that its
+    /// gradient collects every use.
+    fn slots(&self, prompts: &[Prompt], trainable: Option<(&str, &tch::Tensor)>) -> Result<Vec<Vec<tch::Tensor>>> {
+        prompts
+            .iter()
+            .map(|p| {
+                p.concepts
+                    .iter()
+                    .map(|c| {
+                        if c.vector.len() != self.dims.text_width {
+                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
+                        }
+                        match trainable {
+                            Some((name, leaf)) if name == c.placeholder => Ok(leaf.shallow_clone()),
+                            _ => vector(&c.vector, self.device),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Unit-normalised image embeddings, without gradients.
+    fn unit_image_embeddings(&self, images: &ImageBatch) -> Result<tch::Tensor> {
+        let x = self.pixels(images)?;
+        tch::no_grad(|| self.model.visual.embed(&x).and_then(|f| normalize(&f))).map_err(err)
+    }
+}
+
+fn vector(v: &[f32], device: tch::Device) -> Result<tch::Tensor> {
+    tch::Tensor::f_from_slice(v).and_then(|t| t.f_to_device(device)).map_err(err)
+}
+
+fn normalize(t: &tch::Tensor) -> std::result::Result<tch::Tensor, TchError> {
+    t.f_div(&t.f_mul(t)?.f_sum_dim_intlist(-1, true, Kind::Float)?.f_sqrt()?)
+}
+
+impl TextImageEncoder for TchEncoder {
+    fn dims(&self) -> EncoderDims {
+        self.dims
+    }
+
+    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
+        let x = self.pixels(images)?;
+        tch::no_grad(|| from_tch(&self.model.visual.embed(&x).map_err(err)?))
+    }
+
+    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
+        let x = self.pixels(images)?;
+        tch::no_grad(|| {
+            let windows = window_sizes
+                .iter()
+                .map(|&size| {
+                    if size == 0 || size > self.dims.grid {
+                        return Err(Error::invalid("window size", format!("{size} on a {0}×{0} patch grid", self.dims.grid)));
+                    }
+                    let embeddings = from_tch(&self.model.visual.window_embeddings(&x, size)?)?;
+                    Ok(WindowFeatures { size, embeddings })
+                })
+                .collect::<Result<_>>()?;
+            let patch_tokens = from_tch(&self.model.visual.penultimate_tokens(&x).map_err(err)?)?;
+            Ok(DenseFeatures { grid: self.dims.grid, patch_tokens, windows })
+        })
+    }
+
+    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        let tokens = self.tokens(prompts)?;
+        let slots = self.slots(prompts, None)?;
+        tch::no_grad(|| from_tch(&self.model.text.encode(&tokens, &slots)?))
+    }
+
+    fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
+        let ids = self.tokenizer.encode_text(word);
+        let [id] = ids[..] else {
+            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
+        };
+        to_vec(&self.model.text.token_row(id as usize)?)
+    }
+
+    fn state_probability(&self, r: &StateProbabilityRequest) -> Result<StateProbability> {
+        if !(r.temperature > 0.0) {
+            return Err(Error::invalid("temperature", format!("{} must be positive", r.temperature)));
+        }
+        let f = self.unit_image_embeddings(&r.images)?;
+        let prompts = [r.normal.clone(), r.anomalous.clone()];
+        let start = prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
+        let leaf = match (&r.gradient_of, start) {
+            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
+            (_, Some(c)) => Some(vector(&c.vector, self.device)?.f_set_requires_grad(true).map_err(err)?),
+            (None, None) => None,
+        };
+        let trainable = r.gradient_of.as_deref().zip(leaf.as_ref());
+        let tokens = self.tokens(&prompts)?;
+        let slots = self.slots(&prompts, trainable)?;
+        // Gradients are tracked only when asked for, and then only back to the concept vector
+        // (the weights never require them).
+        let forward = || -> Result<tch::Tensor> {
+            let g = self.model.text.encode(&tokens, &slots)?;
+            let logits = f.f_matmul(&normalize(&g).and_then(|g| g.f_tr()).map_err(err)?).and_then(|l| l.f_div_scalar(r.temperature as f64)).map_err(err)?;
+            logits.f_softmax(-1, Kind::Float).and_then(|p| p.f_select(1, 0)).map_err(err)
+        };
+        let p_normal = match &leaf {
+            Some(_) => tch::with_grad(forward)?,
+            None => tch::no_grad(forward)?,
+        };
+        let grad = match &leaf {
+            Some(leaf) => {
+                p_normal.f_mean(Kind::Float).and_then(|m| m.f_backward()).map_err(err)?;
+                let g = leaf.f_grad().map_err(err)?;
+                if !g.defined() {
+                    return Err(Error::invalid("gradient", "the concept does not reach the output"));
+                }
+                Some(to_vec(&g)?)
+            }
+            None => None,
+        };
+        Ok(StateProbability { normal: to_vec(&p_normal)?, grad })
+    }
+}

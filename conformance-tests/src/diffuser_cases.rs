@@ -1,0 +1,132 @@
+//! Cases for `LatentDiffuser`: parity with diffusers and transformers on the fixture folders
+//! (VAE, text conditioning with a concept, UNet, textual-inversion loss and gradient for epsilon
+//! and v-prediction, DDIM img2img), gradients, determinism and bad inputs.
+use crate::encoder_cases::GRADIENT_TOLERANCE;
+use crate::goldens::{assert_close, diffusion_spec, Golden, FORWARD_TOLERANCE};
+use adp_api::requests::*;
+use adp_api::{Backend, Device, Error, ImageBatch, LatentDiffuser, Tensor};
+
+fn diffuser(backend: &dyn Backend, v_prediction: bool) -> Box<dyn LatentDiffuser> {
+    backend.latent_diffuser(&diffusion_spec(v_prediction), Device::Cpu).expect("open the fixture diffusers folder")
+}
+
+fn prompts(g: &Golden, key: &str, concept: &[f32]) -> Vec<Prompt> {
+    let texts: Vec<String> = serde_json::from_value(g.meta_json(key)).expect("prompt list");
+    texts.iter().map(|t| if t.contains("<c>") { Prompt::with_concept(t.as_str(), "<c>", concept) } else { Prompt::plain(t.as_str()) }).collect()
+}
+
+fn timesteps(g: &Golden, name: &str) -> Vec<u32> {
+    g.i64(name).1.into_iter().map(|t| t as u32).collect()
+}
+
+pub fn vae_matches_diffusers(backend: &dyn Backend) {
+    let g = Golden::open("sd");
+    let d = diffuser(backend, false);
+    let images = ImageBatch::new(g.f32("vae_images")).unwrap();
+    assert_close("VAE latents", &d.vae_encode(&images).unwrap(), &g.f32("vae_latents"), FORWARD_TOLERANCE);
+    let decoded = d.vae_decode(&g.f32("vae_latents")).unwrap();
+    assert_close("VAE decoded image", decoded.pixels(), &g.f32("vae_decoded"), FORWARD_TOLERANCE);
+}
+
+pub fn conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
+    let g = Golden::open("sd");
+    let d = diffuser(backend, false);
+    let concept = g.f32("concept").into_data();
+    let cond = d.text_conditioning(&prompts(&g, "cond_prompts", &concept)).unwrap();
+    assert_close("text conditioning", &cond, &g.f32("conditioning"), FORWARD_TOLERANCE);
+    let request = UnetRequest { latents: g.f32("unet_latents"), timesteps: timesteps(&g, "unet_timesteps"), conditioning: g.f32("conditioning") };
+    assert_close("UNet prediction", &d.unet_prediction(&request).unwrap(), &g.f32("unet_prediction"), FORWARD_TOLERANCE);
+}
+
+fn loss_request(g: &Golden, concept: &[f32]) -> DenoisingLossRequest {
+    DenoisingLossRequest {
+        images: ImageBatch::new(g.f32("images")).unwrap(),
+        prompts: prompts(g, "prompts", concept),
+        timesteps: timesteps(g, "timesteps"),
+        noise: g.f32("noise"),
+        gradient_of: Some("<c>".into()),
+    }
+}
+
+fn loss_matches(backend: &dyn Backend, v_prediction: bool) {
+    let g = Golden::open(if v_prediction { "ti_v" } else { "ti_epsilon" });
+    let d = diffuser(backend, v_prediction);
+    let concept = g.f32("concept").into_data();
+    let got = d.denoising_loss(&loss_request(&g, &concept)).unwrap();
+    assert_close("textual-inversion loss", &Tensor::new(vec![1], vec![got.value]).unwrap(), &g.f32("loss"), FORWARD_TOLERANCE);
+    let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
+    assert_close("d loss / d concept", &grad, &g.f32("loss_grad"), GRADIENT_TOLERANCE);
+}
+
+pub fn denoising_loss_matches_diffusers_epsilon(backend: &dyn Backend) {
+    loss_matches(backend, false);
+}
+
+pub fn denoising_loss_matches_diffusers_v_prediction(backend: &dyn Backend) {
+    loss_matches(backend, true);
+}
+
+/// The loss gradient against central finite differences of the loss itself.
+pub fn denoising_loss_gradient_matches_finite_differences(backend: &dyn Backend) {
+    let g = Golden::open("ti_epsilon");
+    let d = diffuser(backend, false);
+    let concept = g.f32("concept").into_data();
+    let grad = d.denoising_loss(&loss_request(&g, &concept)).unwrap().grad.unwrap();
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(scale > 0.0, "the gradient is identically zero");
+    let value = |v: &[f32]| d.denoising_loss(&DenoisingLossRequest { gradient_of: None, ..loss_request(&g, v) }).unwrap().value as f64;
+    let h = 5e-2f32;
+    for k in [0, 11, concept.len() - 1] {
+        let (mut up, mut down) = (concept.clone(), concept.clone());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (value(&up) - value(&down)) / (2.0 * h as f64);
+        assert!((fd - grad[k] as f64).abs() <= 0.05 * scale + 1e-5, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
+    }
+}
+
+pub fn img2img_matches_diffusers(backend: &dyn Backend) {
+    let g = Golden::open("img2img_epsilon");
+    let d = diffuser(backend, false);
+    let text = |k: &str| Prompt::plain(g.meta_str(k));
+    let request = Img2ImgRequest {
+        images: ImageBatch::new(g.f32("image")).unwrap(),
+        prompt: text("prompt"),
+        negative_prompt: text("negative_prompt"),
+        strength: g.meta_str("strength").parse().unwrap(),
+        guidance: g.meta_str("guidance_scale").parse().unwrap(),
+        steps: g.meta_str("num_inference_steps").parse().unwrap(),
+        seed: 0,
+        noise: Some(g.f32("noise")),
+    };
+    let out = d.img2img(&request).unwrap();
+    assert_close("img2img output", out.pixels(), &g.f32("output"), 1e-3);
+}
+
+pub fn img2img_is_deterministic_under_a_seed(backend: &dyn Backend) {
+    let d = diffuser(backend, true);
+    let f = crate::cases::features(vec![1, 3, 32, 32], 4);
+    let images = ImageBatch::new(Tensor::new(f.shape().to_vec(), f.data().iter().map(|v| (v + 1.0) / 2.0).collect()).unwrap()).unwrap();
+    let mut r = Img2ImgRequest::spec_defaults(images, Prompt::plain("a photo with damage"), 7);
+    r.steps = 4;
+    let a = d.img2img(&r).unwrap();
+    assert_eq!(a, d.img2img(&r).unwrap(), "the same seed gave two results");
+    r.seed = 8;
+    assert_ne!(a, d.img2img(&r).unwrap(), "another seed gave the same result");
+}
+
+pub fn diffuser_rejects_bad_inputs(backend: &dyn Backend) {
+    let d = diffuser(backend, false);
+    let wrong = ImageBatch::new(Tensor::zeros(vec![1, 3, 24, 32])).unwrap();
+    assert!(matches!(d.vae_encode(&wrong), Err(Error::Shape { .. })), "wrong image size");
+    let empty = ImageBatch::new(Tensor::zeros(vec![0, 3, 32, 32])).unwrap();
+    assert_eq!(d.vae_encode(&empty).unwrap_err(), Error::EmptySupportSet);
+    let g = Golden::open("sd");
+    let mut r = UnetRequest { latents: g.f32("unet_latents"), timesteps: vec![1000, 3], conditioning: g.f32("conditioning") };
+    assert!(matches!(d.unet_prediction(&r), Err(Error::Invalid { .. })), "timestep past the schedule");
+    r.timesteps = vec![1];
+    assert!(d.unet_prediction(&r).is_err(), "one timestep for two latents");
+    assert!(matches!(d.vae_decode(&Tensor::zeros(vec![1, 3, 16, 16])), Err(Error::Shape { .. })), "3 latent channels");
+    let long = Prompt::plain("scratch ".repeat(80));
+    assert!(matches!(d.text_conditioning(&[long]), Err(Error::PromptTooLong { .. })));
+}
