@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod learning;
 pub mod preprocess;
 pub mod requests;
 pub mod rng;

@@ -83,6 +83,22 @@ fn resize_plane(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<u8>
     out
 }
 
+/// Every image resized to `height`×`width` (Pillow's bicubic, no crop), values in [0, 1]: how
+/// support images reach a diffusion model's fixed input size.
+pub fn resize(images: &ImageBatch, height: usize, width: usize) -> ImageBatch {
+    let (n, h, w) = (images.len(), images.height(), images.width());
+    if (h, w) == (height, width) {
+        return images.clone();
+    }
+    let px = images.pixels().data();
+    let mut out = Vec::with_capacity(n * 3 * height * width);
+    for plane in px.chunks(h * w) {
+        let bytes: Vec<u8> = plane.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+        out.extend(resize_plane(&bytes, h, w, height, width).into_iter().map(|b| b as f32 / 255.0));
+    }
+    ImageBatch::new(Tensor::new(vec![n, 3, height, width], out).expect("resized size")).expect("finite pixels")
+}
+
 /// `[N, 3, size, size]`, normalised, from images of any size.
 pub fn clip_preprocess(images: &ImageBatch, size: usize) -> Tensor {
     let (n, h, w) = (images.len(), images.height(), images.width());

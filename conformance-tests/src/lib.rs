@@ -8,6 +8,7 @@ pub mod cases;
 pub mod diffuser_cases;
 pub mod encoder_cases;
 pub mod goldens;
+pub mod optimizer_cases;
 
 use adp_api::Backend;
 use std::path::PathBuf;
@@ -116,6 +117,22 @@ macro_rules! conformance_tests {
         #[test]
         fn diffuser_rejects_bad_inputs() {
             $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::diffuser_rejects_bad_inputs);
+        }
+        #[test]
+        fn learns_deterministically_with_progress() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::learns_deterministically_with_progress);
+        }
+        #[test]
+        fn anomaly_aware_objective_runs() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::anomaly_aware_objective_runs);
+        }
+        #[test]
+        fn a_killed_run_resumes_to_the_same_concept() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::a_killed_run_resumes_to_the_same_concept);
+        }
+        #[test]
+        fn optimizer_rejects_bad_requests() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::optimizer_rejects_bad_requests);
         }
         #[test]
         fn scorer_matches_the_definition() {

@@ -1,14 +1,15 @@
-//! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`) and
-//! reference association (`Scorer`); concept learning is still to come and is not declared.
+//! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`),
+//! concept learning (`ConceptOptimizer`) and reference association (`Scorer`).
 mod convert;
 mod diffuser;
 pub mod diffusion;
 mod encoder;
 mod nn;
+mod optimizer;
 pub mod open_clip;
 mod scorer;
 
-use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "candle";
 
@@ -37,7 +38,7 @@ impl Backend for CandleBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "candle-core 0.11".into(),
             devices: devices(),
-            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::Scorer],
+            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer],
         }
     }
 
@@ -47,6 +48,14 @@ impl Backend for CandleBackend {
 
     fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
         Ok(Box::new(diffuser::CandleDiffuser::load(sd, convert::device(device)?)?))
+    }
+
+    fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn ConceptOptimizer>> {
+        let device = convert::device(device)?;
+        Ok(Box::new(optimizer::CandleOptimizer {
+            encoder: encoder::CandleEncoder::load(clip, device.clone())?,
+            diffuser: diffuser::CandleDiffuser::load(sd, device)?,
+        }))
     }
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
