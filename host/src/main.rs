@@ -51,6 +51,9 @@ enum Command {
         /// real-size random weights.
         #[arg(long, default_value = "tiny")]
         preset: String,
+        /// `tiny`, or `sd-2.1` for Stable Diffusion 2.1's real UNet and VAE with random weights.
+        #[arg(long, default_value = "tiny")]
+        diffusion: String,
     },
 }
 
@@ -74,8 +77,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Fixtures { out, seed, preset } => {
-            let paths = adp_host::fixtures::write_all(&out, seed, &preset)?;
+        Command::Fixtures { out, seed, preset, diffusion } => {
+            let diffusion = adp_host::fixtures::diffusers::DiffusionPreset::from_name(&diffusion)?;
+            let paths = adp_host::fixtures::write_all_with(&out, seed, &preset, diffusion)?;
             println!("{}\n{}\n{}", paths.clip.display(), paths.sd_epsilon.display(), paths.sd_v.display());
             Ok(())
         }
