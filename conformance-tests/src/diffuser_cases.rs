@@ -130,3 +130,14 @@ pub fn diffuser_rejects_bad_inputs(backend: &dyn Backend) {
     let long = Prompt::plain("scratch ".repeat(80));
     assert!(matches!(d.text_conditioning(&[long]), Err(Error::PromptTooLong { .. })));
 }
+
+/// Two backends that both declare the diffuser agree on the UNet and on the loss and its gradient.
+pub fn diffusers_agree(a: &dyn Backend, b: &dyn Backend) {
+    let g = Golden::open("ti_v");
+    let (da, db) = (diffuser(a, true), diffuser(b, true));
+    let concept = g.f32("concept").into_data();
+    let (la, lb) = (da.denoising_loss(&loss_request(&g, &concept)).unwrap(), db.denoising_loss(&loss_request(&g, &concept)).unwrap());
+    assert_close("loss across backends", &Tensor::new(vec![1], vec![lb.value]).unwrap(), &Tensor::new(vec![1], vec![la.value]).unwrap(), FORWARD_TOLERANCE);
+    let grad = |v: ValueAndGrad| Tensor::new(vec![concept.len()], v.grad.unwrap()).unwrap();
+    assert_close("loss gradient across backends", &grad(lb), &grad(la), GRADIENT_TOLERANCE);
+}

@@ -23,4 +23,7 @@ fn tch_and_candle_agree() {
     if both(Capability::TextImageEncoder) {
         adp_conformance::encoder_cases::encoders_agree(&*candle, &*tch);
     }
+    if both(Capability::LatentDiffuser) {
+        adp_conformance::diffuser_cases::diffusers_agree(&*candle, &*tch);
+    }
 }

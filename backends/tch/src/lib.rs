@@ -1,12 +1,16 @@
-//! adp's libtorch backend (tch): OpenCLIP (`TextImageEncoder`) and reference association
-//! (`Scorer`), mirroring the candle backend module for module. The diffusion parts and concept
-//! learning are still to come and are not declared.
+//! adp's libtorch backend (tch): OpenCLIP (`TextImageEncoder`), Stable Diffusion
+//! (`LatentDiffuser`), concept learning (`ConceptOptimizer`, the shared loop of
+//! `adp_api::learning`) and reference association (`Scorer`), mirroring the candle backend module
+//! for module.
 mod convert;
+mod diffuser;
+pub mod diffusion;
 mod encoder;
 pub mod open_clip;
+mod optimizer;
 mod scorer;
 
-use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, Result, Scorer, TextImageEncoder};
+use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "tch";
 
@@ -31,12 +35,21 @@ impl Backend for TchBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "libtorch 2.13 (tch 0.26)".into(),
             devices: devices(),
-            provides: vec![Capability::TextImageEncoder, Capability::Scorer],
+            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer],
         }
     }
 
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
         Ok(Box::new(encoder::TchEncoder::load(clip, convert::device(device)?)?))
+    }
+
+    fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
+        Ok(Box::new(diffuser::TchDiffuser::load(sd, convert::device(device)?)?))
+    }
+
+    fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn adp_api::ConceptOptimizer>> {
+        let device = convert::device(device)?;
+        Ok(Box::new(optimizer::TchOptimizer { encoder: encoder::TchEncoder::load(clip, device)?, diffuser: diffuser::TchDiffuser::load(sd, device)? }))
     }
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
@@ -55,7 +68,7 @@ mod tests {
         let info = TchBackend.info();
         assert_eq!(info.name, "tch");
         assert_eq!(info.devices[0], Device::Cpu);
-        assert_eq!(info.provides, vec![Capability::TextImageEncoder, Capability::Scorer]);
+        assert_eq!(info.provides, vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer]);
         // libtorch really is loaded and computes.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
         assert_eq!(f32::try_from(t).unwrap(), 6.0);

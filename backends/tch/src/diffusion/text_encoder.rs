@@ -1,0 +1,121 @@
+//! transformers' `CLIPTextModel` (`text_model.*`), fed token embeddings so that a concept vector
+//! can be substituted and differentiated. Returns `last_hidden_state` (final layer norm applied),
+//! which Stable Diffusion's UNet cross-attends to. Mirrors the candle backend's text encoder.
+use super::{split_heads, LayerNorm, Linear, TchResult};
+use crate::convert::{err, index};
+use crate::open_clip::Weights;
+use adp_api::config::diffusion::TextEncoderConfig;
+use adp_api::tokenizer::Tokens;
+use adp_api::Result;
+use tch::Tensor;
+
+struct EncoderLayer {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm1: LayerNorm,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: i64,
+    quick_gelu: bool,
+}
+
+impl EncoderLayer {
+    fn new(w: crate::open_clip::Prefixed, c: &TextEncoderConfig) -> Result<Self> {
+        let (width, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let a = w.pp("self_attn");
+        Ok(Self {
+            q_proj: Linear::new(a.pp("q_proj"), width, width, true)?,
+            k_proj: Linear::new(a.pp("k_proj"), width, width, true)?,
+            v_proj: Linear::new(a.pp("v_proj"), width, width, true)?,
+            out_proj: Linear::new(a.pp("out_proj"), width, width, true)?,
+            layer_norm1: LayerNorm::new(w.pp("layer_norm1"), width, eps)?,
+            layer_norm2: LayerNorm::new(w.pp("layer_norm2"), width, eps)?,
+            fc1: Linear::new(w.pp("mlp.fc1"), width, i, true)?,
+            fc2: Linear::new(w.pp("mlp.fc2"), i, width, true)?,
+            heads: c.num_attention_heads as i64,
+            quick_gelu: c.hidden_act == "quick_gelu",
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> TchResult<Tensor> {
+        let (b, t, w) = x.size3()?;
+        let d = w / self.heads;
+        let h = self.layer_norm1.forward(x)?;
+        let split = |l: &Linear| -> TchResult<Tensor> { split_heads(&l.forward(&h)?, self.heads) };
+        let (q, k, v) = (split(&self.q_proj)?, split(&self.k_proj)?, split(&self.v_proj)?);
+        let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?.f_add(mask)?;
+        let attn = scores.f_softmax(-1, tch::Kind::Float)?.f_matmul(&v)?.f_transpose(1, 2)?.f_reshape([b, t, w])?;
+        let x = x.f_add(&self.out_proj.forward(&attn)?)?;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
+        let h = if self.quick_gelu { h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)? } else { h.f_gelu("none")? };
+        x.f_add(&self.fc2.forward(&h)?)
+    }
+}
+
+pub struct TextEncoder {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    mask: Tensor,
+    vocab: usize,
+    positions: usize,
+}
+
+impl TextEncoder {
+    pub fn new(weights: &Weights, c: &TextEncoderConfig) -> Result<Self> {
+        let w = weights.pp("text_model");
+        let n = c.max_position_embeddings;
+        let token_embedding = w.get("embeddings.token_embedding.weight", &[c.vocab_size, c.hidden_size])?;
+        let device = token_embedding.device();
+        let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::f_from_slice(&mask).and_then(|t| t.f_reshape([n as i64, n as i64])).and_then(|t| t.f_to_device(device)).map_err(err)?;
+        Ok(Self {
+            token_embedding,
+            position_embedding: w.get("embeddings.position_embedding.weight", &[n, c.hidden_size])?,
+            layers: (0..c.num_hidden_layers).map(|i| EncoderLayer::new(w.pp(format!("encoder.layers.{i}")), c)).collect::<Result<_>>()?,
+            final_layer_norm: LayerNorm::new(w.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps)?,
+            mask,
+            vocab: c.vocab_size,
+            positions: n,
+        })
+    }
+
+    /// `[P, C, W]` hidden states; `slots[p][k]` is prompt p's concept k as a `[W]` tensor.
+    pub fn forward(&self, tokens: &[Tokens], slots: &[Vec<Tensor>]) -> Result<Tensor> {
+        let device = self.token_embedding.device();
+        let (p, c) = (tokens.len(), tokens.first().map_or(0, |t| t.ids.len()));
+        if c > self.positions || tokens.iter().any(|t| t.ids.len() != c) {
+            return Err(adp_api::Error::invalid("tokens", format!("{c} tokens per prompt for {} positions", self.positions)));
+        }
+        let ids: Vec<usize> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { i as usize } else { 0 })).collect();
+        let keep: Vec<f32> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { 1.0 } else { 0.0 })).collect();
+        let (mut rows, mut vectors) = (Vec::new(), Vec::new());
+        for (i, t) in tokens.iter().enumerate() {
+            for &(pos, k) in &t.concepts {
+                rows.push(i * c + pos);
+                vectors.push(&slots[i][k]);
+            }
+        }
+        let ids = index(&ids, device)?;
+        let rows = index(&rows, device)?;
+        let (p, c) = (p as i64, c as i64);
+        let run = || -> TchResult<Tensor> {
+            let keep = Tensor::f_from_slice(&keep)?.f_reshape([p * c, 1])?.f_to_device(device)?;
+            let mut x = self.token_embedding.f_index_select(0, &ids)?.f_mul(&keep)?;
+            if !vectors.is_empty() {
+                x = x.f_index_add(0, &rows, &Tensor::f_stack(&vectors, 0)?)?;
+            }
+            let mut x = x.f_reshape([p, c, -1])?.f_add(&self.position_embedding.f_narrow(0, 0, c)?)?;
+            let mask = self.mask.f_narrow(0, 0, c)?.f_narrow(1, 0, c)?;
+            for layer in &self.layers {
+                x = layer.forward(&x, &mask)?;
+            }
+            self.final_layer_norm.forward(&x)
+        };
+        run().map_err(err)
+    }
+}
