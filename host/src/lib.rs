@@ -1,8 +1,13 @@
 //! The adp host library: finding and loading backend plugins ([`plugin`]) and the proxy that
 //! makes a loaded plugin an ordinary [`adp_api::Backend`] ([`proxy`]); the deterministic
-//! reference checkpoints of the test suite ([`fixtures`]).
+//! reference checkpoints of the test suite ([`fixtures`]); and the scoring pieces of ADP: prompt
+//! templates ([`prompts`]), self-tuned prototypes and the language score ([`prototypes`]),
+//! reference association and anomaly maps ([`association`]).
+pub mod association;
 pub mod fixtures;
 pub mod plugin;
+pub mod prompts;
+pub mod prototypes;
 pub mod proxy;
 
 pub use plugin::{discover, load, plugin_dirs, Plugin, PLUGIN_PATH_ENV};
