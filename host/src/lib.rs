@@ -4,7 +4,10 @@
 //! templates ([`prompts`]), self-tuned prototypes and the language score ([`prototypes`]),
 //! reference association and anomaly maps ([`association`]).
 pub mod association;
+pub mod detector;
 pub mod fixtures;
+pub mod images;
+pub mod pipeline;
 pub mod plugin;
 pub mod prompts;
 pub mod prototypes;

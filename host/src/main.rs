@@ -40,6 +40,63 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: adp_api::Device,
     },
+    /// Fit a detector on a support set of normal images (SPEC §4–6).
+    Fit {
+        #[arg(long)]
+        plugin: String,
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        #[arg(long)]
+        clip: PathBuf,
+        /// Stable Diffusion folder (diffusers layout); not needed by `--method winclip`.
+        #[arg(long)]
+        sd: Option<PathBuf>,
+        /// A folder of images, or image files.
+        #[arg(long, num_args = 1.., required = true)]
+        support: Vec<PathBuf>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, value_enum, default_value = "adp")]
+        method: adp_host::pipeline::Method,
+        #[arg(long, default_value = "cpu")]
+        device: adp_api::Device,
+        /// Optimisation steps per concept (SPEC: 3000).
+        #[arg(long, default_value_t = 3000)]
+        steps: u64,
+        #[arg(long, default_value_t = 5e-4)]
+        learning_rate: f32,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 30)]
+        ddim_steps: usize,
+        #[arg(long, default_value_t = 20)]
+        validation_pseudo: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        quiet: bool,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Score images with a fitted detector: one JSON line per image.
+    Score {
+        #[arg(long)]
+        detector: PathBuf,
+        /// Defaults: the backend and CLIP folder the detector was fitted with.
+        #[arg(long)]
+        plugin: Option<String>,
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Write each anomaly map as a grey-scale PNG here.
+        #[arg(long)]
+        maps: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: adp_api::Device,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
     /// diffusers folders (`sd-epsilon/`, `sd-v/`).
     Fixtures {
@@ -74,6 +131,49 @@ fn main() -> Result<()> {
                 for (i, text) in texts.iter().enumerate() {
                     println!("{}", serde_json::json!({ "text": text, "embedding": e.row(i) }));
                 }
+            }
+            Ok(())
+        }
+        Command::Fit { plugin: name, plugin_dirs, clip, sd, support, label, method, device, steps, learning_rate, batch_size, ddim_steps, validation_pseudo, seed, quiet, output } => {
+            let backend = plugin::find(&name, &plugin::plugin_dirs(&plugin_dirs))?;
+            let clip = adp_api::ClipCheckpoint::from_dir(&clip)?;
+            let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
+            let files = adp_host::images::list(&support)?;
+            let support = adp_host::images::read_resized(&files, clip.config.vision_cfg.image_size.max(sd.as_ref().map_or(0, |s| s.vae.sample_size.unwrap_or(0))))?;
+            let options = adp_host::pipeline::FitOptions { method, label, device, steps, learning_rate, batch_size, ddim_steps, validation_pseudo, seed, ..Default::default() };
+            let fitter = adp_host::pipeline::Fitter { backend: &backend, clip: &clip, sd: sd.as_ref(), options };
+            let detector = fitter.fit(&support, &mut |stage| {
+                if !quiet {
+                    match stage {
+                        adp_host::pipeline::Stage::Learning { concept, progress: p } if p.step % 50 == 0 || p.step == p.total_steps => {
+                            eprintln!("learning {concept}: step {}/{} loss {:.5}", p.step, p.total_steps, p.loss)
+                        }
+                        adp_host::pipeline::Stage::Synthesis { done, total } => eprintln!("pseudo-anomalies: {done}/{total}"),
+                        adp_host::pipeline::Stage::Memories => eprintln!("building reference memories"),
+                        _ => {}
+                    }
+                }
+                adp_api::requests::Flow::Continue
+            })?;
+            detector.save(&output)?;
+            println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "weights": detector.header.weights }));
+            Ok(())
+        }
+        Command::Score { detector: path, plugin: name, plugin_dirs, clip, maps, device, images } => {
+            let detector = adp_host::detector::DetectorFile::load(&path)?;
+            let backend = plugin::find(name.as_deref().unwrap_or(&detector.header.backend), &plugin::plugin_dirs(&plugin_dirs))?;
+            let clip = adp_api::ClipCheckpoint::from_dir(clip.as_deref().unwrap_or(&detector.header.clip_dir))?;
+            if let Some(dir) = &maps {
+                std::fs::create_dir_all(dir).map_err(|e| adp_api::Error::io(dir, e))?;
+            }
+            for file in adp_host::images::list(&images)? {
+                let batch = adp_api::ImageBatch::read_files(std::slice::from_ref(&file))?;
+                let s = adp_host::pipeline::score(&backend, &clip, &detector, &[batch], device)?.remove(0);
+                let map_file = match &maps {
+                    Some(dir) => Some(adp_host::images::write_map(dir, &file, &s)?),
+                    None => None,
+                };
+                println!("{}", serde_json::json!({ "path": file, "score": s.score, "language": s.language, "association": s.association, "map": map_file }));
             }
             Ok(())
         }

@@ -64,6 +64,12 @@ pub struct WeightedConcept {
     pub weight: f32,
 }
 
+/// A concept's state embeddings with weight 1: for a single concept, or without a
+/// pseudo-validation set.
+pub fn unweighted(enc: &dyn TextImageEncoder, c: &ConceptToken) -> Result<WeightedConcept> {
+    Ok(WeightedConcept { normal: state_embedding(enc, c, State::Normal)?, anomalous: state_embedding(enc, c, State::Anomalous)?, weight: 1.0 })
+}
+
 /// Eq. 5: `w(c) = mean_i P(S_n(c) | x_i) + mean_j P(S_a(c) | x̃_j)` on the support images and the
 /// pseudo-anomalies (given as unit image features).
 pub fn weigh(enc: &dyn TextImageEncoder, c: &ConceptToken, support: &[Vec<f32>], pseudo: &[Vec<f32>]) -> Result<WeightedConcept> {

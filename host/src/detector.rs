@@ -1,0 +1,103 @@
+//! The detector file: everything scoring needs — method, prototypes, reference memories, the
+//! learned concepts with their weights, the identity of the checkpoints used, the options and the
+//! seed — in one safetensors file with JSON metadata, written atomically.
+use crate::prototypes::Prototypes;
+use adp_api::atomic::write_atomic;
+use adp_api::requests::{FeatureKind, ReferenceMemory};
+use adp_api::{Concept, Error, Result, Tensor};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub const DETECTOR_FORMAT: &str = "adp-detector/1";
+
+/// Everything but the tensors, stored as the file's JSON metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorHeader {
+    pub format: String,
+    pub method: String,
+    /// The backend that fitted it and the CLIP folder used: defaults for scoring.
+    pub backend: String,
+    pub clip_dir: std::path::PathBuf,
+    /// SHA-256 of the checkpoint files, by role ("clip", "diffusion").
+    pub checkpoints: BTreeMap<String, String>,
+    pub options: serde_json::Value,
+    pub seed: u64,
+    pub grid: usize,
+    pub image_size: usize,
+    pub concepts: Vec<Concept>,
+    pub weights: Vec<f32>,
+    pub memory_kinds: Vec<FeatureKind>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorFile {
+    pub header: DetectorHeader,
+    pub prototypes: Option<Prototypes>,
+    pub memories: Vec<ReferenceMemory>,
+}
+
+fn memory_name(kind: FeatureKind) -> String {
+    match kind {
+        FeatureKind::PatchTokens => "memory.patch_tokens".into(),
+        FeatureKind::Window(s) => format!("memory.window_{s}"),
+    }
+}
+
+impl DetectorFile {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        if let Some(p) = &self.prototypes {
+            tensors.push(("prototype.normal".into(), vec![p.normal.len()], bytes(&p.normal)));
+            tensors.push(("prototype.anomalous".into(), vec![p.anomalous.len()], bytes(&p.anomalous)));
+        }
+        for m in &self.memories {
+            tensors.push((memory_name(m.kind), m.features.shape().to_vec(), bytes(m.features.data())));
+        }
+        let views = tensors
+            .iter()
+            .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::invalid(n.as_str(), e.to_string()))?)))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = HashMap::from([("adp.detector".to_string(), serde_json::to_string(&self.header).expect("json"))]);
+        let out = safetensors::serialize(views, Some(meta)).map_err(|e| Error::io(path, e))?;
+        write_atomic(path, &out)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |m: String| Error::config(path, m);
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a detector file: {e}")))?;
+        let header = meta.metadata().as_ref().and_then(|m| m.get("adp.detector")).ok_or_else(|| bad("no `adp.detector` metadata: not a detector file".into()))?;
+        let header: DetectorHeader = serde_json::from_str(header).map_err(|e| bad(format!("detector metadata: {e}")))?;
+        if header.format != DETECTOR_FORMAT {
+            return Err(bad(format!("format {:?}, this build reads {DETECTOR_FORMAT:?}", header.format)));
+        }
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let read = |name: &str| adp_api::config::st::read_f32(&st, name, path);
+        let prototypes = match (read("prototype.normal"), read("prototype.anomalous")) {
+            (Ok(n), Ok(a)) => Some(Prototypes { normal: n.into_data(), anomalous: a.into_data() }),
+            _ => None,
+        };
+        let memories = header
+            .memory_kinds
+            .iter()
+            .map(|&kind| {
+                let features: Tensor = read(&memory_name(kind))?;
+                features.check_finite(&format!("{}: {}", path.display(), memory_name(kind)))?;
+                Ok(ReferenceMemory { kind, features })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { header, prototypes, memories })
+    }
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_hash(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
