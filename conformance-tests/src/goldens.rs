@@ -62,16 +62,24 @@ impl Golden {
     }
 }
 
-/// The fixture checkpoints (seed 0), written once per test process.
+/// The fixture checkpoints (seed 0), written once into the build folder and reused by every test
+/// process (`goldens_were_made_from_these_fixtures` checks they are still the goldens' inputs).
 pub fn fixtures() -> &'static FixturePaths {
-    static PATHS: OnceLock<(tempfile::TempDir, FixturePaths)> = OnceLock::new();
-    &PATHS
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let paths = adp_host::fixtures::write_all(dir.path(), 0, "tiny").expect("fixtures");
-            (dir, paths)
-        })
-        .1
+    static PATHS: OnceLock<FixturePaths> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let root = crate::build_dir().join("adp-fixtures");
+        let done = root.join("tiny-seed0");
+        if !done.join(".complete").exists() {
+            std::fs::create_dir_all(&root).expect("fixture folder");
+            let tmp = tempfile::tempdir_in(&root).expect("temp dir");
+            adp_host::fixtures::write_all(tmp.path(), 0, "tiny").expect("fixtures");
+            std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
+            let _ = std::fs::remove_dir_all(&done);
+            // Another test process may have won the race; its copy is identical.
+            let _ = std::fs::rename(tmp.keep(), &done);
+        }
+        FixturePaths::under(&done)
+    })
 }
 
 pub fn clip_checkpoint() -> ClipCheckpoint {
