@@ -1,5 +1,5 @@
 //! `LatentDiffuser` on a diffusers folder.
-use crate::convert::{err, from_candle, to_candle};
+use crate::convert::{concept_slots, err, from_candle, to_candle, trainable_var};
 use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet};
 use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
@@ -135,23 +135,7 @@ impl CandleDiffuser {
     /// Text-encoder states; the concept named by `trainable` uses the given `Var`.
     fn condition(&self, prompts: &[Prompt], trainable: Option<(&str, &Var)>) -> Result<candle_core::Tensor> {
         let tokens = self.tokens(prompts)?;
-        let slots = prompts
-            .iter()
-            .map(|p| {
-                p.concepts
-                    .iter()
-                    .map(|c| {
-                        if c.vector.len() != self.dims.text_width {
-                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
-                        }
-                        match trainable {
-                            Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
-                            _ => candle_core::Tensor::new(c.vector.as_slice(), &self.device).map_err(err),
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let slots = concept_slots(prompts, self.dims.text_width, trainable, &self.device)?;
         self.text.forward(&tokens, &slots).map_err(err)
     }
 
@@ -216,12 +200,7 @@ impl LatentDiffuser for CandleDiffuser {
         r.noise.check_finite("noise")?;
         let z0 = self.latents(&r.images)?.detach();
         let noise = to_candle(&r.noise, &self.device)?;
-        let start = r.prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
-        let var = match (&r.gradient_of, start) {
-            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
-            (_, Some(c)) => Some(Var::new(c.vector.as_slice(), &self.device).map_err(err)?),
-            (None, None) => None,
-        };
+        let var = trainable_var(&r.prompts.iter().collect::<Vec<_>>(), r.gradient_of.as_ref(), &self.device)?;
         let cond = self.condition(&r.prompts, r.gradient_of.as_deref().zip(var.as_ref()))?;
         let mut noisy = Vec::with_capacity(n);
         let mut targets = Vec::with_capacity(n);

@@ -1,11 +1,11 @@
 //! `TextImageEncoder` on an OpenCLIP checkpoint.
-use crate::convert::{err, from_candle, to_candle};
+use crate::convert::{concept_slots, err, from_candle, to_candle, trainable_var};
 use crate::open_clip::OpenClip;
 use adp_api::preprocess::clip_preprocess;
 use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
 use adp_api::{ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
-use candle_core::{DType, Var, D};
+use candle_core::{DType, D};
 use candle_nn::VarBuilder;
 
 pub struct CandleEncoder {
@@ -47,27 +47,6 @@ impl CandleEncoder {
         }
         prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
     }
-
-    /// Concept vectors as tensors; those named `trainable` share one `Var` for gradients.
-    fn slots(&self, prompts: &[Prompt], trainable: Option<(&str, &Var)>) -> Result<Vec<Vec<candle_core::Tensor>>> {
-        prompts
-            .iter()
-            .map(|p| {
-                p.concepts
-                    .iter()
-                    .map(|c| {
-                        if c.vector.len() != self.dims.text_width {
-                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
-                        }
-                        match trainable {
-                            Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
-                            _ => candle_core::Tensor::new(c.vector.as_slice(), &self.device).map_err(err),
-                        }
-                    })
-                    .collect()
-            })
-            .collect()
-    }
 }
 
 fn normalize(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
@@ -101,7 +80,7 @@ impl TextImageEncoder for CandleEncoder {
 
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
         let tokens = self.tokens(prompts)?;
-        from_candle(&self.model.text.encode(&tokens, &self.slots(prompts, None)?).map_err(err)?)
+        from_candle(&self.model.text.encode(&tokens, &concept_slots(prompts, self.dims.text_width, None, &self.device)?).map_err(err)?)
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
@@ -119,15 +98,10 @@ impl TextImageEncoder for CandleEncoder {
         }
         let f = normalize(&self.model.visual.embed(&self.pixels(&r.images)?).map_err(err)?).map_err(err)?;
         let prompts = [r.normal.clone(), r.anomalous.clone()];
-        let start = prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
-        let var = match (&r.gradient_of, start) {
-            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
-            (_, Some(c)) => Some(Var::new(c.vector.as_slice(), &self.device).map_err(err)?),
-            (None, None) => None,
-        };
+        let var = trainable_var(&[&r.normal, &r.anomalous], r.gradient_of.as_ref(), &self.device)?;
         let trainable = r.gradient_of.as_deref().zip(var.as_ref());
         let tokens = self.tokens(&prompts)?;
-        let g = normalize(&self.model.text.encode(&tokens, &self.slots(&prompts, trainable)?).map_err(err)?).map_err(err)?;
+        let g = normalize(&self.model.text.encode(&tokens, &concept_slots(&prompts, self.dims.text_width, trainable, &self.device)?).map_err(err)?).map_err(err)?;
         let logits = (f.matmul(&g.t().map_err(err)?).map_err(err)? / r.temperature as f64).map_err(err)?;
         let p_normal = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
         let grad = match &var {
