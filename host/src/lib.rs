@@ -5,8 +5,10 @@
 //! reference association and anomaly maps ([`association`]).
 pub mod association;
 pub mod detector;
+pub mod dataset;
 pub mod fixtures;
 pub mod images;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod prompts;

@@ -1,0 +1,329 @@
+//! Evaluation metrics (SPEC §8): image-level AUROC, exact, and pixel-level AUROC from a bounded
+//! histogram.
+//!
+//! Both compute the area under the ROC curve in its rank form: the probability that a randomly
+//! chosen anomalous sample scores above a randomly chosen normal one, ties counting one half
+//! (the Mann–Whitney U statistic divided by the number of pairs).
+use adp_api::{Error, Result};
+
+/// Exact ROC AUC of `scores` against `labels` (`true` = anomalous), ties counting one half.
+///
+/// Mann–Whitney U with midranks: sort once (O(n log n)), give each run of equal scores the mean
+/// of its ranks, and `AUC = (R₊ − n₊(n₊+1)/2) / (n₊·n₋)` where `R₊` is the rank sum of the
+/// anomalous samples. Infinite scores are ranked like any other; NaN is an error naming its index.
+pub fn image_auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
+    if scores.len() != labels.len() {
+        return Err(Error::invalid(
+            "AUROC input",
+            format!("{} scores but {} labels", scores.len(), labels.len()),
+        ));
+    }
+    if let Some(i) = scores.iter().position(|s| s.is_nan()) {
+        return Err(Error::invalid("AUROC input", format!("score at index {i} is NaN")));
+    }
+    let n_pos = labels.iter().filter(|&&l| l).count();
+    let n_neg = labels.len() - n_pos;
+    check_classes(n_pos as u64, n_neg as u64)?;
+
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sum of midranks of the positives, doubled so that it stays an integer:
+    // a run occupying ranks i+1..=j (1-based) has midrank (i+1+j)/2.
+    let mut rank_sum2: u128 = 0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i + 1;
+        // total_cmp separates -0.0 from 0.0; compare with == so they tie, as numbers do.
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            j += 1;
+        }
+        let pos_in_run = order[i..j].iter().filter(|&&k| labels[k]).count() as u128;
+        rank_sum2 += pos_in_run * (i as u128 + 1 + j as u128);
+        i = j;
+    }
+    let (p, n) = (n_pos as u128, n_neg as u128);
+    // 2U = 2R₊ − n₊(n₊+1)
+    let u2 = rank_sum2 - p * (p + 1);
+    Ok(u2 as f64 / (2.0 * p as f64 * n as f64))
+}
+
+fn check_classes(n_pos: u64, n_neg: u64) -> Result<()> {
+    if n_pos == 0 || n_neg == 0 {
+        return Err(Error::invalid(
+            "AUROC input",
+            format!("needs both classes; got {n_pos} anomalous and {n_neg} normal samples"),
+        ));
+    }
+    Ok(())
+}
+
+/// Pixel-level AUROC accumulated image by image in bounded memory.
+///
+/// Scores go into `bins` equal-width bins over `[lo, hi]` (values outside the range are clamped
+/// into the first or last bin), and each bin counts anomalous (mask `true`) and normal pixels.
+/// The memory is two `u64` counters per bin, fixed at construction: it does not grow with the
+/// number of pixels or images added.
+///
+/// [`finish`](Self::finish) computes the AUC from the histogram, pairs in different bins ordered
+/// by bin and pairs in the same bin counted one half. The histogram's resolution is the only
+/// approximation: a pair in different bins is ordered exactly as its scores are (bins are
+/// monotone in the score), so only same-bin pairs can be misjudged, each by at most one half.
+/// Hence `|finish − exact AUROC| ≤ ½ · Σ_b pos_b·neg_b / (P·N)`, at most the fraction of
+/// anomalous/normal pairs falling in the same bin ([`error_bound`](Self::error_bound) reports
+/// the tighter half-fraction). With more bins that fraction shrinks, and for scores inside the
+/// range the result converges to the exact AUROC.
+#[derive(Debug, Clone)]
+pub struct PixelAuroc {
+    lo: f64,
+    hi: f64,
+    pos: Vec<u64>,
+    neg: Vec<u64>,
+}
+
+impl PixelAuroc {
+    /// A histogram of `bins` bins over `[lo, hi]`; `lo < hi`, both finite, `bins ≥ 1`.
+    pub fn new(lo: f32, hi: f32, bins: usize) -> Result<Self> {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(Error::invalid(
+                "pixel AUROC range",
+                format!("need finite lo < hi, got [{lo}, {hi}]"),
+            ));
+        }
+        if bins == 0 {
+            return Err(Error::invalid("pixel AUROC bins", "need at least one bin, got 0"));
+        }
+        Ok(Self { lo: lo as f64, hi: hi as f64, pos: vec![0; bins], neg: vec![0; bins] })
+    }
+
+    /// Number of bins.
+    pub fn bins(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Anomalous and normal pixels counted so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.pos.iter().sum(), self.neg.iter().sum())
+    }
+
+    fn bin(&self, s: f32) -> usize {
+        let last = self.pos.len() - 1;
+        let t = (s as f64 - self.lo) / (self.hi - self.lo) * self.pos.len() as f64;
+        if t <= 0.0 {
+            0
+        } else if t >= last as f64 {
+            // also catches +inf; floor(t) ≥ last means the last bin
+            last
+        } else {
+            t.floor() as usize
+        }
+    }
+
+    /// Adds one image: its anomaly map `scores` and its mask (`true` = anomalous pixel), same
+    /// length, same pixel order. Nothing is added if the input is rejected (NaN, length).
+    pub fn add(&mut self, scores: &[f32], mask: &[bool]) -> Result<()> {
+        if scores.len() != mask.len() {
+            return Err(Error::invalid(
+                "pixel AUROC input",
+                format!("anomaly map has {} pixels but mask has {}", scores.len(), mask.len()),
+            ));
+        }
+        if let Some(i) = scores.iter().position(|s| s.is_nan()) {
+            return Err(Error::invalid(
+                "pixel AUROC input",
+                format!("anomaly map value at index {i} is NaN"),
+            ));
+        }
+        for (&s, &m) in scores.iter().zip(mask) {
+            let b = self.bin(s);
+            if m {
+                self.pos[b] += 1;
+            } else {
+                self.neg[b] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The AUROC of everything added; an error unless both classes were seen.
+    pub fn finish(&self) -> Result<f64> {
+        let (p, n) = self.counts();
+        check_classes(p, n)?;
+        // Doubled so that the half-counted ties stay integers: Σ pos_b · (2·neg_below + neg_b).
+        let mut num2: u128 = 0;
+        let mut neg_below: u128 = 0;
+        for (&pb, &nb) in self.pos.iter().zip(&self.neg) {
+            num2 += pb as u128 * (2 * neg_below + nb as u128);
+            neg_below += nb as u128;
+        }
+        Ok(num2 as f64 / (2.0 * p as f64 * n as f64))
+    }
+
+    /// Upper bound on `|finish() − exact AUROC|`: half the fraction of anomalous/normal pairs
+    /// that share a bin. An error unless both classes were seen.
+    pub fn error_bound(&self) -> Result<f64> {
+        let (p, n) = self.counts();
+        check_classes(p, n)?;
+        let same: u128 = self.pos.iter().zip(&self.neg).map(|(&a, &b)| a as u128 * b as u128).sum();
+        Ok(same as f64 / (2.0 * p as f64 * n as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adp_api::rng::SplitMix64;
+
+    const F: bool = false;
+    const T: bool = true;
+
+    #[test]
+    fn perfect_reversed_and_tied() {
+        assert_eq!(image_auroc(&[0.1, 0.2, 0.8, 0.9], &[F, F, T, T]).unwrap(), 1.0);
+        assert_eq!(image_auroc(&[0.9, 0.8, 0.2, 0.1], &[F, F, T, T]).unwrap(), 0.0);
+        assert_eq!(image_auroc(&[0.5; 5], &[F, T, F, T, T]).unwrap(), 0.5);
+        // -0.0 and 0.0 are equal scores: a tie, not an ordering.
+        assert_eq!(image_auroc(&[-0.0, 0.0], &[T, F]).unwrap(), 0.5);
+        assert_eq!(image_auroc(&[f32::NEG_INFINITY, f32::INFINITY], &[F, T]).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn hand_computed_cases() {
+        // Positives 0.35 and 0.8, negatives 0.1 and 0.4. Pairs (pos, neg):
+        // (0.35,0.1) win, (0.35,0.4) loss, (0.8,0.1) win, (0.8,0.4) win → 3/4.
+        // Midranks: 0.1→1, 0.35→2, 0.4→3, 0.8→4; R₊ = 6; U = 6 − 3 = 3; 3/(2·2) = 0.75.
+        assert_eq!(image_auroc(&[0.1, 0.4, 0.35, 0.8], &[F, F, T, T]).unwrap(), 0.75);
+        // With a tie. Positives 0.5 and 0.9, negatives 0.2 and 0.5. Pairs:
+        // (0.5,0.2) win 1, (0.5,0.5) tie ½, (0.9,0.2) win 1, (0.9,0.5) win 1 → 3.5/4 = 0.875.
+        // Midranks: 0.2→1, the two 0.5→2.5 each, 0.9→4; R₊ = 6.5; U = 6.5 − 3 = 3.5.
+        assert_eq!(image_auroc(&[0.2, 0.5, 0.5, 0.9], &[F, T, F, T]).unwrap(), 0.875);
+        // Three-way tie across classes: pos {1,1,3}, neg {1,2}.
+        // (1,1) ½ (1,2) 0 | (1,1) ½ (1,2) 0 | (3,1) 1 (3,2) 1 → 3/6 = 0.5.
+        assert_eq!(image_auroc(&[1.0, 1.0, 3.0, 1.0, 2.0], &[T, T, T, F, F]).unwrap(), 0.5);
+    }
+
+    #[test]
+    fn brute_force_agreement() {
+        let mut r = SplitMix64(7);
+        for _ in 0..20 {
+            let n = 2 + r.below(60) as usize;
+            // Coarse scores so that ties are frequent.
+            let s: Vec<f32> = (0..n).map(|_| r.below(8) as f32 * 0.25).collect();
+            let mut l: Vec<bool> = (0..n).map(|_| r.below(2) == 1).collect();
+            l[0] = true;
+            l[1] = false;
+            let mut wins = 0.0;
+            let mut pairs = 0.0;
+            for i in 0..n {
+                for j in 0..n {
+                    if l[i] && !l[j] {
+                        pairs += 1.0;
+                        wins += if s[i] > s[j] {
+                            1.0
+                        } else if s[i] == s[j] {
+                            0.5
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            let got = image_auroc(&s, &l).unwrap();
+            assert!((got - wins / pairs).abs() < 1e-12, "{got} vs {}", wins / pairs);
+        }
+    }
+
+    #[test]
+    fn image_auroc_errors() {
+        let e = image_auroc(&[0.1, 0.2], &[T]).unwrap_err().to_string();
+        assert!(e.contains("2 scores") && e.contains("1 labels"), "{e}");
+        let e = image_auroc(&[0.1, 0.2], &[T, T]).unwrap_err().to_string();
+        assert!(e.contains("0 normal"), "{e}");
+        let e = image_auroc(&[0.1, 0.2], &[F, F]).unwrap_err().to_string();
+        assert!(e.contains("0 anomalous"), "{e}");
+        assert!(image_auroc(&[], &[]).is_err());
+        let e = image_auroc(&[0.1, 0.2, f32::NAN], &[T, F, F]).unwrap_err().to_string();
+        assert!(e.contains("index 2") && e.contains("NaN"), "{e}");
+    }
+
+    #[test]
+    fn pixel_hand_cases() {
+        let mut p = PixelAuroc::new(0.0, 1.0, 100).unwrap();
+        p.add(&[0.1, 0.2], &[F, F]).unwrap();
+        p.add(&[0.8, 0.9], &[T, T]).unwrap();
+        assert_eq!(p.finish().unwrap(), 1.0);
+        assert_eq!(p.error_bound().unwrap(), 0.0);
+        let mut p = PixelAuroc::new(0.0, 1.0, 100).unwrap();
+        p.add(&[0.1, 0.2, 0.8, 0.9], &[T, T, F, F]).unwrap();
+        assert_eq!(p.finish().unwrap(), 0.0);
+        // Everything in one bin: all pairs tied.
+        let mut p = PixelAuroc::new(0.0, 1.0, 1).unwrap();
+        p.add(&[0.1, 0.9, 0.3], &[T, F, T]).unwrap();
+        assert_eq!(p.finish().unwrap(), 0.5);
+        assert_eq!(p.error_bound().unwrap(), 0.5);
+        // The hand case above, resolved by the bins: 0.75.
+        let mut p = PixelAuroc::new(0.0, 1.0, 20).unwrap();
+        p.add(&[0.1, 0.4, 0.35, 0.8], &[F, F, T, T]).unwrap();
+        assert_eq!(p.finish().unwrap(), 0.75);
+        // Out-of-range values are clamped into the end bins (and ±inf too).
+        let mut p = PixelAuroc::new(0.0, 1.0, 10).unwrap();
+        p.add(&[-5.0, f32::NEG_INFINITY, 7.0, f32::INFINITY, 1.0], &[F, F, T, T, T]).unwrap();
+        assert_eq!(p.finish().unwrap(), 1.0);
+        assert_eq!(p.counts(), (3, 2));
+    }
+
+    #[test]
+    fn pixel_agrees_with_exact() {
+        let mut r = SplitMix64(11);
+        let mut all_s = Vec::new();
+        let mut all_m = Vec::new();
+        let mut p = PixelAuroc::new(-4.0, 6.0, 4096).unwrap();
+        for _ in 0..8 {
+            // One "image" of 1000 pixels; anomalous pixels shifted up by 1.
+            let m: Vec<bool> = (0..1000).map(|_| r.below(10) == 0).collect();
+            let s: Vec<f32> = m.iter().map(|&a| r.normal() + if a { 1.0 } else { 0.0 }).collect();
+            p.add(&s, &m).unwrap();
+            all_s.extend_from_slice(&s);
+            all_m.extend_from_slice(&m);
+        }
+        let exact = image_auroc(&all_s, &all_m).unwrap();
+        let approx = p.finish().unwrap();
+        let bound = p.error_bound().unwrap();
+        assert!((exact - approx).abs() <= bound + 1e-12, "{exact} {approx} {bound}");
+        assert!((exact - approx).abs() < 1e-3, "{exact} vs {approx}");
+        assert!(exact > 0.6 && exact < 0.9, "{exact}");
+    }
+
+    #[test]
+    fn pixel_memory_is_bounded() {
+        let mut p = PixelAuroc::new(0.0, 1.0, 256).unwrap();
+        let before = (std::mem::size_of_val(&p), p.pos.capacity(), p.neg.capacity());
+        let mut r = SplitMix64(3);
+        for _ in 0..50 {
+            let s: Vec<f32> = (0..10_000).map(|_| r.symmetric().abs()).collect();
+            let m: Vec<bool> = (0..10_000).map(|_| r.below(2) == 0).collect();
+            p.add(&s, &m).unwrap();
+        }
+        // 500 000 pixels later the heap footprint is still 2 × 256 counters.
+        let after = (std::mem::size_of_val(&p), p.pos.capacity(), p.neg.capacity());
+        assert_eq!(before, after);
+        assert_eq!(p.counts().0 + p.counts().1, 500_000);
+    }
+
+    #[test]
+    fn pixel_errors() {
+        assert!(PixelAuroc::new(1.0, 0.0, 10).is_err());
+        assert!(PixelAuroc::new(0.0, f32::NAN, 10).is_err());
+        assert!(PixelAuroc::new(0.0, 1.0, 0).is_err());
+        let mut p = PixelAuroc::new(0.0, 1.0, 10).unwrap();
+        let e = p.add(&[0.1, 0.2], &[T]).unwrap_err().to_string();
+        assert!(e.contains("2 pixels") && e.contains("has 1"), "{e}");
+        let e = p.add(&[0.1, f32::NAN], &[T, F]).unwrap_err().to_string();
+        assert!(e.contains("index 1"), "{e}");
+        assert_eq!(p.counts(), (0, 0), "a rejected image adds nothing");
+        assert!(p.finish().is_err());
+        p.add(&[0.1], &[T]).unwrap();
+        assert!(p.finish().is_err());
+        p.add(&[0.1], &[F]).unwrap();
+        assert_eq!(p.finish().unwrap(), 0.5);
+    }
+}
