@@ -5,6 +5,7 @@
 //! reference association and anomaly maps ([`association`]).
 pub mod association;
 pub mod detector;
+pub mod eval;
 pub mod dataset;
 pub mod fixtures;
 pub mod images;

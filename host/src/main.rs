@@ -97,6 +97,51 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Run the evaluation protocol (SPEC §8) and write report.json, report.md and overlays.
+    Eval {
+        #[arg(long)]
+        plugin: String,
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        #[arg(long)]
+        clip: PathBuf,
+        #[arg(long)]
+        sd: Option<PathBuf>,
+        /// Dataset root (MVTec-AD layout, or VisA with split_csv/1cls.csv).
+        #[arg(long)]
+        data: PathBuf,
+        /// Categories (repeatable); all of the dataset's when absent.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        shots: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        #[arg(long = "method", value_enum, default_values = ["adp"])]
+        methods: Vec<adp_host::pipeline::Method>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value = "cpu")]
+        device: adp_api::Device,
+        #[arg(long, default_value_t = 3000)]
+        steps: u64,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 30)]
+        ddim_steps: usize,
+        #[arg(long, default_value_t = 20)]
+        validation_pseudo: usize,
+        /// Only the first N good and N defective test images per category (smoke runs).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Overlays written per category for good and for defective images.
+        #[arg(long, default_value_t = 3)]
+        overlays: usize,
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
     /// diffusers folders (`sd-epsilon/`, `sd-v/`).
     Fixtures {
@@ -174,6 +219,30 @@ fn main() -> Result<()> {
                     None => None,
                 };
                 println!("{}", serde_json::json!({ "path": file, "score": s.score, "language": s.language, "association": s.association, "map": map_file }));
+            }
+            Ok(())
+        }
+        Command::Eval { plugin: name, plugin_dirs, clip, sd, data, categories, shots, seeds, methods, label, device, steps, batch_size, ddim_steps, validation_pseudo, limit, overlays, quiet, out } => {
+            let backend = plugin::find(&name, &plugin::plugin_dirs(&plugin_dirs))?;
+            let clip = adp_api::ClipCheckpoint::from_dir(&clip)?;
+            let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
+            let categories = if categories.is_empty() { adp_host::dataset::categories(&data)? } else { categories };
+            let fit = adp_host::pipeline::FitOptions { label, device, steps, batch_size, ddim_steps, validation_pseudo, ..Default::default() };
+            let options = adp_host::eval::EvalOptions { data, categories, shots, seeds, methods, fit, limit, overlays, out: out.clone() };
+            let report = adp_host::eval::run(&backend, &clip, sd.as_ref(), &options, &mut |tag, stage| {
+                if !quiet {
+                    if let adp_host::pipeline::Stage::Memories = stage {
+                        eprintln!("{tag}: fitted");
+                    }
+                }
+                adp_api::requests::Flow::Continue
+            })?;
+            for r in &report.runs {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if !quiet {
+                eprintln!("{}", adp_host::eval::markdown(&report, &options));
+                eprintln!("report: {}", out.join("report.md").display());
             }
             Ok(())
         }

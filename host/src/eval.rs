@@ -1,0 +1,172 @@
+//! The evaluation protocol of SPEC §8: per category, K ∈ shots and each seed, draw K normal
+//! images, fit, score every test image; image AUROC (and pixel AUROC where masks exist), mean ±
+//! std over seeds; a JSON report, a markdown table in the paper's shape (rows = categories,
+//! columns = methods × shots) and heat-map overlays for a few good and defective images.
+use crate::dataset::{self, Sample};
+use crate::images::read_resized;
+use crate::metrics::{image_auroc, PixelAuroc};
+use crate::pipeline::{score, FitOptions, Fitter, Method, Stage};
+use adp_api::atomic::write_atomic;
+use adp_api::requests::Flow;
+use adp_api::{Backend, ClipCheckpoint, DiffusionSpec, Error, ImageBatch, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub data: PathBuf,
+    pub categories: Vec<String>,
+    pub shots: Vec<usize>,
+    pub seeds: Vec<u64>,
+    pub methods: Vec<Method>,
+    pub fit: FitOptions,
+    /// Score only the first N good and N defective test images per category (smoke runs).
+    pub limit: Option<usize>,
+    pub overlays: usize,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub category: String,
+    pub method: String,
+    pub shots: usize,
+    pub seed: u64,
+    pub image_auroc: f64,
+    pub pixel_auroc: Option<f64>,
+    pub test_images: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub runs: Vec<Run>,
+}
+
+fn test_subset(tests: &[Sample], limit: Option<usize>) -> Vec<Sample> {
+    let Some(n) = limit else { return tests.to_vec() };
+    let good = tests.iter().filter(|s| !s.anomalous).take(n);
+    let bad = tests.iter().filter(|s| s.anomalous).take(n);
+    good.chain(bad).cloned().collect()
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+    (m, var.sqrt())
+}
+
+/// Runs the protocol; `observer` sees every pipeline stage and may cancel.
+pub fn run(backend: &dyn Backend, clip: &ClipCheckpoint, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let size = clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)));
+    let mut runs = Vec::new();
+    for category in &o.categories {
+        let cat = dataset::load(&o.data, category)?;
+        let tests = test_subset(&cat.test, o.limit);
+        if tests.iter().all(|s| s.anomalous) || tests.iter().all(|s| !s.anomalous) {
+            return Err(Error::invalid("test split", format!("{category}: needs both good and defective images")));
+        }
+        let test_images = tests.iter().map(|s| ImageBatch::read_files(std::slice::from_ref(&s.path))).collect::<Result<Vec<_>>>()?;
+        for &method in &o.methods {
+            for &k in &o.shots {
+                for &seed in &o.seeds {
+                    let shots = dataset::draw_shots(&cat.train_good, k, seed)?;
+                    let support = read_resized(&shots, size)?;
+                    let fit = FitOptions { method, seed, ..o.fit.clone() };
+                    let tag = format!("{category} {} K={k} seed={seed}", method.name());
+                    let detector = Fitter { backend, clip, sd, options: fit }.fit(&support, &mut |s| observer(&tag, s))?;
+                    let scores = score(backend, clip, &detector, &test_images, o.fit.device)?;
+                    let labels: Vec<bool> = tests.iter().map(|s| s.anomalous).collect();
+                    let image = image_auroc(&scores.iter().map(|s| s.score).collect::<Vec<_>>(), &labels)?;
+                    let pixel = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
+                        let mut acc = PixelAuroc::new(0.0, 1.0, 4096)?;
+                        for (s, sc) in tests.iter().zip(&scores) {
+                            let mask = match &s.mask {
+                                Some(m) => dataset::read_mask(m, sc.width as u32, sc.height as u32)?,
+                                None => vec![false; sc.map.len()],
+                            };
+                            acc.add(&sc.map, &mask)?;
+                        }
+                        Some(acc.finish()?)
+                    } else {
+                        None
+                    };
+                    if seed == o.seeds[0] && k == o.shots[0] {
+                        write_overlays(&o.out.join("overlays").join(category).join(method.name()), &tests, &scores, o.overlays)?;
+                    }
+                    runs.push(Run { category: category.clone(), method: method.name().into(), shots: k, seed, image_auroc: image, pixel_auroc: pixel, test_images: tests.len() });
+                }
+            }
+        }
+    }
+    let report = Report { runs };
+    write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report).expect("json").as_bytes())?;
+    write_atomic(&o.out.join("report.md"), markdown(&report, o).as_bytes())?;
+    Ok(report)
+}
+
+/// Rows = categories, columns = methods × shots, cells = mean ± std over seeds (image AUROC %);
+/// a second table for pixel AUROC where masks exist; the class average last.
+pub fn markdown(report: &Report, o: &EvalOptions) -> String {
+    let cols: Vec<(String, usize)> = o.methods.iter().flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k))).collect();
+    let mut out = String::new();
+    for (title, pick) in [("Image AUROC (%)", 0), ("Pixel AUROC (%)", 1)] {
+        let value = |r: &Run| if pick == 0 { Some(r.image_auroc) } else { r.pixel_auroc };
+        if pick == 1 && report.runs.iter().all(|r| r.pixel_auroc.is_none()) {
+            continue;
+        }
+        out += &format!("### {title}, mean ± std over seeds {:?}\n\n| category |", o.seeds);
+        for (m, k) in &cols {
+            out += &format!(" {m} K={k} |");
+        }
+        out += "\n|---|";
+        out += &"---|".repeat(cols.len());
+        out += "\n";
+        let mut per_col: Vec<Vec<f64>> = vec![Vec::new(); cols.len()];
+        for cat in &o.categories {
+            out += &format!("| {cat} |");
+            for (i, (m, k)) in cols.iter().enumerate() {
+                let v: Vec<f64> = report.runs.iter().filter(|r| &r.category == cat && &r.method == m && r.shots == *k).filter_map(value).map(|x| 100.0 * x).collect();
+                if v.is_empty() {
+                    out += " – |";
+                } else {
+                    let (mean, std) = mean_std(&v);
+                    per_col[i].push(mean);
+                    out += &format!(" {mean:.1} ± {std:.1} |");
+                }
+            }
+            out += "\n";
+        }
+        out += "| **mean** |";
+        for v in &per_col {
+            out += &if v.is_empty() { " – |".to_string() } else { format!(" {:.1} |", mean_std(v).0) };
+        }
+        out += "\n\n";
+    }
+    out
+}
+
+/// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
+/// test images.
+fn write_overlays(dir: &Path, tests: &[Sample], scores: &[crate::pipeline::ImageScore], n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let picks = tests.iter().enumerate().filter(|(_, s)| !s.anomalous).take(n).chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
+    for (i, s) in picks {
+        let img = image::open(&s.path).map_err(|e| Error::io(&s.path, e))?.to_rgb8();
+        let sc = &scores[i];
+        let max = sc.map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+        let out = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+            let p = img.get_pixel(x, y).0;
+            let a = sc.map[y as usize * sc.width + x as usize] / max;
+            image::Rgb([(p[0] as f32 * (1.0 - a) + 255.0 * a) as u8, (p[1] as f32 * (1.0 - a)) as u8, (p[2] as f32 * (1.0 - a)) as u8])
+        });
+        let name = format!("{}_{}_{:.3}.png", s.defect, s.path.file_stem().and_then(|n| n.to_str()).unwrap_or("image"), sc.score);
+        let mut bytes = Vec::new();
+        out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::io(dir.join(&name), e))?;
+        write_atomic(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
