@@ -185,6 +185,18 @@ impl ClipConfig {
         out
     }
 
+    /// The shapes an encoder on this config works at.
+    pub fn encoder_dims(&self) -> crate::requests::EncoderDims {
+        crate::requests::EncoderDims {
+            image_size: self.vision_cfg.image_size,
+            grid: self.grid(),
+            embed_dim: self.embed_dim,
+            vision_width: self.vision_cfg.width,
+            text_width: self.text_cfg.width,
+            context_length: self.text_cfg.context_length,
+        }
+    }
+
     pub fn grid(&self) -> usize {
         self.vision_cfg.image_size / self.vision_cfg.patch_size
     }

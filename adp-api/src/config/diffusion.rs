@@ -245,6 +245,19 @@ impl DiffusionSpec {
             .ok_or_else(|| Error::io(&dir, "no diffusion_pytorch_model.safetensors or model.safetensors"))
     }
 
+    /// The shapes a diffuser on this checkpoint works at.
+    pub fn dims(&self) -> crate::requests::DiffuserDims {
+        crate::requests::DiffuserDims {
+            image_size: self.vae.sample_size.unwrap_or(self.unet.sample_size.unwrap_or(64) * self.vae_downsampling()),
+            latent_channels: self.vae.latent_channels,
+            vae_downsampling: self.vae_downsampling(),
+            text_width: self.text_encoder.hidden_size,
+            context_length: self.text_encoder.max_position_embeddings,
+            train_timesteps: self.scheduler.num_train_timesteps,
+            prediction: self.prediction,
+        }
+    }
+
     /// Latent side = image side / 2^(VAE blocks − 1).
     pub fn vae_downsampling(&self) -> usize {
         1 << self.vae.block_out_channels.len().saturating_sub(1)

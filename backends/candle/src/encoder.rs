@@ -22,15 +22,7 @@ impl CandleEncoder {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&clip.weights], DType::F32, &device) }
             .map_err(|e| Error::io(&clip.weights, e))?;
         let model = OpenClip::new(vb, &clip.config).map_err(|e| Error::config(&clip.weights, e.to_string()))?;
-        let c = &clip.config;
-        let dims = EncoderDims {
-            image_size: c.vision_cfg.image_size,
-            grid: c.grid(),
-            embed_dim: c.embed_dim,
-            vision_width: c.vision_cfg.width,
-            text_width: c.text_cfg.width,
-            context_length: c.text_cfg.context_length,
-        };
+        let dims = clip.config.encoder_dims();
         Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
     }
 

@@ -74,17 +74,7 @@ impl TchDiffuser {
             alphas_cumprod,
             prediction: spec.prediction,
         };
-        let (u, v) = (&spec.unet, &spec.vae);
-        let image_size = v.sample_size.unwrap_or(u.sample_size.unwrap_or(64) * spec.vae_downsampling());
-        let dims = DiffuserDims {
-            image_size,
-            latent_channels: v.latent_channels,
-            vae_downsampling: spec.vae_downsampling(),
-            text_width: spec.text_encoder.hidden_size,
-            context_length: spec.text_encoder.max_position_embeddings,
-            train_timesteps: s.num_train_timesteps,
-            prediction: spec.prediction,
-        };
+        let dims = spec.dims();
         Ok(Self { text, unet, vae, schedule, spec: spec.clone(), dims, tokenizer: ClipTokenizer::new(), device })
     }
 

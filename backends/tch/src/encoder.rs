@@ -20,15 +20,7 @@ impl TchEncoder {
         clip.check_weights()?;
         let weights = Weights::load(&clip.weights, device)?;
         let model = OpenClip::new(&weights, &clip.config)?;
-        let c = &clip.config;
-        let dims = EncoderDims {
-            image_size: c.vision_cfg.image_size,
-            grid: c.grid(),
-            embed_dim: c.embed_dim,
-            vision_width: c.vision_cfg.width,
-            text_width: c.text_cfg.width,
-            context_length: c.text_cfg.context_length,
-        };
+        let dims = clip.config.encoder_dims();
         Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
     }
 
