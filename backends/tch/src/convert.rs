@@ -40,7 +40,39 @@ pub fn to_vec(t: &Tensor) -> adp_api::Result<Vec<f32>> {
     Vec::<f32>::try_from(&flat).map_err(err)
 }
 
+/// A vector on `device`.
+pub fn vector(v: &[f32], device: tch::Device) -> adp_api::Result<Tensor> {
+    Tensor::f_from_slice(v).and_then(|t| t.f_to_device(device)).map_err(err)
+}
+
 pub fn from_tch(t: &Tensor) -> adp_api::Result<adp_api::Tensor> {
     let shape = t.size().into_iter().map(|d| d as usize).collect();
     adp_api::Tensor::new(shape, to_vec(t)?)
+}
+
+/// Every prompt's concept vectors as tensors on `device`, checked against the text width; those
+/// named by `trainable` are that one leaf tensor, so its gradient collects every use.
+pub fn concept_slots(
+    prompts: &[adp_api::requests::Prompt],
+    width: usize,
+    trainable: Option<(&str, &tch::Tensor)>,
+    device: tch::Device,
+) -> adp_api::Result<Vec<Vec<tch::Tensor>>> {
+    prompts
+        .iter()
+        .map(|p| {
+            p.concepts
+                .iter()
+                .map(|c| {
+                    if c.vector.len() != width {
+                        return Err(adp_api::Error::shape(format!("concept {}", c.placeholder), format!("[{width}]"), &[c.vector.len()]));
+                    }
+                    match trainable {
+                        Some((name, leaf)) if name == c.placeholder => Ok(leaf.shallow_clone()),
+                        _ => vector(&c.vector, device),
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! `LatentDiffuser` on a diffusers folder, read directly (transformers / diffusers tensor names),
 //! mirroring the candle backend's diffuser step for step.
-use crate::convert::{err, from_tch, to_tch, to_vec};
+use crate::convert::{concept_slots, err, vector, from_tch, to_tch, to_vec};
 use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet, vae::Vae};
 use crate::open_clip::Weights;
 use adp_api::config::diffusion::PerBlock;
@@ -105,23 +105,7 @@ impl TchDiffuser {
     /// caller's gradient mode.
     fn condition(&self, prompts: &[Prompt], trainable: Option<(&str, &tch::Tensor)>) -> Result<tch::Tensor> {
         let tokens = self.tokens(prompts)?;
-        let slots = prompts
-            .iter()
-            .map(|p| {
-                p.concepts
-                    .iter()
-                    .map(|c| {
-                        if c.vector.len() != self.dims.text_width {
-                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
-                        }
-                        match trainable {
-                            Some((name, leaf)) if name == c.placeholder => Ok(leaf.shallow_clone()),
-                            _ => vector(&c.vector, self.device),
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let slots = concept_slots(prompts, self.dims.text_width, trainable, self.device)?;
         self.text.forward(&tokens, &slots)
     }
 
@@ -151,10 +135,6 @@ impl TchDiffuser {
         })?;
         ImageBatch::new(from_tch(&x)?)
     }
-}
-
-fn vector(v: &[f32], device: tch::Device) -> Result<tch::Tensor> {
-    same(tch::Tensor::f_from_slice(v).and_then(|t| t.f_to_device(device)))
 }
 
 impl LatentDiffuser for TchDiffuser {

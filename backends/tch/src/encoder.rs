@@ -1,5 +1,5 @@
 //! `TextImageEncoder` on an OpenCLIP checkpoint.
-use crate::convert::{err, from_tch, to_tch, to_vec};
+use crate::convert::{concept_slots, err, vector, from_tch, to_tch, to_vec};
 use crate::open_clip::{OpenClip, Weights};
 use adp_api::preprocess::clip_preprocess;
 use adp_api::requests::*;
@@ -38,37 +38,11 @@ impl TchEncoder {
         prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
     }
 
-    /// Concept vectors as tensors; those named `trainable` are that one leaf tensor, so that its
-    /// gradient collects every use.
-    fn slots(&self, prompts: &[Prompt], trainable: Option<(&str, &tch::Tensor)>) -> Result<Vec<Vec<tch::Tensor>>> {
-        prompts
-            .iter()
-            .map(|p| {
-                p.concepts
-                    .iter()
-                    .map(|c| {
-                        if c.vector.len() != self.dims.text_width {
-                            return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{}]", self.dims.text_width), &[c.vector.len()]));
-                        }
-                        match trainable {
-                            Some((name, leaf)) if name == c.placeholder => Ok(leaf.shallow_clone()),
-                            _ => vector(&c.vector, self.device),
-                        }
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
     /// Unit-normalised image embeddings, without gradients.
     fn unit_image_embeddings(&self, images: &ImageBatch) -> Result<tch::Tensor> {
         let x = self.pixels(images)?;
         tch::no_grad(|| self.model.visual.embed(&x).and_then(|f| normalize(&f))).map_err(err)
     }
-}
-
-fn vector(v: &[f32], device: tch::Device) -> Result<tch::Tensor> {
-    tch::Tensor::f_from_slice(v).and_then(|t| t.f_to_device(device)).map_err(err)
 }
 
 fn normalize(t: &tch::Tensor) -> std::result::Result<tch::Tensor, TchError> {
@@ -105,7 +79,7 @@ impl TextImageEncoder for TchEncoder {
 
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
         let tokens = self.tokens(prompts)?;
-        let slots = self.slots(prompts, None)?;
+        let slots = concept_slots(prompts, self.dims.text_width, None, self.device)?;
         tch::no_grad(|| from_tch(&self.model.text.encode(&tokens, &slots)?))
     }
 
@@ -131,7 +105,7 @@ impl TextImageEncoder for TchEncoder {
         };
         let trainable = r.gradient_of.as_deref().zip(leaf.as_ref());
         let tokens = self.tokens(&prompts)?;
-        let slots = self.slots(&prompts, trainable)?;
+        let slots = concept_slots(&prompts, self.dims.text_width, trainable, self.device)?;
         // Gradients are tracked only when asked for, and then only back to the concept vector
         // (the weights never require them).
         let forward = || -> Result<tch::Tensor> {
