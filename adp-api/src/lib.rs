@@ -23,13 +23,15 @@ pub mod traits;
 pub use concept::{Concept, LossRecord, Provenance};
 pub use config::clip::{ClipCheckpoint, ClipConfig, TextConfig, VisionConfig};
 pub use config::diffusion::DiffusionSpec;
+pub use config::efficientnet::{BackboneCheckpoint, EfficientNetConfig};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use image::ImageBatch;
 pub use requests::*;
 pub use tensor::Tensor;
 pub use traits::{
-    Backend, BackendInfo, Capability, ConceptOptimizer, LatentDiffuser, Scorer, TextImageEncoder,
+    Backend, BackendInfo, Capability, ConceptOptimizer, FeatureExtractor, LatentDiffuser, Scorer,
+    TextImageEncoder,
 };
 
 /// The version of this crate; plugins report the one they were built with.

@@ -129,6 +129,35 @@ pub fn clip_preprocess(images: &ImageBatch, size: usize) -> Tensor {
     Tensor::new(vec![n, 3, size, size], out).expect("preprocessed size")
 }
 
+/// `[N, 3, size, size]` for an image backbone: Pillow's bicubic resize of the whole image (no
+/// crop, so a defect at the border stays in view), then `(x − mean) / std` per channel.
+pub fn backbone_input(images: &ImageBatch, config: &crate::EfficientNetConfig) -> Tensor {
+    let size = config.image_size;
+    let resized = resize(images, size, size);
+    let plane = size * size;
+    let data = resized.pixels().data().iter().enumerate().map(|(i, v)| {
+        let c = (i / plane) % 3;
+        (v - config.mean[c]) / config.std[c]
+    });
+    Tensor::new(vec![images.len(), 3, size, size], data.collect()).expect("preprocessed size")
+}
+
+/// `[out, in]` weights of PyTorch's bilinear interpolation with `align_corners=False`, one axis:
+/// `y = A · x`. Both backends upsample the deeper feature stages with it.
+pub fn bilinear_matrix(out: usize, input: usize) -> Vec<f32> {
+    let scale = input as f64 / out as f64;
+    let mut m = vec![0f32; out * input];
+    for o in 0..out {
+        let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let l1 = (src - i0 as f64) as f32;
+        m[o * input + i0] += 1.0 - l1;
+        m[o * input + i1] += l1;
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +172,14 @@ mod tests {
         }
         let flat = vec![77u8; 6 * 5];
         assert!(resize_plane(&flat, 6, 5, 3, 4).iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn bilinear_matches_torch_on_a_doubling() {
+        // torch: F.interpolate(arange(3)[None,None,None], size=(1,6), mode="bilinear")
+        let m = bilinear_matrix(6, 3);
+        let y: Vec<f32> = (0..6).map(|o| (0..3).map(|i| m[o * 3 + i] * i as f32).sum()).collect();
+        assert_eq!(y, vec![0.0, 0.25, 0.75, 1.25, 1.75, 2.0]);
     }
 
     #[test]

@@ -71,6 +71,29 @@ pub struct DenseFeatures {
     pub windows: Vec<WindowFeatures>,
 }
 
+/// What an image backbone's patch features look like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureDims {
+    /// Input side in pixels after preprocessing.
+    pub image_size: usize,
+    /// Patches per side of the feature grid (the shallowest feature stage's).
+    pub grid: usize,
+    /// Width of a patch feature: the sum of `stage_channels`.
+    pub dim: usize,
+    pub stage_channels: Vec<usize>,
+}
+
+/// A backbone's raw outputs, for parity checks against the reference implementation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneOutputs {
+    /// Each block group's output, `[N, C, H, W]`.
+    pub stages: Vec<Tensor>,
+    /// `[N, head_width, H, W]` after the head convolution, batch norm and activation.
+    pub head: Tensor,
+    /// `[N, classes]`.
+    pub logits: Tensor,
+}
+
 /// A scalar objective and, when asked for, its gradient with respect to a concept vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValueAndGrad {

@@ -1,6 +1,6 @@
 //! The four pipeline traits and the backend that creates them.
 use crate::requests::*;
-use crate::{ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use crate::{BackboneCheckpoint, ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -11,6 +11,7 @@ pub enum Capability {
     LatentDiffuser,
     ConceptOptimizer,
     Scorer,
+    FeatureExtractor,
 }
 
 impl fmt::Display for Capability {
@@ -65,6 +66,9 @@ pub trait Backend: Send + Sync {
     fn scorer(&self, _device: Device) -> Result<Box<dyn Scorer>> {
         Err(self.info().unsupported(Capability::Scorer))
     }
+    fn feature_extractor(&self, _backbone: &BackboneCheckpoint, _device: Device) -> Result<Box<dyn FeatureExtractor>> {
+        Err(self.info().unsupported(Capability::FeatureExtractor))
+    }
 }
 
 /// CLIP: images and prompts into one embedding space (SPEC §2–3, §6).
@@ -110,4 +114,16 @@ pub trait Scorer: Send + Sync {
     fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory>;
     /// For `test` `[N, P, D]`: `[N, P]` of `min_r ½(1 − ⟨F, r⟩)` over the memory.
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor>;
+}
+
+/// An image-only backbone (EfficientNet-Lite) giving dense patch features for reference
+/// association: the `visual` method, which needs no CLIP and no diffusion model.
+pub trait FeatureExtractor: Send + Sync {
+    fn dims(&self) -> FeatureDims;
+    /// `[N, grid², dim]`: each feature stage locally averaged over its 3×3 neighbourhood, the
+    /// deeper ones upsampled (bilinear) to the first one's grid, concatenated along channels.
+    /// Images of any size are preprocessed by [`crate::preprocess::backbone_input`].
+    fn patch_features(&self, images: &ImageBatch) -> Result<Tensor>;
+    /// Every block group's output, the head features and the class logits.
+    fn backbone_outputs(&self, images: &ImageBatch) -> Result<BackboneOutputs>;
 }

@@ -137,6 +137,11 @@ impl Backend for Plugin {
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         Ok(Box::new(ProxyScorer { remote: Remote::open(self, &Open::Scorer { device })? }))
     }
+    fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
+        let remote = Remote::open(self, &Open::FeatureExtractor { backbone: Cow::Borrowed(backbone), device })?;
+        let dims = expect!(remote, remote.call(&Call::FeatureDims, None), FeatureDims)?;
+        Ok(Box::new(ProxyFeatures { remote, dims }))
+    }
 }
 
 struct ProxyEncoder {
@@ -216,5 +221,22 @@ impl Scorer for ProxyScorer {
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor> {
         let call = Call::Associate(Cow::Borrowed(memory), Cow::Borrowed(test));
         expect!(self.remote, self.remote.call(&call, None), Tensor)
+    }
+}
+
+struct ProxyFeatures {
+    remote: Remote,
+    dims: FeatureDims,
+}
+
+impl FeatureExtractor for ProxyFeatures {
+    fn dims(&self) -> FeatureDims {
+        self.dims.clone()
+    }
+    fn patch_features(&self, images: &ImageBatch) -> Result<Tensor> {
+        expect!(self.remote, self.remote.call(&Call::PatchFeatures(Cow::Borrowed(images)), None), Tensor)
+    }
+    fn backbone_outputs(&self, images: &ImageBatch) -> Result<BackboneOutputs> {
+        expect!(self.remote, self.remote.call(&Call::BackboneOutputs(Cow::Borrowed(images)), None), BackboneOutputs)
     }
 }

@@ -1,6 +1,7 @@
 //! Checkpoint specs: what the configs of user-supplied checkpoints say.
 pub mod clip;
 pub mod diffusion;
+pub mod efficientnet;
 pub mod st;
 
 use crate::{Error, Result};

@@ -40,9 +40,8 @@ pub fn read_f32_shaped(st: &SafeTensors<'_>, name: &str, file: &Path, expected: 
     Ok(t)
 }
 
-/// Reads only the header of a safetensors file and checks that every `(name, shape)` is there.
-/// Catches a truncated file, a missing tensor and a wrong shape before any weight is loaded.
-pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<()> {
+/// The JSON header of a safetensors file, checked against the file's length.
+fn read_header(file: &Path) -> Result<(u64, u64, serde_json::Map<String, serde_json::Value>)> {
     let bad = |m: String| Error::Config { file: file.into(), message: m };
     let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let total = f.metadata().map_err(|e| Error::io(file, e))?.len();
@@ -54,8 +53,25 @@ pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<(
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(file, e))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let header = serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    Ok((total, n, header))
+}
+
+/// The `__metadata__` strings of a safetensors file (empty when it has none).
+pub fn read_metadata(file: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let (_, _, header) = read_header(file)?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
+}
+
+/// Reads only the header of a safetensors file and checks that every `(name, shape)` is there.
+/// Catches a truncated file, a missing tensor and a wrong shape before any weight is loaded.
+pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<()> {
+    let bad = |m: String| Error::Config { file: file.into(), message: m };
+    let (total, n, header) = read_header(file)?;
     let mut data_end = 0u64;
     for (name, v) in &header {
         if name == "__metadata__" {

@@ -3,7 +3,7 @@
 use crate::ffi::*;
 use crate::wire::{self, Call, Open, Reply};
 use adp_api::requests::{Flow, Progress};
-use adp_api::{Backend, ConceptOptimizer, Error, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::{Backend, ConceptOptimizer, Error, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +19,7 @@ enum Part {
     Diffuser(Box<dyn LatentDiffuser>),
     Optimizer(Box<dyn ConceptOptimizer>),
     Scorer(Box<dyn Scorer>),
+    Features(Box<dyn FeatureExtractor>),
 }
 
 /// What an `AdpObject` pointer really is.
@@ -88,6 +89,7 @@ unsafe extern "C" fn open<E: PluginEntry>(request: AdpBytes, object: *mut *mut A
                 Part::Optimizer(backend.concept_optimizer(&clip, &sd, device)?)
             }
             Open::Scorer { device } => Part::Scorer(backend.scorer(device)?),
+            Open::FeatureExtractor { backbone, device } => Part::Features(backend.feature_extractor(&backbone, device)?),
         };
         let boxed = Box::new(Object { backend: E::NAME, part });
         if object.is_null() {
@@ -142,6 +144,9 @@ fn dispatch(object: &Object, call: Call, progress: &mut dyn FnMut(&Progress) -> 
         (Part::Optimizer(o), C::Learn(r)) => Reply::Concept(o.learn(&r, progress)?),
         (Part::Scorer(s), C::BuildMemory(kind, t)) => Reply::Memory(s.build_memory(kind, &t)?),
         (Part::Scorer(s), C::Associate(m, t)) => Reply::Tensor(s.associate(&m, &t)?),
+        (Part::Features(f), C::FeatureDims) => Reply::FeatureDims(f.dims()),
+        (Part::Features(f), C::PatchFeatures(b)) => Reply::Tensor(f.patch_features(&b)?),
+        (Part::Features(f), C::BackboneOutputs(b)) => Reply::BackboneOutputs(f.backbone_outputs(&b)?),
         (_, call) => return Err(protocol(object.backend, format!("{call:?} sent to the wrong kind of object"))),
     })
 }

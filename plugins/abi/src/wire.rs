@@ -1,17 +1,18 @@
 //! The messages that cross the boundary, and their encoding (MessagePack: self-describing, so
 //! untagged config enums and JSON values inside concepts cross unchanged).
 use adp_api::requests::*;
-use adp_api::{ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use adp_api::{BackboneCheckpoint, ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// Opens one of the four pipeline parts.
+/// Opens one of the pipeline parts.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Open<'a> {
     TextImageEncoder { clip: Cow<'a, ClipCheckpoint>, device: Device },
     LatentDiffuser { sd: Cow<'a, DiffusionSpec>, device: Device },
     ConceptOptimizer { clip: Cow<'a, ClipCheckpoint>, sd: Cow<'a, DiffusionSpec>, device: Device },
     Scorer { device: Device },
+    FeatureExtractor { backbone: Cow<'a, BackboneCheckpoint>, device: Device },
 }
 
 /// One trait method call on an opened object. Borrowed on the host side, owned after decoding.
@@ -33,6 +34,9 @@ pub enum Call<'a> {
     Learn(Cow<'a, LearnRequest>),
     BuildMemory(FeatureKind, Cow<'a, Tensor>),
     Associate(Cow<'a, ReferenceMemory>, Cow<'a, Tensor>),
+    FeatureDims,
+    PatchFeatures(Cow<'a, ImageBatch>),
+    BackboneOutputs(Cow<'a, ImageBatch>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +51,8 @@ pub enum Reply {
     ValueAndGrad(ValueAndGrad),
     Concept(Concept),
     Memory(ReferenceMemory),
+    FeatureDims(FeatureDims),
+    BackboneOutputs(BackboneOutputs),
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
