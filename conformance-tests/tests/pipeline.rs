@@ -4,7 +4,7 @@
 use adp_api::{ClipCheckpoint, Device, ImageBatch};
 use adp_conformance::goldens::{clip_checkpoint, diffusion_spec};
 use adp_host::detector::DetectorFile;
-use adp_host::pipeline::{score, FitOptions, Fitter, Method, Stage};
+use adp_host::pipeline::{score, Checkpoints, FitOptions, Fitter, Method, Stage};
 use std::path::PathBuf;
 
 fn bottle() -> Option<PathBuf> {
@@ -62,7 +62,7 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
     let loaded = DetectorFile::load(&path).unwrap();
     assert_eq!(loaded, detector);
 
-    let scores = score(&backend, &clip, &loaded, &tests, Device::Cpu).unwrap();
+    let scores = score(&backend, &Checkpoints::clip(&clip), &loaded, &tests, Device::Cpu).unwrap();
     assert_eq!(scores.len(), 2);
     for s in &scores {
         assert!((0.0..=1.0).contains(&s.score), "{s:?}");
@@ -75,7 +75,7 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
     // Another CLIP checkpoint is refused by name.
     let other = tempfile::tempdir().unwrap();
     let paths = adp_host::fixtures::write_all(other.path(), 1, "tiny").unwrap();
-    let err = score(&backend, &ClipCheckpoint::from_dir(&paths.clip).unwrap(), &loaded, &tests, Device::Cpu).unwrap_err();
+    let err = score(&backend, &Checkpoints::clip(&ClipCheckpoint::from_dir(&paths.clip).unwrap()), &loaded, &tests, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("another CLIP checkpoint"), "{err}");
 }
 

@@ -20,6 +20,9 @@ pub struct DetectorHeader {
     /// The backend that fitted it and the CLIP folder used: defaults for scoring.
     pub backend: String,
     pub clip_dir: std::path::PathBuf,
+    /// The image backbone file (`visual` only): the default for scoring.
+    #[serde(default)]
+    pub backbone: Option<std::path::PathBuf>,
     /// SHA-256 of the checkpoint files, by role ("clip", "diffusion").
     pub checkpoints: BTreeMap<String, String>,
     pub options: serde_json::Value,

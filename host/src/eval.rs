@@ -5,10 +5,11 @@
 use crate::dataset::{self, Sample};
 use crate::images::read_resized;
 use crate::metrics::{image_auroc, PixelAuroc};
-use crate::pipeline::{score, FitOptions, Fitter, Method, Stage};
+use crate::pipeline::{score, Checkpoints, FitOptions, Fitter, ImageScore, Method, Stage};
+use crate::visual::VisualModel;
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
-use adp_api::{Backend, ClipCheckpoint, DiffusionSpec, Error, ImageBatch, Result};
+use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -55,10 +56,10 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Runs the protocol; `observer` sees every pipeline stage and may cancel.
-pub fn run(backend: &dyn Backend, clip: &ClipCheckpoint, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
+/// Runs the protocol; `observer` sees every pipeline stage and may cancel. The ADP methods need
+/// `checkpoints.clip` (and `sd` where they synthesise); `visual` needs `checkpoints.backbone`.
+pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let size = clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)));
     let mut runs = Vec::new();
     for category in &o.categories {
         let cat = dataset::load(&o.data, category)?;
@@ -67,16 +68,15 @@ pub fn run(backend: &dyn Backend, clip: &ClipCheckpoint, sd: Option<&DiffusionSp
             return Err(Error::invalid("test split", format!("{category}: needs both good and defective images")));
         }
         let test_images = tests.iter().map(|s| ImageBatch::read_files(std::slice::from_ref(&s.path))).collect::<Result<Vec<_>>>()?;
+        let labels: Vec<bool> = tests.iter().map(|s| s.anomalous).collect();
         for &method in &o.methods {
+            let mut fitted = Fitted::open(backend, checkpoints, sd, method, &test_images, o.fit.device)?;
             for &k in &o.shots {
                 for &seed in &o.seeds {
                     let shots = dataset::draw_shots(&cat.train_good, k, seed)?;
-                    let support = read_resized(&shots, size)?;
                     let fit = FitOptions { method, seed, ..o.fit.clone() };
                     let tag = format!("{category} {} K={k} seed={seed}", method.name());
-                    let detector = Fitter { backend, clip, sd, options: fit }.fit(&support, &mut |s| observer(&tag, s))?;
-                    let scores = score(backend, clip, &detector, &test_images, o.fit.device)?;
-                    let labels: Vec<bool> = tests.iter().map(|s| s.anomalous).collect();
+                    let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
                     let image = image_auroc(&scores.iter().map(|s| s.score).collect::<Vec<_>>(), &labels)?;
                     let pixel = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
                         let mut acc = PixelAuroc::new(0.0, 1.0, 4096)?;
@@ -103,6 +103,49 @@ pub fn run(backend: &dyn Backend, clip: &ClipCheckpoint, sd: Option<&DiffusionSp
     write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report).expect("json").as_bytes())?;
     write_atomic(&o.out.join("report.md"), markdown(&report, o).as_bytes())?;
     Ok(report)
+}
+
+/// One method's models for a category: `visual` extracts the test set's features once and
+/// reuses them for every K and seed; the ADP methods refit and rescore through the pipeline.
+enum Fitted<'a> {
+    Visual { model: VisualModel, features: Tensor, sizes: Vec<(usize, usize)> },
+    Clip { backend: &'a dyn Backend, checkpoints: &'a Checkpoints, sd: Option<&'a DiffusionSpec> },
+}
+
+impl<'a> Fitted<'a> {
+    fn open(backend: &'a dyn Backend, checkpoints: &'a Checkpoints, sd: Option<&'a DiffusionSpec>, method: Method, tests: &[ImageBatch], device: adp_api::Device) -> Result<Self> {
+        if method.needs_clip() {
+            return Ok(Fitted::Clip { backend, checkpoints, sd });
+        }
+        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
+        let model = VisualModel::open(backend, backbone, device)?;
+        let mut data = Vec::new();
+        for t in tests {
+            data.extend_from_slice(model.features(t)?.data());
+        }
+        let d = model.extractor.dims();
+        let features = Tensor::new(vec![tests.len(), d.grid * d.grid, d.dim], data)?;
+        let sizes = tests.iter().map(|t| (t.height(), t.width())).collect();
+        Ok(Fitted::Visual { model, features, sizes })
+    }
+
+    fn fit_and_score(&mut self, shots: &[PathBuf], fit: FitOptions, tests: &[ImageBatch], observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<Vec<ImageScore>> {
+        match self {
+            Fitted::Visual { model, features, sizes } => {
+                let support = read_resized(shots, model.extractor.dims().image_size)?;
+                let detector = model.fit(&support, &fit, observer)?;
+                model.score_features(&detector.memories[0], features, sizes)
+            }
+            Fitted::Clip { backend, checkpoints, sd } => {
+                let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("method", format!("{} needs a CLIP checkpoint (--clip)", fit.method.name())))?;
+                let size = clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)));
+                let support = read_resized(shots, size)?;
+                let device = fit.device;
+                let detector = Fitter { backend: *backend, clip, sd: *sd, options: fit }.fit(&support, observer)?;
+                score(*backend, checkpoints, &detector, tests, device)
+            }
+        }
+    }
 }
 
 /// Rows = categories, columns = methods × shots, cells = mean ± std over seeds (image AUROC %);
@@ -148,7 +191,7 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
 
 /// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
 /// test images.
-fn write_overlays(dir: &Path, tests: &[Sample], scores: &[crate::pipeline::ImageScore], n: usize) -> Result<()> {
+fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize) -> Result<()> {
     if n == 0 {
         return Ok(());
     }

@@ -15,5 +15,6 @@ pub mod plugin;
 pub mod prompts;
 pub mod prototypes;
 pub mod proxy;
+pub mod visual;
 
 pub use plugin::{discover, load, plugin_dirs, Plugin, PLUGIN_PATH_ENV};

@@ -40,14 +40,20 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: adp_api::Device,
     },
-    /// Fit a detector on a support set of normal images (SPEC §4–6).
+    /// Fit a detector on a support set of normal images. With `--clip` (and `--sd`): ADP (SPEC
+    /// §4–6); without: the `visual` method on the pretrained EfficientNet-Lite backbone.
     Fit {
-        #[arg(long)]
+        #[arg(long, default_value = "candle")]
         plugin: String,
         #[arg(long = "plugin-dir")]
         plugin_dirs: Vec<PathBuf>,
+        /// open_clip checkpoint folder; needed by every method but `visual`.
         #[arg(long)]
-        clip: PathBuf,
+        clip: Option<PathBuf>,
+        /// EfficientNet-Lite safetensors for `visual` [default: the one scripts/setup-weights.sh
+        /// provides, $ADP_WEIGHTS_DIR/efficientnet-lite0.safetensors]
+        #[arg(long)]
+        backbone: Option<PathBuf>,
         /// Stable Diffusion folder (diffusers layout); not needed by `--method winclip`.
         #[arg(long)]
         sd: Option<PathBuf>,
@@ -56,8 +62,9 @@ enum Command {
         support: Vec<PathBuf>,
         #[arg(long)]
         label: Option<String>,
-        #[arg(long, value_enum, default_value = "adp")]
-        method: adp_host::pipeline::Method,
+        /// [default: adp with --clip, else visual]
+        #[arg(long, value_enum)]
+        method: Option<adp_host::pipeline::Method>,
         #[arg(long, default_value = "cpu")]
         device: adp_api::Device,
         /// Optimisation steps per concept (SPEC: 3000).
@@ -89,6 +96,9 @@ enum Command {
         plugin_dirs: Vec<PathBuf>,
         #[arg(long)]
         clip: Option<PathBuf>,
+        /// Default: the backbone file the detector was fitted with (`visual`).
+        #[arg(long)]
+        backbone: Option<PathBuf>,
         /// Write each anomaly map as a grey-scale PNG here.
         #[arg(long)]
         maps: Option<PathBuf>,
@@ -99,12 +109,15 @@ enum Command {
     },
     /// Run the evaluation protocol (SPEC §8) and write report.json, report.md and overlays.
     Eval {
-        #[arg(long)]
+        #[arg(long, default_value = "candle")]
         plugin: String,
         #[arg(long = "plugin-dir")]
         plugin_dirs: Vec<PathBuf>,
         #[arg(long)]
-        clip: PathBuf,
+        clip: Option<PathBuf>,
+        /// EfficientNet-Lite safetensors for `visual` [default: as for `adp fit`]
+        #[arg(long)]
+        backbone: Option<PathBuf>,
         #[arg(long)]
         sd: Option<PathBuf>,
         /// Dataset root (MVTec-AD layout, or VisA with split_csv/1cls.csv).
@@ -117,7 +130,8 @@ enum Command {
         shots: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
         seeds: Vec<u64>,
-        #[arg(long = "method", value_enum, default_values = ["adp"])]
+        /// Repeatable [default: adp with --clip, else visual]
+        #[arg(long = "method", value_enum)]
         methods: Vec<adp_host::pipeline::Method>,
         #[arg(long)]
         label: Option<String>,
@@ -179,13 +193,23 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Fit { plugin: name, plugin_dirs, clip, sd, support, label, method, device, steps, learning_rate, batch_size, ddim_steps, validation_pseudo, seed, quiet, output } => {
+        Command::Fit { plugin: name, plugin_dirs, clip, backbone, sd, support, label, method, device, steps, learning_rate, batch_size, ddim_steps, validation_pseudo, seed, quiet, output } => {
             let backend = plugin::find(&name, &plugin::plugin_dirs(&plugin_dirs))?;
-            let clip = adp_api::ClipCheckpoint::from_dir(&clip)?;
-            let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
+            let method = method.unwrap_or(if clip.is_some() { adp_host::pipeline::Method::Adp } else { adp_host::pipeline::Method::Visual });
             let files = adp_host::images::list(&support)?;
-            let support = adp_host::images::read_resized(&files, clip.config.vision_cfg.image_size.max(sd.as_ref().map_or(0, |s| s.vae.sample_size.unwrap_or(0))))?;
             let options = adp_host::pipeline::FitOptions { method, label, device, steps, learning_rate, batch_size, ddim_steps, validation_pseudo, seed, ..Default::default() };
+            if !method.needs_clip() {
+                let backbone = adp_api::BackboneCheckpoint::from_file(&backbone.unwrap_or_else(adp_host::visual::default_backbone))?;
+                let model = adp_host::visual::VisualModel::open(&backend, &backbone, device)?;
+                let support = adp_host::images::read_resized(&files, model.extractor.dims().image_size)?;
+                let detector = model.fit(&support, &options, &mut |_| adp_api::requests::Flow::Continue)?;
+                detector.save(&output)?;
+                println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "support": files.len() }));
+                return Ok(());
+            }
+            let clip = adp_api::ClipCheckpoint::from_dir(&clip.ok_or_else(|| anyhow::anyhow!("--method {} needs --clip DIR", method.name()))?)?;
+            let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
+            let support = adp_host::images::read_resized(&files, clip.config.vision_cfg.image_size.max(sd.as_ref().map_or(0, |s| s.vae.sample_size.unwrap_or(0))))?;
             let fitter = adp_host::pipeline::Fitter { backend: &backend, clip: &clip, sd: sd.as_ref(), options };
             let detector = fitter.fit(&support, &mut |stage| {
                 if !quiet {
@@ -204,16 +228,21 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "weights": detector.header.weights }));
             Ok(())
         }
-        Command::Score { detector: path, plugin: name, plugin_dirs, clip, maps, device, images } => {
+        Command::Score { detector: path, plugin: name, plugin_dirs, clip, backbone, maps, device, images } => {
             let detector = adp_host::detector::DetectorFile::load(&path)?;
             let backend = plugin::find(name.as_deref().unwrap_or(&detector.header.backend), &plugin::plugin_dirs(&plugin_dirs))?;
-            let clip = adp_api::ClipCheckpoint::from_dir(clip.as_deref().unwrap_or(&detector.header.clip_dir))?;
+            let checkpoints = if detector.header.method == adp_host::pipeline::Method::Visual.name() {
+                let file = backbone.or(detector.header.backbone.clone()).unwrap_or_else(adp_host::visual::default_backbone);
+                adp_host::pipeline::Checkpoints::backbone(&adp_api::BackboneCheckpoint::from_file(&file)?)
+            } else {
+                adp_host::pipeline::Checkpoints::clip(&adp_api::ClipCheckpoint::from_dir(clip.as_deref().unwrap_or(&detector.header.clip_dir))?)
+            };
             if let Some(dir) = &maps {
                 std::fs::create_dir_all(dir).map_err(|e| adp_api::Error::io(dir, e))?;
             }
             for file in adp_host::images::list(&images)? {
                 let batch = adp_api::ImageBatch::read_files(std::slice::from_ref(&file))?;
-                let s = adp_host::pipeline::score(&backend, &clip, &detector, &[batch], device)?.remove(0);
+                let s = adp_host::pipeline::score(&backend, &checkpoints, &detector, &[batch], device)?.remove(0);
                 let map_file = match &maps {
                     Some(dir) => Some(adp_host::images::write_map(dir, &file, &s)?),
                     None => None,
@@ -222,14 +251,22 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { plugin: name, plugin_dirs, clip, sd, data, categories, shots, seeds, methods, label, device, steps, batch_size, ddim_steps, validation_pseudo, limit, overlays, quiet, out } => {
+        Command::Eval { plugin: name, plugin_dirs, clip, backbone, sd, data, categories, shots, seeds, methods, label, device, steps, batch_size, ddim_steps, validation_pseudo, limit, overlays, quiet, out } => {
             let backend = plugin::find(&name, &plugin::plugin_dirs(&plugin_dirs))?;
-            let clip = adp_api::ClipCheckpoint::from_dir(&clip)?;
+            let methods = if methods.is_empty() { vec![if clip.is_some() { adp_host::pipeline::Method::Adp } else { adp_host::pipeline::Method::Visual }] } else { methods };
+            let checkpoints = adp_host::pipeline::Checkpoints {
+                clip: clip.as_deref().map(adp_api::ClipCheckpoint::from_dir).transpose()?,
+                backbone: if methods.iter().any(|m| !m.needs_clip()) {
+                    Some(adp_api::BackboneCheckpoint::from_file(&backbone.unwrap_or_else(adp_host::visual::default_backbone))?)
+                } else {
+                    None
+                },
+            };
             let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
             let categories = if categories.is_empty() { adp_host::dataset::categories(&data)? } else { categories };
             let fit = adp_host::pipeline::FitOptions { label, device, steps, batch_size, ddim_steps, validation_pseudo, ..Default::default() };
             let options = adp_host::eval::EvalOptions { data, categories, shots, seeds, methods, fit, limit, overlays, out: out.clone() };
-            let report = adp_host::eval::run(&backend, &clip, sd.as_ref(), &options, &mut |tag, stage| {
+            let report = adp_host::eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, stage| {
                 if !quiet {
                     if let adp_host::pipeline::Stage::Memories = stage {
                         eprintln!("{tag}: fitted");

@@ -8,7 +8,7 @@ use crate::prototypes::{final_score, image_features, language_score, prototypes,
 use adp_api::preprocess::resize;
 use adp_api::requests::*;
 use adp_api::rng::SplitMix64;
-use adp_api::{Backend, ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use adp_api::{BackboneCheckpoint, Backend, ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -28,6 +28,9 @@ pub enum Method {
     Cn,
     /// The anomaly-aware concept alone.
     Ca,
+    /// No CLIP, no diffusion: reference association over a pretrained image backbone's patch
+    /// features (EfficientNet-Lite), the out-of-the-box default.
+    Visual,
 }
 
 impl Method {
@@ -39,10 +42,15 @@ impl Method {
             Method::Ti => "ti",
             Method::Cn => "cn",
             Method::Ca => "ca",
+            Method::Visual => "visual",
         }
     }
     fn needs_diffusion(self) -> bool {
-        !matches!(self, Method::Winclip)
+        !matches!(self, Method::Winclip | Method::Visual)
+    }
+    /// Whether the method runs on CLIP (all but `visual`).
+    pub fn needs_clip(self) -> bool {
+        self != Method::Visual
     }
 }
 
@@ -179,6 +187,9 @@ impl Fitter<'_> {
             return Err(Error::EmptySupportSet);
         }
         let o = &self.options;
+        if !o.method.needs_clip() {
+            return Err(Error::invalid("method", "visual runs on an image backbone: use visual::VisualModel::fit"));
+        }
         let enc = self.backend.text_image_encoder(self.clip, o.device)?;
         let scorer = self.backend.scorer(o.device)?;
         let mut checkpoints = BTreeMap::from([("clip".to_string(), file_hash(&self.clip.weights)?)]);
@@ -242,6 +253,7 @@ impl Fitter<'_> {
             method: o.method.name().into(),
             backend: self.backend.info().name,
             clip_dir: self.clip.config_path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+            backbone: None,
             checkpoints,
             options: serde_json::to_value(o).expect("json"),
             seed: o.seed,
@@ -259,7 +271,8 @@ impl Fitter<'_> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageScore {
     pub score: f32,
-    pub language: f32,
+    /// The language score (eq. 7); none for `visual`.
+    pub language: Option<f32>,
     pub association: f32,
     /// `height × width`, row-major, at the scored image's size.
     #[serde(skip)]
@@ -268,8 +281,29 @@ pub struct ImageScore {
     pub width: usize,
 }
 
+/// The models scoring may need: CLIP for the ADP methods, the image backbone for `visual`.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    pub clip: Option<ClipCheckpoint>,
+    pub backbone: Option<BackboneCheckpoint>,
+}
+
+impl Checkpoints {
+    pub fn clip(clip: &ClipCheckpoint) -> Self {
+        Self { clip: Some(clip.clone()), backbone: None }
+    }
+    pub fn backbone(backbone: &BackboneCheckpoint) -> Self {
+        Self { clip: None, backbone: Some(backbone.clone()) }
+    }
+}
+
 /// Scores images (any sizes) with a fitted detector on a backend; refuses other checkpoints.
-pub fn score(backend: &dyn Backend, clip: &ClipCheckpoint, detector: &DetectorFile, images: &[ImageBatch], device: Device) -> Result<Vec<ImageScore>> {
+pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &DetectorFile, images: &[ImageBatch], device: Device) -> Result<Vec<ImageScore>> {
+    if detector.header.method == Method::Visual.name() {
+        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
+        return crate::visual::VisualModel::open(backend, backbone, device)?.score(detector, images);
+    }
+    let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
     let want = detector.header.checkpoints.get("clip").cloned().unwrap_or_default();
     let got = file_hash(&clip.weights)?;
     if want != got {
@@ -291,7 +325,7 @@ pub fn score(backend: &dyn Backend, clip: &ClipCheckpoint, detector: &DetectorFi
                 let patch = maps.row(i);
                 ImageScore {
                     score: final_score(language, patch),
-                    language,
+                    language: Some(language),
                     association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
                     map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
                     height: img.height(),

@@ -1,0 +1,114 @@
+//! The `visual` method: few-shot reference association over a pretrained image backbone's patch
+//! features (EfficientNet-Lite), with no CLIP and no diffusion model. The support set's patch
+//! features are the reference memory; a test patch's score is its distance to the nearest one
+//! (SPEC eq. 8 on backbone features); the image score is the maximum of the smoothed map, as
+//! PatchCore does.
+use crate::association::anomaly_map;
+use crate::detector::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use crate::pipeline::{FitOptions, ImageScore, Stage};
+use adp_api::requests::{FeatureKind, Flow, ReferenceMemory};
+use adp_api::{BackboneCheckpoint, Backend, Device, Error, FeatureExtractor, ImageBatch, Result, Scorer, Tensor};
+use std::collections::BTreeMap;
+
+/// Smoothing of the patch map, in pixels at the backbone's input size (PatchCore: σ = 4 at 224).
+pub const SIGMA: f32 = 4.0;
+
+/// The default backbone file, provided by `scripts/setup-weights.sh`.
+pub fn default_backbone() -> std::path::PathBuf {
+    adp_api::config::efficientnet::default_weights_dir().join("efficientnet-lite0.safetensors")
+}
+
+/// Opens the backbone (after checking its file names every tensor with its shape) and a scorer.
+pub struct VisualModel {
+    pub extractor: Box<dyn FeatureExtractor>,
+    pub scorer: Box<dyn Scorer>,
+    pub backbone: BackboneCheckpoint,
+    backend: String,
+}
+
+impl VisualModel {
+    pub fn open(backend: &dyn Backend, backbone: &BackboneCheckpoint, device: Device) -> Result<Self> {
+        backbone.check_weights()?;
+        Ok(Self { extractor: backend.feature_extractor(backbone, device)?, scorer: backend.scorer(device)?, backbone: backbone.clone(), backend: backend.info().name })
+    }
+
+    /// `[N, grid², dim]` patch features of images of any (common) size.
+    pub fn features(&self, images: &ImageBatch) -> Result<Tensor> {
+        self.extractor.patch_features(images)
+    }
+
+    pub fn fit(&self, support: &ImageBatch, options: &FitOptions, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
+        if support.is_empty() {
+            return Err(Error::EmptySupportSet);
+        }
+        if observer(&Stage::Memories) == Flow::Cancel {
+            return Err(Error::Cancelled { step: 0 });
+        }
+        let memory = self.scorer.build_memory(FeatureKind::PatchTokens, &self.features(support)?)?;
+        let dims = self.extractor.dims();
+        let header = DetectorHeader {
+            format: DETECTOR_FORMAT.into(),
+            method: "visual".into(),
+            backend: self.backend.clone(),
+            clip_dir: Default::default(),
+            backbone: Some(self.backbone.weights.clone()),
+            checkpoints: BTreeMap::from([("backbone".to_string(), file_hash(&self.backbone.weights)?)]),
+            options: serde_json::to_value(options).expect("json"),
+            seed: options.seed,
+            grid: dims.grid,
+            image_size: dims.image_size,
+            concepts: Vec::new(),
+            weights: Vec::new(),
+            memory_kinds: vec![FeatureKind::PatchTokens],
+        };
+        Ok(DetectorFile { header, prototypes: None, memories: vec![memory] })
+    }
+
+    /// Scores from precomputed features (`[N, grid², dim]`) of images of the given sizes.
+    pub fn score_features(&self, memory: &ReferenceMemory, features: &Tensor, sizes: &[(usize, usize)]) -> Result<Vec<ImageScore>> {
+        let dims = self.extractor.dims();
+        let patch = self.scorer.associate(memory, features)?;
+        let (g, s) = (dims.grid, dims.image_size);
+        Ok(sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(height, width))| {
+                let smooth = anomaly_map(patch.row(i), g, s, s, SIGMA);
+                let score = smooth.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                ImageScore {
+                    score,
+                    language: None,
+                    association: patch.row(i).iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    map: resize_square(&smooth, s, height, width),
+                    height,
+                    width,
+                }
+            })
+            .collect())
+    }
+
+    pub fn score(&self, detector: &DetectorFile, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
+        let want = detector.header.checkpoints.get("backbone").cloned().unwrap_or_default();
+        let got = file_hash(&self.backbone.weights)?;
+        if want != got {
+            return Err(Error::config(&self.backbone.weights, format!("this detector was fitted with another backbone (sha256 {want}, this one {got})")));
+        }
+        let memory = detector.memories.iter().find(|m| m.kind == FeatureKind::PatchTokens).ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))?;
+        let mut out = Vec::new();
+        for batch in images {
+            let sizes = vec![(batch.height(), batch.width()); batch.len()];
+            out.extend(self.score_features(memory, &self.features(batch)?, &sizes)?);
+        }
+        Ok(out)
+    }
+}
+
+/// A square map resized bilinearly to `height`×`width` (the map is already smooth).
+fn resize_square(map: &[f32], side: usize, height: usize, width: usize) -> Vec<f32> {
+    if (height, width) == (side, side) {
+        return map.to_vec();
+    }
+    let up = anomaly_map(map, side, height, width, 0.0);
+    debug_assert_eq!(up.len(), height * width);
+    up
+}
