@@ -1,0 +1,151 @@
+//! The `visual` method end to end with the real pretrained EfficientNet-Lite0 (provisioned by
+//! `scripts/setup-weights.sh`) on real photos from `../shared/data/mvtec_ad/bottle`: through the
+//! library with each backend, and through `adp fit` / `adp score` with no checkpoint given.
+use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
+use adp_conformance::build_dir;
+use adp_host::detector::DetectorFile;
+use adp_host::metrics::image_auroc;
+use adp_host::pipeline::{score, Checkpoints, FitOptions, Method};
+use adp_host::visual::{default_backbone, VisualModel};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bottle() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mvtec_ad/bottle");
+    if root.is_dir() {
+        Some(root)
+    } else {
+        eprintln!("{} is absent: the real-image visual tests are skipped", root.display());
+        None
+    }
+}
+
+fn backbone() -> BackboneCheckpoint {
+    let path = default_backbone();
+    assert!(path.is_file(), "{} is missing: run scripts/setup-weights.sh (CI does)", path.display());
+    BackboneCheckpoint::from_file(&path).unwrap()
+}
+
+fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    v.sort();
+    v.truncate(n);
+    v
+}
+
+/// Five good and five defective test photos, and their labels.
+fn test_set(root: &std::path::Path) -> (Vec<PathBuf>, Vec<bool>) {
+    let mut files = pngs(root.join("test/good"), 5);
+    files.extend(pngs(root.join("test/broken_large"), 3));
+    files.extend(pngs(root.join("test/contamination"), 2));
+    let labels = (0..files.len()).map(|i| i >= 5).collect();
+    (files, labels)
+}
+
+fn fits_scores_and_separates(backend: &dyn Backend) {
+    let Some(root) = bottle() else { return };
+    let backbone = backbone();
+    let model = VisualModel::open(backend, &backbone, Device::Cpu).unwrap();
+    let size = model.extractor.dims().image_size;
+    let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 4), size).unwrap();
+    let options = FitOptions { method: Method::Visual, ..FitOptions::default() };
+    let detector = model.fit(&support, &options, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    assert_eq!(detector.header.method, "visual");
+    assert!(detector.prototypes.is_none());
+    assert_eq!(detector.memories[0].features.shape(), &[4 * 28 * 28, 152]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bottle.adp");
+    detector.save(&file).unwrap();
+    let loaded = DetectorFile::load(&file).unwrap();
+    assert_eq!(loaded, detector);
+
+    let (files, labels) = test_set(&root);
+    let images: Vec<ImageBatch> = files.iter().map(|f| ImageBatch::read_files(std::slice::from_ref(f)).unwrap()).collect();
+    let scores = score(backend, &Checkpoints::backbone(&backbone), &loaded, &images, Device::Cpu).unwrap();
+    for (s, img) in scores.iter().zip(&images) {
+        assert_eq!((s.height, s.width, s.map.len()), (img.height(), img.width(), img.height() * img.width()));
+        assert!(s.map.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        assert!(s.language.is_none() && s.score.is_finite() && s.score <= s.association + 1e-6);
+    }
+    let values: Vec<f32> = scores.iter().map(|s| s.score).collect();
+    let auroc = image_auroc(&values, &labels).unwrap();
+    // Pretrained features tell broken and contaminated bottles from good ones with four shots.
+    assert!(auroc >= 0.9, "image AUROC {auroc} on {values:?}");
+    let again = score(backend, &Checkpoints::backbone(&backbone), &loaded, &images, Device::Cpu).unwrap();
+    assert_eq!(again, scores, "a rerun gives the same numbers");
+}
+
+#[test]
+fn visual_fits_scores_and_separates_real_defects_with_candle() {
+    fits_scores_and_separates(&adp_backend_candle::CandleBackend::new());
+}
+
+#[test]
+fn visual_through_the_candle_plugin() {
+    fits_scores_and_separates(&*adp_conformance::plugin("adp_plugin_candle"));
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn visual_through_the_tch_plugin() {
+    fits_scores_and_separates(&*adp_conformance::plugin("adp_plugin_tch"));
+}
+
+#[test]
+fn visual_detector_refuses_another_backbone() {
+    let Some(root) = bottle() else { return };
+    let backend = adp_backend_candle::CandleBackend::new();
+    let backbone = backbone();
+    let model = VisualModel::open(&backend, &backbone, Device::Cpu).unwrap();
+    let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 1), 224).unwrap();
+    let detector = model.fit(&support, &FitOptions { method: Method::Visual, ..FitOptions::default() }, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("efficientnet-lite0.safetensors");
+    let mut bytes = std::fs::read(&backbone.weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&other, bytes).unwrap();
+    let err = score(&backend, &Checkpoints::backbone(&BackboneCheckpoint::from_file(&other).unwrap()), &detector, &[support], Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("another backbone") && err.contains(other.to_str().unwrap()), "{err}");
+}
+
+fn adp(args: &[&str]) -> String {
+    let exe = build_dir().join("adp");
+    let out = Command::new(&exe).args(args).output().unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
+    assert!(out.status.success(), "adp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The README's main command: no checkpoint given, the default backbone and plugin.
+#[test]
+fn adp_fit_and_score_work_out_of_the_box() {
+    let Some(root) = bottle() else { return };
+    backbone();
+    let dir = tempfile::tempdir().unwrap();
+    let support = dir.path().join("support");
+    std::fs::create_dir(&support).unwrap();
+    for f in pngs(root.join("train/good"), 3) {
+        std::os::unix::fs::symlink(&f, support.join(f.file_name().unwrap())).unwrap();
+    }
+    let det = dir.path().join("bottle.adp");
+    let plugins = build_dir();
+    let out = adp(&["fit", "--plugin-dir", plugins.to_str().unwrap(), "--support", support.to_str().unwrap(), "-o", det.to_str().unwrap()]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((line["method"].as_str(), line["support"].as_u64()), (Some("visual"), Some(3)));
+
+    let maps = dir.path().join("maps");
+    let (files, _) = test_set(&root);
+    let mut args = vec!["score", "--plugin-dir", plugins.to_str().unwrap(), "--detector", det.to_str().unwrap(), "--maps", maps.to_str().unwrap()];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = adp(&args);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), files.len());
+    for (l, f) in lines.iter().zip(&files) {
+        assert_eq!(l["path"].as_str(), f.to_str());
+        assert!(l["score"].as_f64().is_some_and(f64::is_finite));
+        let map = image::open(l["map"].as_str().unwrap()).unwrap();
+        let src = image::open(f).unwrap();
+        assert_eq!((map.width(), map.height()), (src.width(), src.height()));
+    }
+}
