@@ -15,6 +15,7 @@ pub mod plugin;
 pub mod prompts;
 pub mod prototypes;
 pub mod proxy;
+pub mod service;
 pub mod visual;
 
 pub use plugin::{discover, load, plugin_dirs, Plugin, PLUGIN_PATH_ENV};
