@@ -12,6 +12,7 @@ pub mod images;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod progress;
 pub mod prompts;
 pub mod prototypes;
 pub mod proxy;

@@ -80,6 +80,7 @@ enum Command {
         validation_pseudo: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Nothing on stderr but errors (no progress bars); stdout keeps its one JSON line.
         #[arg(long)]
         quiet: bool,
         #[arg(short = 'o', long)]
@@ -104,6 +105,9 @@ enum Command {
         maps: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: adp_api::Device,
+        /// Nothing on stderr but errors (no progress bar); stdout keeps one JSON line per image.
+        #[arg(long)]
+        quiet: bool,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -151,6 +155,7 @@ enum Command {
         /// Overlays written per category for good and for defective images.
         #[arg(long, default_value_t = 3)]
         overlays: usize,
+        /// Nothing on stderr but errors (no progress bars, no table); stdout keeps one JSON line per run.
         #[arg(long)]
         quiet: bool,
         #[arg(long)]
@@ -202,7 +207,9 @@ fn main() -> Result<()> {
                 let backbone = adp_api::BackboneCheckpoint::from_file(&backbone.unwrap_or_else(adp_host::visual::default_backbone))?;
                 let model = adp_host::visual::VisualModel::open(&backend, &backbone, device)?;
                 let support = adp_host::images::read_resized(&files, model.extractor.dims().image_size)?;
-                let detector = model.fit(&support, &options, &mut |_| adp_api::requests::Flow::Continue)?;
+                let mut bars = adp_host::progress::StageBars::new(adp_host::progress::Output::detect(quiet));
+                let detector = model.fit(&support, &options, &mut |stage| bars.observe(stage))?;
+                bars.finish();
                 detector.save(&output)?;
                 println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "support": files.len() }));
                 return Ok(());
@@ -211,24 +218,14 @@ fn main() -> Result<()> {
             let sd = sd.map(|d| adp_api::DiffusionSpec::from_dir(&d)).transpose()?;
             let support = adp_host::images::read_resized(&files, clip.config.vision_cfg.image_size.max(sd.as_ref().map_or(0, |s| s.vae.sample_size.unwrap_or(0))))?;
             let fitter = adp_host::pipeline::Fitter { backend: &backend, clip: &clip, sd: sd.as_ref(), options };
-            let detector = fitter.fit(&support, &mut |stage| {
-                if !quiet {
-                    match stage {
-                        adp_host::pipeline::Stage::Learning { concept, progress: p } if p.step % 50 == 0 || p.step == p.total_steps => {
-                            eprintln!("learning {concept}: step {}/{} loss {:.5}", p.step, p.total_steps, p.loss)
-                        }
-                        adp_host::pipeline::Stage::Synthesis { done, total } => eprintln!("pseudo-anomalies: {done}/{total}"),
-                        adp_host::pipeline::Stage::Memories => eprintln!("building reference memories"),
-                        _ => {}
-                    }
-                }
-                adp_api::requests::Flow::Continue
-            })?;
+            let mut bars = adp_host::progress::StageBars::new(adp_host::progress::Output::detect(quiet));
+            let detector = fitter.fit(&support, &mut |stage| bars.observe(stage))?;
+            bars.finish();
             detector.save(&output)?;
             println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "weights": detector.header.weights }));
             Ok(())
         }
-        Command::Score { detector: path, plugin: name, plugin_dirs, clip, backbone, maps, device, images } => {
+        Command::Score { detector: path, plugin: name, plugin_dirs, clip, backbone, maps, device, quiet, images } => {
             let detector = adp_host::detector::DetectorFile::load(&path)?;
             let backend = plugin::find(name.as_deref().unwrap_or(&detector.header.backend), &plugin::plugin_dirs(&plugin_dirs))?;
             let checkpoints = if detector.header.method == adp_host::pipeline::Method::Visual.name() {
@@ -240,15 +237,19 @@ fn main() -> Result<()> {
             if let Some(dir) = &maps {
                 std::fs::create_dir_all(dir).map_err(|e| adp_api::Error::io(dir, e))?;
             }
-            for file in adp_host::images::list(&images)? {
+            let files = adp_host::images::list(&images)?;
+            let bar = adp_host::progress::item_bar(adp_host::progress::Output::detect(quiet), files.len() as u64, "scoring");
+            for file in files {
                 let batch = adp_api::ImageBatch::read_files(std::slice::from_ref(&file))?;
                 let s = adp_host::pipeline::score(&backend, &checkpoints, &detector, &[batch], device)?.remove(0);
                 let map_file = match &maps {
                     Some(dir) => Some(adp_host::images::write_map(dir, &file, &s)?),
                     None => None,
                 };
-                println!("{}", serde_json::json!({ "path": file, "score": s.score, "language": s.language, "association": s.association, "map": map_file }));
+                bar.suspend(|| println!("{}", serde_json::json!({ "path": file, "score": s.score, "language": s.language, "association": s.association, "map": map_file })));
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             Ok(())
         }
         Command::Eval { plugin: name, plugin_dirs, clip, backbone, sd, data, categories, shots, seeds, methods, label, device, steps, batch_size, ddim_steps, validation_pseudo, limit, overlays, quiet, out } => {
@@ -266,14 +267,10 @@ fn main() -> Result<()> {
             let categories = if categories.is_empty() { adp_host::dataset::categories(&data)? } else { categories };
             let fit = adp_host::pipeline::FitOptions { label, device, steps, batch_size, ddim_steps, validation_pseudo, ..Default::default() };
             let options = adp_host::eval::EvalOptions { data, categories, shots, seeds, methods, fit, limit, overlays, out: out.clone() };
-            let report = adp_host::eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, stage| {
-                if !quiet {
-                    if let adp_host::pipeline::Stage::Memories = stage {
-                        eprintln!("{tag}: fitted");
-                    }
-                }
-                adp_api::requests::Flow::Continue
-            })?;
+            let runs = options.categories.len() * options.methods.len() * options.shots.len() * options.seeds.len();
+            let mut bars = adp_host::progress::StageBars::with_runs(adp_host::progress::Output::detect(quiet), runs);
+            let report = adp_host::eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, stage| bars.observe_run(tag, stage))?;
+            bars.finish();
             for r in &report.runs {
                 println!("{}", serde_json::to_string(r)?);
             }
