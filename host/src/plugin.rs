@@ -91,7 +91,14 @@ pub fn load(path: &Path) -> Result<Plugin> {
 fn open_library(path: &Path) -> Result<Library> {
     // SAFETY: loading runs the library's initialisers; adp plugins are Rust cdylibs without any.
     let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| Error::NotASharedLibrary { path: path.into(), reason: e.to_string() })?;
+        .map_err(|e| {
+            // libloading's message is "dlopen failed"; the loader's own reason is its source.
+            let reason = match std::error::Error::source(&e) {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            };
+            Error::NotASharedLibrary { path: path.into(), reason }
+        })?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     let symbol = String::from_utf8_lossy(&DECLARATION_SYMBOL[..DECLARATION_SYMBOL.len() - 1]).into_owned();
     // SAFETY: a data symbol's address; nothing is read through it until the version is checked.
@@ -105,7 +112,8 @@ fn open_library(path: &Path) -> Result<Library> {
         return Err(Error::AbiMismatch { path: path.into(), plugin: abi, host: ADP_ABI_VERSION });
     }
     if size as usize != std::mem::size_of::<AdpPluginDeclaration>() {
-        return Err(Error::AbiMismatch { path: path.into(), plugin: abi, host: ADP_ABI_VERSION });
+        let want = std::mem::size_of::<AdpPluginDeclaration>();
+        return Err(Error::config(path, format!("plugin declaration is {size} bytes where ABI {abi} has {want}: built against another revision of ABI {abi}; rebuild the plugin")));
     }
     // SAFETY: the version and size match ours, so the layout is ours.
     let decl = unsafe { &*decl };
