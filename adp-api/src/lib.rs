@@ -11,6 +11,7 @@ pub mod concept;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fold;
 pub mod image;
 pub mod learning;
 pub mod preprocess;
