@@ -1,15 +1,18 @@
 //! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`),
-//! concept learning (`ConceptOptimizer`) and reference association (`Scorer`).
+//! concept learning (`ConceptOptimizer`), reference association (`Scorer`) and the
+//! EfficientNet-Lite image backbone (`FeatureExtractor`).
 mod convert;
 mod diffuser;
 pub mod diffusion;
+pub mod efficientnet;
 mod encoder;
+mod features;
 mod nn;
 mod optimizer;
 pub mod open_clip;
 mod scorer;
 
-use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::{BackboneCheckpoint, Backend, BackendInfo, Capability, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "candle";
 
@@ -38,7 +41,13 @@ impl Backend for CandleBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "candle-core 0.11".into(),
             devices: devices(),
-            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer],
+            provides: vec![
+                Capability::TextImageEncoder,
+                Capability::LatentDiffuser,
+                Capability::ConceptOptimizer,
+                Capability::Scorer,
+                Capability::FeatureExtractor,
+            ],
         }
     }
 
@@ -60,5 +69,9 @@ impl Backend for CandleBackend {
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         Ok(Box::new(scorer::CandleScorer { device: convert::device(device)?, chunk: 4096 }))
+    }
+
+    fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
+        Ok(Box::new(features::CandleFeatures::load(backbone, convert::device(device)?)?))
     }
 }
