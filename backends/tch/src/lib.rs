@@ -1,16 +1,18 @@
 //! adp's libtorch backend (tch): OpenCLIP (`TextImageEncoder`), Stable Diffusion
 //! (`LatentDiffuser`), concept learning (`ConceptOptimizer`, the shared loop of
-//! `adp_api::learning`) and reference association (`Scorer`), mirroring the candle backend module
-//! for module.
+//! `adp_api::learning`), reference association (`Scorer`) and the EfficientNet-Lite image backbone
+//! (`FeatureExtractor`), mirroring the candle backend module for module.
 mod convert;
 mod diffuser;
 pub mod diffusion;
+pub mod efficientnet;
 mod encoder;
+mod features;
 pub mod open_clip;
 mod optimizer;
 mod scorer;
 
-use adp_api::{Backend, BackendInfo, Capability, ClipCheckpoint, Device, DiffusionSpec, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::{BackboneCheckpoint, Backend, BackendInfo, Capability, ClipCheckpoint, Device, DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
 
 pub const NAME: &str = "tch";
 
@@ -35,7 +37,13 @@ impl Backend for TchBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "libtorch 2.13 (tch 0.26)".into(),
             devices: devices(),
-            provides: vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer],
+            provides: vec![
+                Capability::TextImageEncoder,
+                Capability::LatentDiffuser,
+                Capability::ConceptOptimizer,
+                Capability::Scorer,
+                Capability::FeatureExtractor,
+            ],
         }
     }
 
@@ -55,6 +63,10 @@ impl Backend for TchBackend {
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         Ok(Box::new(scorer::TchScorer { device: convert::device(device)?, chunk: 4096 }))
     }
+
+    fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
+        Ok(Box::new(features::TchFeatures::load(backbone, convert::device(device)?)?))
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +80,10 @@ mod tests {
         let info = TchBackend.info();
         assert_eq!(info.name, "tch");
         assert_eq!(info.devices[0], Device::Cpu);
-        assert_eq!(info.provides, vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer]);
+        assert_eq!(
+            info.provides,
+            vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer, Capability::FeatureExtractor]
+        );
         // libtorch really is loaded and computes.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
         assert_eq!(f32::try_from(t).unwrap(), 6.0);

@@ -29,6 +29,11 @@ impl Weights {
         Ok(Self { file: file.into(), tensors })
     }
 
+    /// Tensors already on their device (e.g. folded at load), named as in `file`.
+    pub fn from_tensors(file: &Path, tensors: HashMap<String, Tensor>) -> Self {
+        Self { file: file.into(), tensors }
+    }
+
     /// The tensor `name`, which must have `shape` (a view: no copy).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { file: self.file.clone(), tensor: name.into() })?;
