@@ -1,6 +1,6 @@
 //! The cases. Each panics with a message naming what broke.
 use adp_api::requests::FeatureKind;
-use adp_api::{Backend, Capability, ClipCheckpoint, ClipConfig, Device, Error, Tensor};
+use adp_api::{BackboneCheckpoint, Backend, Capability, ClipCheckpoint, ClipConfig, Device, EfficientNetConfig, Error, Tensor};
 use std::sync::Arc;
 
 /// Runs `case` when the backend declares `capability`; a backend is held to what it declares.
@@ -32,6 +32,11 @@ pub fn undeclared_parts_are_refused(backend: &dyn Backend) {
     if !info.provides.contains(&Capability::TextImageEncoder) {
         let clip = ClipCheckpoint { config: ClipConfig::vit_b_16(), config_path: "none.json".into(), weights: "none.safetensors".into() };
         let err = backend.text_image_encoder(&clip, Device::Cpu).err().expect("undeclared encoder was created");
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+    if !info.provides.contains(&Capability::FeatureExtractor) {
+        let backbone = BackboneCheckpoint { config: EfficientNetConfig::lite0(), weights: "none.safetensors".into() };
+        let err = backend.feature_extractor(&backbone, Device::Cpu).err().expect("undeclared feature extractor was created");
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 }

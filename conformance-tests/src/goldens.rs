@@ -37,6 +37,11 @@ impl Golden {
         SafeTensors::deserialize(&self.bytes).expect("golden file")
     }
 
+    /// Whether the golden stores `tensor`.
+    pub fn has(&self, tensor: &str) -> bool {
+        self.st().tensor(tensor).is_ok()
+    }
+
     pub fn f32(&self, tensor: &str) -> Tensor {
         let path = goldens_dir().join(&self.name);
         adp_api::config::st::read_f32(&self.st(), tensor, &path).unwrap_or_else(|e| panic!("{e}"))
@@ -96,6 +101,7 @@ pub fn assert_close(what: &str, got: &Tensor, golden: &Tensor, rel: f32) {
     assert_eq!(got.shape(), golden.shape(), "{what}: shape");
     let diff = got.max_abs_diff(golden).expect("same shape");
     let bound = rel * golden.max_abs().max(1e-6);
+    eprintln!("{what}: max |diff| {diff:.3e}, max |golden| {:.3e} (bound {bound:.3e})", golden.max_abs());
     assert!(diff <= bound, "{what}: max |diff| {diff:e} exceeds {rel:e} × max |golden| = {bound:e}");
 }
 

@@ -4,6 +4,7 @@
 //! `#[test]`s for one backend. Each backend's test binary (`tests/<backend>.rs`) instantiates the
 //! suite twice: in process, and through its plugin loaded by the host, so one test body runs
 //! against both. A backend is held to the cases of every trait it declares.
+pub mod backbone_cases;
 pub mod cases;
 pub mod diffuser_cases;
 pub mod encoder_cases;
@@ -133,6 +134,30 @@ macro_rules! conformance_tests {
         #[test]
         fn optimizer_rejects_bad_requests() {
             $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::optimizer_rejects_bad_requests);
+        }
+        #[test]
+        fn backbone_preprocessing_matches_the_reference() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::preprocessing_matches_the_reference);
+        }
+        #[test]
+        fn backbone_lite0_matches_the_reference() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::lite0_matches_the_reference);
+        }
+        #[test]
+        fn backbone_lite2_matches_the_reference() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::lite2_matches_the_reference);
+        }
+        #[test]
+        fn backbone_is_deterministic_batch_invariant_and_thread_safe() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_is_deterministic_batch_invariant_and_thread_safe);
+        }
+        #[test]
+        fn backbone_rejects_bad_checkpoints() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_rejects_bad_checkpoints);
+        }
+        #[test]
+        fn backbone_rejects_bad_inputs() {
+            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_rejects_bad_inputs);
         }
         #[test]
         fn scorer_matches_the_definition() {

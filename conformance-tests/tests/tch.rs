@@ -26,4 +26,7 @@ fn tch_and_candle_agree() {
     if both(Capability::LatentDiffuser) {
         adp_conformance::diffuser_cases::diffusers_agree(&*candle, &*tch);
     }
+    if both(Capability::FeatureExtractor) {
+        adp_conformance::backbone_cases::extractors_agree(&*candle, &*tch);
+    }
 }
