@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: provisions libtorch (cached), builds every crate and plugin of the
-# workspace, then runs every test, the tch backend's included.
+# The whole test suite: provisions libtorch and the default backbone weights (both cached),
+# builds every crate and plugin of the workspace, then runs every test, the tch backend's included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-libtorch.sh --print-env)"
 export LIBTORCH
+# The pretrained EfficientNet-Lite0/2 of the `visual` method and its conformance cases (cached).
+scripts/setup-weights.sh --model all
 # The conformance tests load the plugins from the build folder, so build them first.
 cargo build --workspace --features adp-conformance/tch
 cargo test --workspace --features adp-conformance/tch "$@"
