@@ -222,18 +222,14 @@ fn main() -> Result<()> {
             let detector = fitter.fit(&support, &mut |stage| bars.observe(stage))?;
             bars.finish();
             detector.save(&output)?;
-            println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "weights": detector.header.weights }));
+            println!("{}", serde_json::json!({ "detector": output, "method": detector.header.method, "support": files.len(), "weights": detector.header.weights }));
             Ok(())
         }
         Command::Score { detector: path, plugin: name, plugin_dirs, clip, backbone, maps, device, quiet, images } => {
             let detector = adp_host::detector::DetectorFile::load(&path)?;
             let backend = plugin::find(name.as_deref().unwrap_or(&detector.header.backend), &plugin::plugin_dirs(&plugin_dirs))?;
-            let checkpoints = if detector.header.method == adp_host::pipeline::Method::Visual.name() {
-                let file = backbone.or(detector.header.backbone.clone()).unwrap_or_else(adp_host::visual::default_backbone);
-                adp_host::pipeline::Checkpoints::backbone(&adp_api::BackboneCheckpoint::from_file(&file)?)
-            } else {
-                adp_host::pipeline::Checkpoints::clip(&adp_api::ClipCheckpoint::from_dir(clip.as_deref().unwrap_or(&detector.header.clip_dir))?)
-            };
+            let checkpoints = adp_host::service::checkpoints_for(&detector.header, clip.as_deref(), backbone.as_deref())?;
+            let scoring = adp_host::pipeline::Scoring::open(&backend, &checkpoints, detector, device)?;
             if let Some(dir) = &maps {
                 std::fs::create_dir_all(dir).map_err(|e| adp_api::Error::io(dir, e))?;
             }
@@ -241,7 +237,7 @@ fn main() -> Result<()> {
             let bar = adp_host::progress::item_bar(adp_host::progress::Output::detect(quiet), files.len() as u64, "scoring");
             for file in files {
                 let batch = adp_api::ImageBatch::read_files(std::slice::from_ref(&file))?;
-                let s = adp_host::pipeline::score(&backend, &checkpoints, &detector, &[batch], device)?.remove(0);
+                let s = scoring.score(&[batch])?.remove(0);
                 let map_file = match &maps {
                     Some(dir) => Some(adp_host::images::write_map(dir, &file, &s)?),
                     None => None,

@@ -297,42 +297,75 @@ impl Checkpoints {
     }
 }
 
-/// Scores images (any sizes) with a fitted detector on a backend; refuses other checkpoints.
+/// Scores `images` with `detector`, opening its models for this one call; to score many images,
+/// open a [`Scoring`] once.
 pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &DetectorFile, images: &[ImageBatch], device: Device) -> Result<Vec<ImageScore>> {
-    if detector.header.method == Method::Visual.name() {
-        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
-        return crate::visual::VisualModel::open(backend, backbone, device)?.score(detector, images);
+    Scoring::open(backend, checkpoints, detector.clone(), device)?.score(images)
+}
+
+/// A detector with its models opened and its checkpoints' identity checked once, ready to score
+/// any number of images (`Send + Sync`: a pool of workers shares one).
+pub struct Scoring {
+    detector: DetectorFile,
+    models: Models,
+}
+
+enum Models {
+    Visual(crate::visual::VisualModel),
+    Clip { encoder: Box<dyn adp_api::TextImageEncoder>, scorer: Box<dyn adp_api::Scorer> },
+}
+
+impl Scoring {
+    pub fn open(backend: &dyn Backend, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> Result<Self> {
+        if detector.header.method == Method::Visual.name() {
+            let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
+            let model = crate::visual::VisualModel::open(backend, backbone, device)?;
+            model.check_identity(&detector)?;
+            return Ok(Self { detector, models: Models::Visual(model) });
+        }
+        let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
+        let want = detector.header.checkpoints.get("clip").cloned().unwrap_or_default();
+        let got = file_hash(&clip.weights)?;
+        if want != got {
+            return Err(Error::config(&clip.weights, format!("this detector was fitted with another CLIP checkpoint (sha256 {want}, this one {got})")));
+        }
+        detector.prototypes.as_ref().ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
+        Ok(Self { models: Models::Clip { encoder: backend.text_image_encoder(clip, device)?, scorer: backend.scorer(device)? }, detector })
     }
-    let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
-    let want = detector.header.checkpoints.get("clip").cloned().unwrap_or_default();
-    let got = file_hash(&clip.weights)?;
-    if want != got {
-        return Err(Error::config(&clip.weights, format!("this detector was fitted with another CLIP checkpoint (sha256 {want}, this one {got})")));
+
+    pub fn detector(&self) -> &DetectorFile {
+        &self.detector
     }
-    let enc = backend.text_image_encoder(clip, device)?;
-    let scorer = backend.scorer(device)?;
-    let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories.clone() };
-    let windows: Vec<usize> = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
-    let protos: &Prototypes = detector.prototypes.as_ref().ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
-    images
-        .iter()
-        .map(|img| {
-            let f = image_features(&*enc, img)?;
-            let maps = memories.patch_maps(&*scorer, &enc.dense_features(img, &windows)?)?;
-            let g = memories.grid;
-            Ok((0..img.len()).map(|i| {
-                let language = language_score(&f[i], protos);
-                let patch = maps.row(i);
-                ImageScore {
-                    score: final_score(language, patch),
-                    language: Some(language),
-                    association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                    map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
-                    height: img.height(),
-                    width: img.width(),
-                }
-            }).collect::<Vec<_>>())
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(|v| v.into_iter().flatten().collect())
+
+    pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
+        let (encoder, scorer) = match &self.models {
+            Models::Visual(model) => return model.score(&self.detector, images),
+            Models::Clip { encoder, scorer } => (encoder, scorer),
+        };
+        let detector = &self.detector;
+        let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories.clone() };
+        let windows: Vec<usize> = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
+        let protos: &Prototypes = detector.prototypes.as_ref().ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
+        images
+            .iter()
+            .map(|img| {
+                let f = image_features(&**encoder, img)?;
+                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, &windows)?)?;
+                let g = memories.grid;
+                Ok((0..img.len()).map(|i| {
+                    let language = language_score(&f[i], protos);
+                    let patch = maps.row(i);
+                    ImageScore {
+                        score: final_score(language, patch),
+                        language: Some(language),
+                        association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                        map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
+                        height: img.height(),
+                        width: img.width(),
+                    }
+                }).collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|v| v.into_iter().flatten().collect())
+    }
 }

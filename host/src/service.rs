@@ -119,10 +119,15 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "non-string panic payload".into())
 }
 
-/// The one place the async API calls the pipeline: scoring `images` with `detector` on
-/// `backend` with `checkpoints`.
-pub fn pipeline_scorer(backend: Arc<dyn Backend>, checkpoints: Checkpoints, detector: DetectorFile, device: Device) -> ScoreFn {
-    Arc::new(move |images: &[ImageBatch]| pipeline::score(&*backend, &checkpoints, &detector, images, device))
+/// The one place the async API calls the pipeline: `detector`'s models opened once on `backend`
+/// (checkpoint identity checked here, not per request), shared by every worker.
+pub fn pipeline_scorer(backend: Arc<dyn Backend>, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> adp_api::Result<ScoreFn> {
+    let scoring = pipeline::Scoring::open(&*backend, checkpoints, detector, device)?;
+    // The models live in the backend's library: it stays loaded as long as they do.
+    Ok(Arc::new(move |images: &[ImageBatch]| {
+        let _backend = &backend;
+        scoring.score(images)
+    }))
 }
 
 /// The checkpoints a detector scores with: the given ones, else those recorded in it (a
@@ -175,7 +180,7 @@ impl Detector {
     /// A detector scoring `detector` on `backend` with `checkpoints`.
     pub fn new(backend: Arc<dyn Backend>, checkpoints: Checkpoints, detector: DetectorFile, device: Device, options: ServiceOptions) -> adp_api::Result<Self> {
         let header = detector.header.clone();
-        let mut d = Self::with_scorer(pipeline_scorer(backend, checkpoints, detector, device), options)?;
+        let mut d = Self::with_scorer(pipeline_scorer(backend, &checkpoints, detector, device)?, options)?;
         d.header = Some(header);
         Ok(d)
     }

@@ -87,12 +87,18 @@ impl VisualModel {
             .collect())
     }
 
-    pub fn score(&self, detector: &DetectorFile, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
+    /// Refuses a detector fitted with another backbone file (by SHA-256).
+    pub fn check_identity(&self, detector: &DetectorFile) -> Result<()> {
         let want = detector.header.checkpoints.get("backbone").cloned().unwrap_or_default();
         let got = file_hash(&self.backbone.weights)?;
         if want != got {
             return Err(Error::config(&self.backbone.weights, format!("this detector was fitted with another backbone (sha256 {want}, this one {got})")));
         }
+        Ok(())
+    }
+
+    /// Scores with a detector already checked by [`VisualModel::check_identity`].
+    pub fn score(&self, detector: &DetectorFile, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
         let memory = detector.memories.iter().find(|m| m.kind == FeatureKind::PatchTokens).ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))?;
         let mut out = Vec::new();
         for batch in images {
