@@ -14,6 +14,11 @@ pub enum Capability {
     FeatureExtractor,
 }
 
+impl Capability {
+    /// Every part, in pipeline order: what a complete backend declares.
+    pub const ALL: [Capability; 5] = [Self::TextImageEncoder, Self::LatentDiffuser, Self::ConceptOptimizer, Self::Scorer, Self::FeatureExtractor];
+}
+
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)

@@ -41,13 +41,7 @@ impl Backend for CandleBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "candle-core 0.11".into(),
             devices: devices(),
-            provides: vec![
-                Capability::TextImageEncoder,
-                Capability::LatentDiffuser,
-                Capability::ConceptOptimizer,
-                Capability::Scorer,
-                Capability::FeatureExtractor,
-            ],
+            provides: Capability::ALL.to_vec(),
         }
     }
 

@@ -37,13 +37,7 @@ impl Backend for TchBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             runtime: "libtorch 2.13 (tch 0.26)".into(),
             devices: devices(),
-            provides: vec![
-                Capability::TextImageEncoder,
-                Capability::LatentDiffuser,
-                Capability::ConceptOptimizer,
-                Capability::Scorer,
-                Capability::FeatureExtractor,
-            ],
+            provides: Capability::ALL.to_vec(),
         }
     }
 
