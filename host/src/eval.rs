@@ -190,20 +190,23 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
 }
 
 /// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
-/// test images.
+/// test images. One colour scale for the whole run (its lowest to highest map value), so a good
+/// photo stays pale next to a defective one instead of each being stretched to full red.
 fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lo = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::INFINITY, f32::min);
+    let hi = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+    let span = (hi - lo).max(f32::MIN_POSITIVE);
     let picks = tests.iter().enumerate().filter(|(_, s)| !s.anomalous).take(n).chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
     for (i, s) in picks {
         let img = image::open(&s.path).map_err(|e| Error::io(&s.path, e))?.to_rgb8();
         let sc = &scores[i];
-        let max = sc.map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
         let out = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
             let p = img.get_pixel(x, y).0;
-            let a = sc.map[y as usize * sc.width + x as usize] / max;
+            let a = ((sc.map[y as usize * sc.width + x as usize] - lo) / span).clamp(0.0, 1.0);
             image::Rgb([(p[0] as f32 * (1.0 - a) + 255.0 * a) as u8, (p[1] as f32 * (1.0 - a)) as u8, (p[2] as f32 * (1.0 - a)) as u8])
         });
         let name = format!("{}_{}_{:.3}.png", s.defect, s.path.file_stem().and_then(|n| n.to_str()).unwrap_or("image"), sc.score);
@@ -212,4 +215,33 @@ fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize)
         write_atomic(&dir.join(name), &bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path, name: &str, anomalous: bool) -> Sample {
+        let path = dir.join(format!("{name}.png"));
+        image::RgbImage::from_pixel(4, 2, image::Rgb([100, 100, 100])).save(&path).unwrap();
+        Sample { path, anomalous, defect: if anomalous { "crack".into() } else { "good".into() }, mask: None }
+    }
+
+    fn score(map: Vec<f32>) -> ImageScore {
+        let score = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        ImageScore { score, language: None, association: score, map, height: 2, width: 4 }
+    }
+
+    #[test]
+    fn overlays_share_one_colour_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        let tests = [sample(dir.path(), "a", false), sample(dir.path(), "b", true)];
+        let scores = [score(vec![0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10]), score(vec![0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.50])];
+        let out = dir.path().join("overlays");
+        write_overlays(&out, &tests, &scores, 1).unwrap();
+        let red = |name: &str| image::open(out.join(name)).unwrap().to_rgb8().pixels().map(|p| p.0[0]).max().unwrap();
+        let (good, bad) = (red("good_a_0.120.png"), red("crack_b_0.500.png"));
+        assert_eq!(bad, 255, "the run's highest value is full red");
+        assert!(good < 120, "a good photo's small bumps stay pale on the shared scale (red {good})");
+    }
 }
