@@ -149,3 +149,38 @@ fn adp_fit_and_score_work_out_of_the_box() {
         assert_eq!((map.width(), map.height()), (src.width(), src.height()));
     }
 }
+
+/// `adp bench` times each plugin on the same images in one run and gives ratios to the first.
+#[test]
+fn adp_bench_reports_ratios_to_the_first_plugin() {
+    let Some(root) = bottle() else { return };
+    backbone();
+    let plugins = build_dir();
+    let mut args = vec!["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", "candle"];
+    if cfg!(feature = "tch") {
+        args.extend(["--plugin", "tch"]);
+    } else {
+        args.extend(["--plugin", "candle"]);
+    }
+    let files = pngs(root.join("train/good"), 3);
+    args.extend(["--shots", "2", "--repeats", "2", "--quiet"]);
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = adp(&args);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0]["plugin"], "candle");
+    assert_eq!(rows[0]["ratio"].as_f64(), Some(1.0), "the first plugin is the peer");
+    for r in &rows {
+        assert_eq!((r["support"].as_u64(), r["images"].as_u64(), r["repeats"].as_u64()), (Some(2), Some(1), Some(2)), "{r}");
+        let (f, a, t) = (r["features_ms_per_image"].as_f64().unwrap(), r["association_ms_per_image"].as_f64().unwrap(), r["ms_per_image"].as_f64().unwrap());
+        assert!(f > 0.0 && a > 0.0 && (f + a - t).abs() < 1e-9 * t.max(1.0), "{r}");
+        let ratio = r["ratio"].as_f64().unwrap();
+        assert!((ratio - t / rows[0]["ms_per_image"].as_f64().unwrap()).abs() < 1e-9, "{r}");
+    }
+
+    let bin = build_dir().join("adp");
+    let out = Command::new(bin).args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--shots", "3"]).args(files.iter()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more images (3) than --shots (3)"), "{err}");
+}

@@ -4,6 +4,7 @@
 //! templates ([`prompts`]), self-tuned prototypes and the language score ([`prototypes`]),
 //! reference association and anomaly maps ([`association`]).
 pub mod association;
+pub mod bench;
 pub mod detector;
 pub mod eval;
 pub mod dataset;

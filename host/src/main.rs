@@ -161,6 +161,32 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time the `visual` method per image (backbone patch features, reference association) on one
+    /// or more plugins in the same run; each row gives its ratio to the first plugin.
+    Bench {
+        /// Plugin to time (repeatable); the first is the peer the others are compared with.
+        #[arg(long = "plugin", default_value = "candle")]
+        plugins: Vec<String>,
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// EfficientNet-Lite safetensors [default: as for `adp fit`]
+        #[arg(long)]
+        backbone: Option<PathBuf>,
+        /// The first N images are the support set, the others are scored.
+        #[arg(long, default_value_t = 4)]
+        shots: usize,
+        /// Timed repetitions per plugin, after one warm-up; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long, default_value = "cpu")]
+        device: adp_api::Device,
+        /// No table on stderr; stdout keeps one JSON line per plugin.
+        #[arg(long)]
+        quiet: bool,
+        /// Folders of images, or image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
     /// diffusers folders (`sd-epsilon/`, `sd-v/`).
     Fixtures {
@@ -273,6 +299,27 @@ fn main() -> Result<()> {
             if !quiet {
                 eprintln!("{}", adp_host::eval::markdown(&report, &options));
                 eprintln!("report: {}", out.join("report.md").display());
+            }
+            Ok(())
+        }
+        Command::Bench { plugins, plugin_dirs, backbone, shots, repeats, device, quiet, images } => {
+            let dirs = plugin::plugin_dirs(&plugin_dirs);
+            let loaded = plugins.iter().map(|p| Ok((p.clone(), plugin::find(p, &dirs)?))).collect::<Result<Vec<_>>>()?;
+            let backends: Vec<(String, &dyn adp_api::Backend)> = loaded.iter().map(|(n, b)| (n.clone(), b as &dyn adp_api::Backend)).collect();
+            let backbone = adp_api::BackboneCheckpoint::from_file(&backbone.unwrap_or_else(adp_host::visual::default_backbone))?;
+            let files = adp_host::images::list(&images)?;
+            if files.len() <= shots {
+                anyhow::bail!("adp bench needs more images ({}) than --shots ({shots}): the first {shots} are the support set, the others are scored", files.len());
+            }
+            let size = backbone.config.image_size;
+            let support = adp_host::images::read_resized(&files[..shots], size)?;
+            let test = adp_host::images::read_resized(&files[shots..], size)?;
+            let rows = adp_host::bench::visual(&backends, &backbone, &support, &test, adp_host::bench::BenchOptions { repeats, device })?;
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if !quiet {
+                eprint!("{}", adp_host::bench::markdown(&rows));
             }
             Ok(())
         }
