@@ -74,6 +74,13 @@ fn eval_smoke_run_writes_the_report() {
     assert!(runs.iter().all(|r| (0.0..=1.0).contains(&r["image_auroc"].as_f64().unwrap()) && r["pixel_auroc"].is_f64()));
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("| category | adp K=1 | adp K=2 | winclip K=1 | winclip K=2 |") && md.contains("| metal_plate |"), "{md}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    let p = &report["provenance"];
+    assert_eq!((p["backend"].as_str(), p["device"].as_str()), (Some("candle"), Some("cpu")), "{p}");
+    let clip_sha = adp_host::detector::file_hash(&f.clip.join("open_clip_model.safetensors")).unwrap();
+    assert_eq!(p["checkpoints"]["clip"]["sha256"].as_str(), Some(clip_sha.as_str()), "the report names the CLIP weights it used: {p}");
+    assert_eq!(p["checkpoints"]["sd"]["path"].as_str(), f.sd_epsilon.to_str());
+    assert_eq!(report["runs"].as_array().unwrap().len(), 4);
     let overlays = std::fs::read_dir(out.path().join("overlays/metal_plate/adp")).unwrap().count();
     assert_eq!(overlays, 2, "one good and one defective overlay");
     let rerun = adp(&[

@@ -3,6 +3,7 @@
 //! std over seeds; a JSON report, a markdown table in the paper's shape (rows = categories,
 //! columns = methods × shots) and heat-map overlays for a few good and defective images.
 use crate::dataset::{self, Sample};
+use crate::detector::file_hash;
 use crate::images::read_resized;
 use crate::metrics::{image_auroc, PixelAuroc};
 use crate::pipeline::{score, Checkpoints, FitOptions, Fitter, ImageScore, Method, Stage};
@@ -40,8 +41,48 @@ pub struct Run {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    #[serde(default)]
+    pub provenance: Provenance,
     pub runs: Vec<Run>,
 }
+
+/// What produced a report, so that a table can be traced to its software and weights.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// adp's version.
+    pub adp: String,
+    pub backend: String,
+    pub runtime: String,
+    pub device: String,
+    pub data: PathBuf,
+    /// Each checkpoint used (`clip`, `backbone`, `sd`): its file or folder and, for weight
+    /// files, their SHA-256.
+    pub checkpoints: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Provenance {
+    fn new(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions) -> Result<Self> {
+        let info = backend.info();
+        let mut files = std::collections::BTreeMap::new();
+        let mut weights = |name: &str, path: &Path| -> Result<()> {
+            files.insert(name.to_string(), serde_json::json!({ "path": path, "sha256": file_hash(path)? }));
+            Ok(())
+        };
+        if let Some(c) = &checkpoints.clip {
+            weights("clip", &c.weights)?;
+        }
+        if let Some(b) = &checkpoints.backbone {
+            weights("backbone", &b.weights)?;
+        }
+        if let Some(sd) = sd {
+            files.insert("sd".into(), serde_json::json!({ "path": sd.root }));
+        }
+        Ok(Self { adp: env!("CARGO_PKG_VERSION").into(), backend: info.name, runtime: info.runtime, device: o.fit.device.to_string(), data: o.data.clone(), checkpoints: files })
+    }
+}
+
+/// Histogram bins of the pixel AUROC (see [`PixelAuroc`] for the error bound they give).
+const PIXEL_BINS: usize = 1 << 16;
 
 fn test_subset(tests: &[Sample], limit: Option<usize>) -> Vec<Sample> {
     let Some(n) = limit else { return tests.to_vec() };
@@ -60,6 +101,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// `checkpoints.clip` (and `sd` where they synthesise); `visual` needs `checkpoints.backbone`.
 pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let provenance = Provenance::new(backend, checkpoints, sd, o)?;
     let mut runs = Vec::new();
     for category in &o.categories {
         let cat = dataset::load(&o.data, category)?;
@@ -79,7 +121,10 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
                     let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
                     let image = image_auroc(&scores.iter().map(|s| s.score).collect::<Vec<_>>(), &labels)?;
                     let pixel = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
-                        let mut acc = PixelAuroc::new(0.0, 1.0, 4096)?;
+                        // The histogram spans this run's values: all its bins resolve scores.
+                        let lo = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::INFINITY, f32::min);
+                        let hi = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+                        let mut acc = PixelAuroc::new(lo, if hi > lo { hi } else { lo + 1.0 }, PIXEL_BINS)?;
                         for (s, sc) in tests.iter().zip(&scores) {
                             let mask = match &s.mask {
                                 Some(m) => dataset::read_mask(m, sc.width as u32, sc.height as u32)?,
@@ -99,7 +144,7 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
             }
         }
     }
-    let report = Report { runs };
+    let report = Report { provenance, runs };
     write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report).expect("json").as_bytes())?;
     write_atomic(&o.out.join("report.md"), markdown(&report, o).as_bytes())?;
     Ok(report)
