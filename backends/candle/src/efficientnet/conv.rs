@@ -8,6 +8,8 @@ pub struct SameConv {
     weight: Tensor,
     /// Depthwise only: the kernel's k² taps, each `[1, C, 1, 1, 1, 1]` (see [`depthwise`]).
     taps: Vec<Tensor>,
+    /// Depthwise on the CPU: the same weights for [`DepthwiseCpu`].
+    cpu: Option<DepthwiseCpu>,
     /// `[1, C, 1, 1]`, the folded batch norm's shift.
     bias: Tensor,
     kernel: usize,
@@ -32,9 +34,14 @@ impl SameConv {
         } else {
             Vec::new()
         };
+        let cpu = match (taps.is_empty(), weight.device()) {
+            (false, candle_core::Device::Cpu) => Some(DepthwiseCpu { weight: weight.flatten_all()?.to_vec1::<f32>()?, k: kernel, s: stride }),
+            _ => None,
+        };
         Ok(Self {
             weight,
             taps,
+            cpu,
             bias: vb.get(output, "bias")?.reshape((1, output, 1, 1))?,
             kernel,
             stride,
@@ -51,6 +58,8 @@ impl Module for SameConv {
         let x = if top + bottom + left + right == 0 { x.clone() } else { x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)? };
         if self.taps.is_empty() {
             x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?.broadcast_add(&self.bias)
+        } else if let (Some(op), candle_core::Device::Cpu) = (&self.cpu, x.device()) {
+            x.contiguous()?.apply_op1_no_bwd(op)?.broadcast_add(&self.bias)
         } else {
             depthwise(&x, &self.taps, self.kernel, self.stride)?.broadcast_add(&self.bias)
         }
@@ -77,6 +86,53 @@ fn depthwise(x: &Tensor, taps: &[Tensor], k: usize, s: usize) -> Result<Tensor> 
     acc.reshape((n, c, ho, wo))
 }
 
+/// The depthwise convolution on the CPU as one pass per output plane (planes in parallel):
+/// the k² shifted views cost a full tensor each, which made them a fifth of the network's time.
+struct DepthwiseCpu {
+    /// `[C, k, k]`, row-major.
+    weight: Vec<f32>,
+    k: usize,
+    s: usize,
+}
+
+impl candle_core::CustomOp1 for DepthwiseCpu {
+    fn name(&self) -> &'static str {
+        "efficientnet-depthwise"
+    }
+
+    fn cpu_fwd(&self, storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("depthwise: input not contiguous".into()))?;
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let (n, c, hp, wp) = layout.shape().dims4()?;
+        let (k, s) = (self.k, self.s);
+        let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
+        let mut out = vec![0f32; n * c * ho * wo];
+        out.par_chunks_mut(ho * wo).enumerate().for_each(|(plane, o)| {
+            let xp = &x[plane * hp * wp..(plane + 1) * hp * wp];
+            let w = &self.weight[(plane % c) * k * k..(plane % c + 1) * k * k];
+            for (oy, row) in o.chunks_mut(wo).enumerate() {
+                for dy in 0..k {
+                    let xr = &xp[(oy * s + dy) * wp..(oy * s + dy + 1) * wp];
+                    for dx in 0..k {
+                        let wt = w[dy * k + dx];
+                        if s == 1 {
+                            for (r, v) in row.iter_mut().zip(&xr[dx..dx + wo]) {
+                                *r += wt * v;
+                            }
+                        } else {
+                            for (ox, r) in row.iter_mut().enumerate() {
+                                *r += wt * xr[ox * s + dx];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), (n, c, ho, wo).into()))
+    }
+}
+
 /// ReLU6, the Lite models' activation.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
     x.clamp(0f32, 6f32)
@@ -95,10 +151,12 @@ mod tests {
             let flat = weight.reshape((4, k * k)).unwrap();
             let taps: Vec<Tensor> = (0..k * k).map(|t| flat.narrow(1, t, 1).unwrap().reshape((1, 4, 1, 1, 1, 1)).unwrap()).collect();
             let want = x.conv2d(&weight, 0, s, 1, 4).unwrap();
-            let got = depthwise(&x, &taps, k, s).unwrap();
-            assert_eq!(got.dims(), want.dims(), "k {k} s {s} {h}×{w}");
-            let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-5, "k {k} s {s} {h}×{w}: {diff}");
+            let op = DepthwiseCpu { weight: weight.flatten_all().unwrap().to_vec1().unwrap(), k, s };
+            for (how, got) in [("shifted views", depthwise(&x, &taps, k, s).unwrap()), ("CPU kernel", x.apply_op1_no_bwd(&op).unwrap())] {
+                assert_eq!(got.dims(), want.dims(), "{how}: k {k} s {s} {h}×{w}");
+                let diff = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{how}: k {k} s {s} {h}×{w}: {diff}");
+            }
         }
     }
 
