@@ -96,6 +96,18 @@ impl DetectorFile {
     }
 }
 
+/// Refuses checkpoint `key` (`clip`, `backbone`) at `path` unless it is, by SHA-256, the file
+/// the detector was fitted with.
+pub fn check_checkpoint(header: &DetectorHeader, key: &str, path: &Path) -> Result<()> {
+    let want = header.checkpoints.get(key).cloned().unwrap_or_default();
+    let got = file_hash(path)?;
+    if want != got {
+        let what = if key == "clip" { "CLIP checkpoint" } else { key };
+        return Err(Error::config(path, format!("this detector was fitted with another {what} (sha256 {want}, this one {got})")));
+    }
+    Ok(())
+}
+
 /// SHA-256 of a file, streamed.
 pub fn file_hash(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};

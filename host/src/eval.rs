@@ -6,7 +6,7 @@ use crate::dataset::{self, Sample};
 use crate::detector::file_hash;
 use crate::images::read_resized;
 use crate::metrics::{image_auroc, PixelAuroc};
-use crate::pipeline::{score, Checkpoints, FitOptions, Fitter, ImageScore, Method, Stage};
+use crate::pipeline::{Checkpoints, Scoring, FitOptions, Fitter, ImageScore, Method, Stage};
 use crate::visual::VisualModel;
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
@@ -122,8 +122,7 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
                     let image = image_auroc(&scores.iter().map(|s| s.score).collect::<Vec<_>>(), &labels)?;
                     let pixel = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
                         // The histogram spans this run's values: all its bins resolve scores.
-                        let lo = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::INFINITY, f32::min);
-                        let hi = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+                        let (lo, hi) = map_range(&scores);
                         let mut acc = PixelAuroc::new(lo, if hi > lo { hi } else { lo + 1.0 }, PIXEL_BINS)?;
                         for (s, sc) in tests.iter().zip(&scores) {
                             let mask = match &s.mask {
@@ -179,7 +178,7 @@ impl<'a> Fitted<'a> {
             Fitted::Visual { model, features, sizes } => {
                 let support = read_resized(shots, model.extractor.dims().image_size)?;
                 let detector = model.fit(&support, &fit, observer)?;
-                model.score_features(&detector.memories[0], features, sizes)
+                model.score_features(VisualModel::memory(&detector)?, features, sizes)
             }
             Fitted::Clip { backend, checkpoints, sd } => {
                 let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("method", format!("{} needs a CLIP checkpoint (--clip)", fit.method.name())))?;
@@ -187,7 +186,7 @@ impl<'a> Fitted<'a> {
                 let support = read_resized(shots, size)?;
                 let device = fit.device;
                 let detector = Fitter { backend: *backend, clip, sd: *sd, options: fit }.fit(&support, observer)?;
-                score(*backend, checkpoints, &detector, tests, device)
+                Scoring::open(*backend, checkpoints, detector, device)?.score(tests)
             }
         }
     }
@@ -234,6 +233,11 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
     out
 }
 
+/// The lowest and highest value of a run's anomaly maps.
+fn map_range(scores: &[ImageScore]) -> (f32, f32) {
+    scores.iter().flat_map(|s| s.map.iter().copied()).fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
 /// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
 /// test images. One colour scale for the whole run (its lowest to highest map value), so a good
 /// photo stays pale next to a defective one instead of each being stretched to full red.
@@ -242,8 +246,7 @@ fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize)
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lo = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::INFINITY, f32::min);
-    let hi = scores.iter().flat_map(|s| s.map.iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+    let (lo, hi) = map_range(scores);
     let span = (hi - lo).max(f32::MIN_POSITIVE);
     let picks = tests.iter().enumerate().filter(|(_, s)| !s.anomalous).take(n).chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
     for (i, s) in picks {

@@ -2,7 +2,7 @@
 //! (pseudo-anomalies by SDEdit, anomaly-aware concept), step 3 (self-tuning on a pseudo-validation
 //! set, prototypes), reference memories; then scoring. The baselines run the same code path.
 use crate::association::{anomaly_map, ReferenceMemories};
-use crate::detector::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use crate::detector::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use crate::prompts::TEMPLATES;
 use crate::prototypes::{final_score, image_features, language_score, prototypes, unweighted, weigh, ConceptToken, Prototypes};
 use adp_api::preprocess::resize;
@@ -303,16 +303,12 @@ pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &Detect
     Scoring::open(backend, checkpoints, detector.clone(), device)?.score(images)
 }
 
-/// A detector with its models opened and its checkpoints' identity checked once, ready to score
-/// any number of images (`Send + Sync`: a pool of workers shares one).
-pub struct Scoring {
-    detector: DetectorFile,
-    models: Models,
-}
-
-enum Models {
-    Visual(crate::visual::VisualModel),
-    Clip { encoder: Box<dyn adp_api::TextImageEncoder>, scorer: Box<dyn adp_api::Scorer> },
+/// A detector's models opened and its checkpoints' identity checked once, with what scoring
+/// needs taken out of the detector file, ready to score any number of images (`Send + Sync`: a
+/// pool of workers shares one).
+pub enum Scoring {
+    Visual { model: crate::visual::VisualModel, memory: ReferenceMemory },
+    Clip { encoder: Box<dyn adp_api::TextImageEncoder>, scorer: Box<dyn adp_api::Scorer>, memories: ReferenceMemories, windows: Vec<usize>, prototypes: Prototypes },
 }
 
 impl Scoring {
@@ -321,36 +317,27 @@ impl Scoring {
             let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
             let model = crate::visual::VisualModel::open(backend, backbone, device)?;
             model.check_identity(&detector)?;
-            return Ok(Self { detector, models: Models::Visual(model) });
+            let memory = crate::visual::VisualModel::memory(&detector)?.clone();
+            return Ok(Scoring::Visual { model, memory });
         }
         let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
-        let want = detector.header.checkpoints.get("clip").cloned().unwrap_or_default();
-        let got = file_hash(&clip.weights)?;
-        if want != got {
-            return Err(Error::config(&clip.weights, format!("this detector was fitted with another CLIP checkpoint (sha256 {want}, this one {got})")));
-        }
-        detector.prototypes.as_ref().ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
-        Ok(Self { models: Models::Clip { encoder: backend.text_image_encoder(clip, device)?, scorer: backend.scorer(device)? }, detector })
-    }
-
-    pub fn detector(&self) -> &DetectorFile {
-        &self.detector
+        check_checkpoint(&detector.header, "clip", &clip.weights)?;
+        let prototypes = detector.prototypes.ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
+        let windows = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
+        let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories };
+        Ok(Scoring::Clip { encoder: backend.text_image_encoder(clip, device)?, scorer: backend.scorer(device)?, memories, windows, prototypes })
     }
 
     pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
-        let (encoder, scorer) = match &self.models {
-            Models::Visual(model) => return model.score(&self.detector, images),
-            Models::Clip { encoder, scorer } => (encoder, scorer),
+        let (encoder, scorer, memories, windows, protos) = match self {
+            Scoring::Visual { model, memory } => return model.score(memory, images),
+            Scoring::Clip { encoder, scorer, memories, windows, prototypes } => (encoder, scorer, memories, windows, prototypes),
         };
-        let detector = &self.detector;
-        let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories.clone() };
-        let windows: Vec<usize> = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
-        let protos: &Prototypes = detector.prototypes.as_ref().ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
         images
             .iter()
             .map(|img| {
                 let f = image_features(&**encoder, img)?;
-                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, &windows)?)?;
+                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, windows)?)?;
                 let g = memories.grid;
                 Ok((0..img.len()).map(|i| {
                     let language = language_score(&f[i], protos);

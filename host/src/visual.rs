@@ -4,7 +4,7 @@
 //! (SPEC eq. 8 on backbone features); the image score is the maximum of the smoothed map, as
 //! PatchCore does.
 use crate::association::anomaly_map;
-use crate::detector::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use crate::detector::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use crate::pipeline::{FitOptions, ImageScore, Stage};
 use adp_api::requests::{FeatureKind, Flow, ReferenceMemory};
 use adp_api::{BackboneCheckpoint, Backend, Device, Error, FeatureExtractor, ImageBatch, Result, Scorer, Tensor};
@@ -89,17 +89,17 @@ impl VisualModel {
 
     /// Refuses a detector fitted with another backbone file (by SHA-256).
     pub fn check_identity(&self, detector: &DetectorFile) -> Result<()> {
-        let want = detector.header.checkpoints.get("backbone").cloned().unwrap_or_default();
-        let got = file_hash(&self.backbone.weights)?;
-        if want != got {
-            return Err(Error::config(&self.backbone.weights, format!("this detector was fitted with another backbone (sha256 {want}, this one {got})")));
-        }
-        Ok(())
+        check_checkpoint(&detector.header, "backbone", &self.backbone.weights)
     }
 
-    /// Scores with a detector already checked by [`VisualModel::check_identity`].
-    pub fn score(&self, detector: &DetectorFile, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
-        let memory = detector.memories.iter().find(|m| m.kind == FeatureKind::PatchTokens).ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))?;
+    /// A detector's reference memory of backbone patch features.
+    pub fn memory(detector: &DetectorFile) -> Result<&ReferenceMemory> {
+        detector.memories.iter().find(|m| m.kind == FeatureKind::PatchTokens).ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))
+    }
+
+    /// Scores against `memory` (see [`VisualModel::memory`]) of a detector already checked by
+    /// [`VisualModel::check_identity`].
+    pub fn score(&self, memory: &ReferenceMemory, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
         let mut out = Vec::new();
         for batch in images {
             let sizes = vec![(batch.height(), batch.width()); batch.len()];
