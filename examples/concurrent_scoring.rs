@@ -60,7 +60,7 @@ fn plugin(path: &Path, backend: &str) -> anyhow::Result<adp_host::Plugin> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse()?;
-    let header = adp_host::detector::DetectorFile::load(&args.detector)?.header;
+    let header = adp_host::detect::DetectorFile::load(&args.detector)?.header;
     let backend = Arc::new(plugin(&args.plugin, &header.backend)?);
     let detector = Arc::new(Detector::open(backend, &args.detector, None, None, adp_api::Device::Cpu, args.options)?);
     eprintln!("{}: method {}, {} worker(s), queue {}, {} task(s)", args.detector.display(), header.method, args.options.workers, args.options.queue, args.tasks);

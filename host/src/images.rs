@@ -1,6 +1,5 @@
 //! Image files for the command line: listing folders, reading a support set of mixed sizes, and
 //! writing anomaly maps.
-use crate::pipeline::ImageScore;
 use adp_api::{Error, ImageBatch, Result};
 use std::path::{Path, PathBuf};
 
@@ -43,13 +42,14 @@ pub fn read_resized(files: &[PathBuf], size: usize) -> Result<ImageBatch> {
     ImageBatch::new(adp_api::Tensor::new(vec![batches.len(), 3, size, size], data)?)
 }
 
-/// Writes the anomaly map of `source` as an 8-bit grey PNG (0 → 0, 1 → 255) in `dir`, atomically.
-pub fn write_map(dir: &Path, source: &Path, s: &ImageScore) -> Result<PathBuf> {
+/// Writes the anomaly map (`height × width`, row-major) of `source` as an 8-bit grey PNG
+/// (0 → 0, 1 → 255) in `dir`, atomically.
+pub fn write_map(dir: &Path, source: &Path, map: &[f32], height: usize, width: usize) -> Result<PathBuf> {
     let stem = source.file_stem().and_then(|n| n.to_str()).unwrap_or("image");
     let parent = source.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
     let out = dir.join(format!("{parent}_{stem}_map.png"));
-    let pixels: Vec<u8> = s.map.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-    let img = image::GrayImage::from_raw(s.width as u32, s.height as u32, pixels).ok_or_else(|| Error::invalid("anomaly map", "size mismatch"))?;
+    let pixels: Vec<u8> = map.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    let img = image::GrayImage::from_raw(width as u32, height as u32, pixels).ok_or_else(|| Error::invalid("anomaly map", "size mismatch"))?;
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::io(&out, e))?;
     adp_api::atomic::write_atomic(&out, &bytes)?;

@@ -1,23 +1,20 @@
-//! The adp host library: finding and loading backend plugins ([`plugin`]) and the proxy that
-//! makes a loaded plugin an ordinary [`adp_api::Backend`] ([`proxy`]); the deterministic
-//! reference checkpoints of the test suite ([`fixtures`]); and the scoring pieces of ADP: prompt
-//! templates ([`prompts`]), self-tuned prototypes and the language score ([`prototypes`]),
-//! reference association and anomaly maps ([`association`]).
-pub mod association;
-pub mod bench;
-pub mod detector;
+//! The adp host library, by concern, dependencies pointing one way:
+//! - [`plugin`]: loading backend plugins and the proxy that makes one an [`adp_api::Backend`];
+//! - [`score`]: prompts, self-tuned prototypes and the language score, reference association;
+//! - [`detect`]: the methods, fitting, the detector file, scoring (uses `score`);
+//! - [`images`]: image files in and anomaly maps out (uses `detect`);
+//! - [`eval`]: datasets, metrics, the evaluation protocol and reports, benchmarks;
+//! - [`service`] (feature `service`): the async API for host applications;
+//! - [`fixtures`]: the deterministic reference checkpoints of the test suite.
+//!
+//! The `adp` command line is the binary `src/bin/adp` (feature `cli`).
+pub mod detect;
 pub mod eval;
-pub mod dataset;
 pub mod fixtures;
 pub mod images;
-pub mod metrics;
-pub mod pipeline;
 pub mod plugin;
-pub mod progress;
-pub mod prompts;
-pub mod prototypes;
-pub mod proxy;
+pub mod score;
+#[cfg(feature = "service")]
 pub mod service;
-pub mod visual;
 
 pub use plugin::{discover, load, plugin_dirs, Plugin, PLUGIN_PATH_ENV};

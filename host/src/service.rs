@@ -25,9 +25,8 @@
 //! detector.close().await;
 //! # Ok(()) }
 //! ```
-use crate::detector::{DetectorFile, DetectorHeader};
-use crate::pipeline::{self, Checkpoints, ImageScore, Method};
-use adp_api::{Backend, BackboneCheckpoint, ClipCheckpoint, Device, ImageBatch};
+use crate::detect::{Checkpoints, DetectorFile, DetectorHeader, ImageScore, Scoring};
+use adp_api::{Backend, Device, ImageBatch};
 use async_trait::async_trait;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -122,23 +121,12 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// The one place the async API calls the pipeline: `detector`'s models opened once on `backend`
 /// (checkpoint identity checked here, not per request), shared by every worker.
 pub fn pipeline_scorer(backend: Arc<dyn Backend>, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> adp_api::Result<ScoreFn> {
-    let scoring = pipeline::Scoring::open(&*backend, checkpoints, detector, device)?;
+    let scoring = Scoring::open(&*backend, checkpoints, detector, device)?;
     // The models live in the backend's library: it stays loaded as long as they do.
     Ok(Arc::new(move |images: &[ImageBatch]| {
         let _backend = &backend;
         scoring.score(images)
     }))
-}
-
-/// The checkpoints a detector scores with: the given ones, else those recorded in it (a
-/// `visual` detector needs its image backbone, the others their CLIP folder).
-pub fn checkpoints_for(header: &DetectorHeader, clip: Option<&Path>, backbone: Option<&Path>) -> adp_api::Result<Checkpoints> {
-    if header.method == Method::Visual.name() {
-        let file = backbone.map(Path::to_path_buf).or(header.backbone.clone()).unwrap_or_else(crate::visual::default_backbone);
-        Ok(Checkpoints::backbone(&BackboneCheckpoint::from_file(&file)?))
-    } else {
-        Ok(Checkpoints::clip(&ClipCheckpoint::from_dir(clip.unwrap_or(&header.clip_dir))?))
-    }
 }
 
 impl Detector {
@@ -189,7 +177,7 @@ impl Detector {
     /// [`checkpoints_for`]) for `backend`.
     pub fn open(backend: Arc<dyn Backend>, detector: &Path, clip: Option<&Path>, backbone: Option<&Path>, device: Device, options: ServiceOptions) -> adp_api::Result<Self> {
         let file = DetectorFile::load(detector)?;
-        let checkpoints = checkpoints_for(&file.header, clip, backbone)?;
+        let checkpoints = file.header.checkpoints(clip, backbone)?;
         Self::new(backend, checkpoints, file, device, options)
     }
 

@@ -1,7 +1,7 @@
 //! The dataset loaders on the shared real data (`/work/shared/data`, i.e. `shared/data` beside the
 //! repository): counts against its MANIFEST.tsv and README table, masks, reproducible shots.
 //! Skipped with a message where the data folder is absent.
-use adp_host::dataset::{self, Category};
+use adp_host::eval::dataset::{self, Category};
 use std::path::{Path, PathBuf};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");

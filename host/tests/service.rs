@@ -2,7 +2,7 @@
 //! queue's back-pressure, errors and panics coming back as errors, per-request order, shutdown.
 //! No assertion depends on timing: workers are held at barriers and gates the test opens.
 use adp_api::{Error, ImageBatch, Tensor};
-use adp_host::pipeline::ImageScore;
+use adp_host::detect::ImageScore;
 use adp_host::service::{AsyncScorer, Detector, ScoreFn, ServiceError, ServiceOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};

@@ -1,7 +1,7 @@
 //! `adp bench`: the `visual` method's two costs per image — backbone patch features and reference
 //! association — timed on several backends in the same run and reported as ratios to the first
 //! one (the peer), so a comparison never depends on how fast this machine happens to be.
-use crate::visual::VisualModel;
+use crate::detect::VisualModel;
 use adp_api::requests::FeatureKind;
 use adp_api::{BackboneCheckpoint, Backend, Device, Error, ImageBatch, Result};
 use serde::Serialize;

@@ -1,7 +1,9 @@
 //! The detector file: everything scoring needs — method, prototypes, reference memories, the
 //! learned concepts with their weights, the identity of the checkpoints used, the options and the
 //! seed — in one safetensors file with JSON metadata, written atomically.
-use crate::prototypes::Prototypes;
+use super::{default_backbone, Checkpoints, Method};
+use crate::score::prototypes::Prototypes;
+use adp_api::{BackboneCheckpoint, ClipCheckpoint};
 use adp_api::atomic::write_atomic;
 use adp_api::requests::{FeatureKind, ReferenceMemory};
 use adp_api::{Concept, Error, Result, Tensor};
@@ -32,6 +34,19 @@ pub struct DetectorHeader {
     pub concepts: Vec<Concept>,
     pub weights: Vec<f32>,
     pub memory_kinds: Vec<FeatureKind>,
+}
+
+impl DetectorHeader {
+    /// The checkpoints a detector scores with: the given ones, else those recorded in it (a
+    /// `visual` detector needs its image backbone, the others their CLIP folder).
+    pub fn checkpoints(&self, clip: Option<&Path>, backbone: Option<&Path>) -> Result<Checkpoints> {
+        if self.method == Method::Visual.name() {
+            let file = backbone.map(Path::to_path_buf).or(self.backbone.clone()).unwrap_or_else(default_backbone);
+            Ok(Checkpoints::backbone(&BackboneCheckpoint::from_file(&file)?))
+        } else {
+            Ok(Checkpoints::clip(&ClipCheckpoint::from_dir(clip.unwrap_or(&self.clip_dir))?))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

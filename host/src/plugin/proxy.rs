@@ -1,108 +1,48 @@
 //! The proxy: a loaded plugin behind the very same traits as an in-process backend.
-use crate::plugin::{Library, Plugin};
+use super::library::{self, Library, Remote};
 use adp_api::requests::*;
 use adp_api::*;
-use adp_plugin_abi::ffi::*;
-use adp_plugin_abi::wire::{self, Call, Open, Reply};
+use adp_plugin_abi::ffi::ADP_ABI_VERSION;
+use adp_plugin_abi::wire::{Call, Open, Reply};
 use std::borrow::Cow;
-use std::ffi::c_void;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Arc;
 
-impl Library {
-    /// Copies a plugin-allocated buffer out and hands it back to the plugin.
-    fn take(&self, buffer: AdpBuffer) -> Vec<u8> {
-        let bytes = if buffer.ptr.is_null() {
-            Vec::new()
-        } else {
-            // SAFETY: the plugin wrote `len` bytes at `ptr` and keeps them until `free_buffer`.
-            unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.len).to_vec() }
-        };
-        // SAFETY: the buffer came from this plugin and is returned once.
-        unsafe { (self.backend.free_buffer)(buffer) };
-        bytes
-    }
+/// A loaded plugin: its declaration, what it says of itself, and (through [`adp_api::Backend`])
+/// the pipeline parts it provides.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) lib: Arc<Library>,
+    pub(crate) info: BackendInfo,
+}
 
-    /// Turns a status code and its buffer into the reply bytes or the plugin's error.
-    fn outcome(&self, code: i32, buffer: AdpBuffer) -> Result<Vec<u8>> {
-        let bytes = self.take(buffer);
-        match code {
-            ADP_OK => Ok(bytes),
-            ADP_ERROR => Err(wire::decode::<Error>(&bytes).unwrap_or_else(|e| self.protocol(format!("undecodable error: {e}")))),
-            ADP_PANIC => Err(Error::PluginPanic { backend: self.name.clone(), message: String::from_utf8_lossy(&bytes).into_owned() }),
-            other => Err(self.protocol(format!("unknown status code {other}"))),
-        }
-    }
-
-    fn protocol(&self, message: impl Into<String>) -> Error {
-        Error::Protocol { backend: self.name.clone(), message: message.into() }
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.lib.path).field("info", &self.info).finish()
     }
 }
 
-pub(crate) fn backend_info(lib: &Library) -> Result<BackendInfo> {
-    let mut out = AdpBuffer::empty();
-    // SAFETY: the table belongs to a loaded library of our ABI.
-    let code = unsafe { (lib.backend.info)(&mut out) };
-    let bytes = lib.outcome(code, out)?;
-    wire::decode(&bytes).map_err(|e| lib.protocol(format!("undecodable backend info: {e}")))
-}
-
-/// An object opened inside a plugin; closed when dropped.
-struct Remote {
-    lib: Arc<Library>,
-    handle: *mut AdpObject,
-}
-
-// SAFETY: plugin objects are `Send + Sync` trait objects on the plugin side, and every entry
-// point of the object table is reentrant.
-unsafe impl Send for Remote {}
-unsafe impl Sync for Remote {}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        // SAFETY: opened by this library, closed once.
-        unsafe { (self.lib.object.close)(self.handle) };
+impl Plugin {
+    /// Asks an opened library what it is.
+    pub(crate) fn from_library(lib: Arc<Library>) -> Result<Self> {
+        let info = library::backend_info(&lib)?;
+        Ok(Self { lib, info })
     }
-}
-
-/// Hands each step's numbers to the host's observer; a panicking observer cancels the run.
-unsafe extern "C" fn forward_progress(user: *mut c_void, progress: *const AdpProgress) -> i32 {
-    let observer = &mut *user.cast::<&mut dyn FnMut(&Progress) -> Flow>();
-    let p = Progress::from(&*progress);
-    match catch_unwind(AssertUnwindSafe(|| observer(&p))) {
-        Ok(Flow::Continue) => 0,
-        _ => 1,
+    pub fn path(&self) -> &Path {
+        &self.lib.path
     }
-}
-
-impl Remote {
-    fn open(plugin: &Plugin, request: &Open) -> Result<Self> {
-        let bytes = wire::encode(request)?;
-        let mut handle = std::ptr::null_mut();
-        let mut out = AdpBuffer::empty();
-        // SAFETY: the request outlives the call; `handle` and `out` are valid slots.
-        let code = unsafe { (plugin.lib.backend.open)(AdpBytes::from_slice(&bytes), &mut handle, &mut out) };
-        plugin.lib.outcome(code, out)?;
-        if handle.is_null() {
-            return Err(plugin.lib.protocol("open succeeded without an object"));
-        }
-        Ok(Remote { lib: plugin.lib.clone(), handle })
+    pub fn abi_version(&self) -> u32 {
+        ADP_ABI_VERSION
     }
-
-    fn call(&self, call: &Call, progress: Option<&mut dyn FnMut(&Progress) -> Flow>) -> Result<Reply> {
-        let bytes = wire::encode(call)?;
-        let mut out = AdpBuffer::empty();
-        let code = match progress {
-            Some(mut observer) => {
-                let user: *mut &mut dyn FnMut(&Progress) -> Flow = &mut observer;
-                // SAFETY: `observer` lives across the call; the plugin calls back synchronously.
-                unsafe { (self.lib.object.call)(self.handle, AdpBytes::from_slice(&bytes), Some(forward_progress), user.cast(), &mut out) }
-            }
-            // SAFETY: as above, without a callback.
-            None => unsafe { (self.lib.object.call)(self.handle, AdpBytes::from_slice(&bytes), None, std::ptr::null_mut(), &mut out) },
-        };
-        let reply = self.lib.outcome(code, out)?;
-        wire::decode(&reply).map_err(|e| self.lib.protocol(format!("undecodable reply: {e}")))
+    /// The plugin crate's own version.
+    pub fn crate_version(&self) -> &str {
+        &self.lib.crate_version
+    }
+    pub fn abi_crate_version(&self) -> &str {
+        &self.lib.abi_crate_version
+    }
+    pub fn backend_info(&self) -> &BackendInfo {
+        &self.info
     }
 }
 
@@ -121,24 +61,24 @@ impl Backend for Plugin {
         self.info.clone()
     }
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
-        let remote = Remote::open(self, &Open::TextImageEncoder { clip: Cow::Borrowed(clip), device })?;
+        let remote = Remote::open(&self.lib, &Open::TextImageEncoder { clip: Cow::Borrowed(clip), device })?;
         let dims = expect!(remote, remote.call(&Call::EncoderDims, None), EncoderDims)?;
         Ok(Box::new(ProxyEncoder { remote, dims }))
     }
     fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
-        let remote = Remote::open(self, &Open::LatentDiffuser { sd: Cow::Borrowed(sd), device })?;
+        let remote = Remote::open(&self.lib, &Open::LatentDiffuser { sd: Cow::Borrowed(sd), device })?;
         let dims = expect!(remote, remote.call(&Call::DiffuserDims, None), DiffuserDims)?;
         Ok(Box::new(ProxyDiffuser { remote, dims }))
     }
     fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn ConceptOptimizer>> {
         let open = Open::ConceptOptimizer { clip: Cow::Borrowed(clip), sd: Cow::Borrowed(sd), device };
-        Ok(Box::new(ProxyOptimizer { remote: Remote::open(self, &open)? }))
+        Ok(Box::new(ProxyOptimizer { remote: Remote::open(&self.lib, &open)? }))
     }
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        Ok(Box::new(ProxyScorer { remote: Remote::open(self, &Open::Scorer { device })? }))
+        Ok(Box::new(ProxyScorer { remote: Remote::open(&self.lib, &Open::Scorer { device })? }))
     }
     fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
-        let remote = Remote::open(self, &Open::FeatureExtractor { backbone: Cow::Borrowed(backbone), device })?;
+        let remote = Remote::open(&self.lib, &Open::FeatureExtractor { backbone: Cow::Borrowed(backbone), device })?;
         let dims = expect!(remote, remote.call(&Call::FeatureDims, None), FeatureDims)?;
         Ok(Box::new(ProxyFeatures { remote, dims }))
     }

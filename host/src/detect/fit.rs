@@ -1,116 +1,19 @@
 //! The ADP pipeline over the traits (SPEC §4–6): step 1 (normal-aware concept), step 2
 //! (pseudo-anomalies by SDEdit, anomaly-aware concept), step 3 (self-tuning on a pseudo-validation
 //! set, prototypes), reference memories; then scoring. The baselines run the same code path.
-use crate::association::{anomaly_map, ReferenceMemories};
-use crate::detector::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
-use crate::prompts::TEMPLATES;
-use crate::prototypes::{final_score, image_features, language_score, prototypes, unweighted, weigh, ConceptToken, Prototypes};
+use super::file::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use super::visual::VisualModel;
+use super::{Checkpoints, FitOptions, Method, Stage};
+use crate::images::read_resized;
+use crate::score::association::ReferenceMemories;
+use crate::score::prompts::TEMPLATES;
+use crate::score::prototypes::{image_features, prototypes, unweighted, weigh, ConceptToken};
 use adp_api::preprocess::resize;
 use adp_api::requests::*;
 use adp_api::rng::SplitMix64;
-use adp_api::{BackboneCheckpoint, Backend, ClipCheckpoint, Concept, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
-use serde::{Deserialize, Serialize};
+use adp_api::{Backend, ClipCheckpoint, Concept, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use std::collections::BTreeMap;
-
-/// The method variants of SPEC §6–7, all on one code path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// ADP: both learned concepts, self-tuned.
-    Adp,
-    /// ADP_ℓ: the class word joins as a third concept.
-    AdpLabel,
-    /// WinCLIP+: hand-written state prompts, same reference association.
-    Winclip,
-    /// Naive textual inversion (diffusion loss only).
-    Ti,
-    /// The normal-aware concept alone.
-    Cn,
-    /// The anomaly-aware concept alone.
-    Ca,
-    /// No CLIP, no diffusion: reference association over a pretrained image backbone's patch
-    /// features (EfficientNet-Lite), the out-of-the-box default.
-    Visual,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Adp => "adp",
-            Method::AdpLabel => "adp-label",
-            Method::Winclip => "winclip",
-            Method::Ti => "ti",
-            Method::Cn => "cn",
-            Method::Ca => "ca",
-            Method::Visual => "visual",
-        }
-    }
-    fn needs_diffusion(self) -> bool {
-        !matches!(self, Method::Winclip | Method::Visual)
-    }
-    /// Whether the method runs on CLIP (all but `visual`).
-    pub fn needs_clip(self) -> bool {
-        self != Method::Visual
-    }
-}
-
-/// Every hyperparameter of the SPEC, with its default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitOptions {
-    pub method: Method,
-    pub label: Option<String>,
-    pub steps: u64,
-    pub learning_rate: f32,
-    pub scale_lr_by_batch: bool,
-    pub batch_size: usize,
-    pub weight_decay: f32,
-    pub alpha_normal: f32,
-    pub alpha_anomaly: f32,
-    pub gamma: f32,
-    pub strength: f32,
-    pub guidance: f32,
-    pub ddim_steps: usize,
-    /// Pseudo-anomalies for step 2, per support image.
-    pub pseudo_per_image: usize,
-    /// L′: pseudo-anomalies of the pseudo-validation set (step 3).
-    pub validation_pseudo: usize,
-    pub window_sizes: Vec<usize>,
-    pub seed: u64,
-    pub device: Device,
-}
-
-impl Default for FitOptions {
-    fn default() -> Self {
-        Self {
-            method: Method::Adp,
-            label: None,
-            steps: 3000,
-            learning_rate: 5e-4,
-            scale_lr_by_batch: false,
-            batch_size: 4,
-            weight_decay: 0.0,
-            alpha_normal: 0.003,
-            alpha_anomaly: 0.002,
-            gamma: 0.8,
-            strength: 0.5,
-            guidance: 7.5,
-            ddim_steps: 30,
-            pseudo_per_image: 2,
-            validation_pseudo: 20,
-            window_sizes: vec![2, 3],
-            seed: 0,
-            device: Device::Cpu,
-        }
-    }
-}
-
-/// Where the pipeline stands, for progress bars.
-#[derive(Debug, Clone)]
-pub enum Stage {
-    Learning { concept: String, progress: Progress },
-    Synthesis { done: usize, total: usize },
-    Memories,
-}
+use std::path::PathBuf;
 
 /// A random resized crop (area 50–100 %, square), back at the original size.
 fn random_resized_crop(images: &ImageBatch, rng: &mut SplitMix64) -> Result<ImageBatch> {
@@ -267,92 +170,33 @@ impl Fitter<'_> {
     }
 }
 
-/// One test image's result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ImageScore {
-    pub score: f32,
-    /// The language score (eq. 7); none for `visual`.
-    pub language: Option<f32>,
-    pub association: f32,
-    /// `height × width`, row-major, at the scored image's size.
-    #[serde(skip)]
-    pub map: Vec<f32>,
-    pub height: usize,
-    pub width: usize,
+
+/// The side at which support photos are read for the CLIP methods: CLIP's input size, or the
+/// diffusion model's where synthesis needs more.
+pub fn support_size(clip: &ClipCheckpoint, sd: Option<&DiffusionSpec>) -> usize {
+    clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)))
 }
 
-/// The models scoring may need: CLIP for the ADP methods, the image backbone for `visual`.
-#[derive(Debug, Clone, Default)]
-pub struct Checkpoints {
-    pub clip: Option<ClipCheckpoint>,
-    pub backbone: Option<BackboneCheckpoint>,
-}
-
-impl Checkpoints {
-    pub fn clip(clip: &ClipCheckpoint) -> Self {
-        Self { clip: Some(clip.clone()), backbone: None }
+/// Fits a detector on support photo files, any method: `visual` on `checkpoints.backbone`, the
+/// others on `checkpoints.clip` (and `sd` where they synthesise or learn).
+pub fn fit_files(
+    backend: &dyn Backend,
+    checkpoints: &Checkpoints,
+    sd: Option<&DiffusionSpec>,
+    files: &[PathBuf],
+    options: FitOptions,
+    observer: &mut dyn FnMut(&Stage) -> Flow,
+) -> Result<DetectorFile> {
+    if !options.method.needs_clip() {
+        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
+        let model = VisualModel::open(backend, backbone, options.device)?;
+        let support = read_resized(files, model.extractor.dims().image_size)?;
+        return model.fit(&support, &options, observer);
     }
-    pub fn backbone(backbone: &BackboneCheckpoint) -> Self {
-        Self { clip: None, backbone: Some(backbone.clone()) }
-    }
-}
-
-/// Scores `images` with `detector`, opening its models for this one call; to score many images,
-/// open a [`Scoring`] once.
-pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &DetectorFile, images: &[ImageBatch], device: Device) -> Result<Vec<ImageScore>> {
-    Scoring::open(backend, checkpoints, detector.clone(), device)?.score(images)
-}
-
-/// A detector's models opened and its checkpoints' identity checked once, with what scoring
-/// needs taken out of the detector file, ready to score any number of images (`Send + Sync`: a
-/// pool of workers shares one).
-pub enum Scoring {
-    Visual { model: crate::visual::VisualModel, memory: ReferenceMemory },
-    Clip { encoder: Box<dyn adp_api::TextImageEncoder>, scorer: Box<dyn adp_api::Scorer>, memories: ReferenceMemories, windows: Vec<usize>, prototypes: Prototypes },
-}
-
-impl Scoring {
-    pub fn open(backend: &dyn Backend, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> Result<Self> {
-        if detector.header.method == Method::Visual.name() {
-            let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
-            let model = crate::visual::VisualModel::open(backend, backbone, device)?;
-            model.check_identity(&detector)?;
-            let memory = crate::visual::VisualModel::memory(&detector)?.clone();
-            return Ok(Scoring::Visual { model, memory });
-        }
-        let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
-        check_checkpoint(&detector.header, "clip", &clip.weights)?;
-        let prototypes = detector.prototypes.ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
-        let windows = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
-        let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories };
-        Ok(Scoring::Clip { encoder: backend.text_image_encoder(clip, device)?, scorer: backend.scorer(device)?, memories, windows, prototypes })
-    }
-
-    pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
-        let (encoder, scorer, memories, windows, protos) = match self {
-            Scoring::Visual { model, memory } => return model.score(memory, images),
-            Scoring::Clip { encoder, scorer, memories, windows, prototypes } => (encoder, scorer, memories, windows, prototypes),
-        };
-        images
-            .iter()
-            .map(|img| {
-                let f = image_features(&**encoder, img)?;
-                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, windows)?)?;
-                let g = memories.grid;
-                Ok((0..img.len()).map(|i| {
-                    let language = language_score(&f[i], protos);
-                    let patch = maps.row(i);
-                    ImageScore {
-                        score: final_score(language, patch),
-                        language: Some(language),
-                        association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                        map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
-                        height: img.height(),
-                        width: img.width(),
-                    }
-                }).collect::<Vec<_>>())
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(|v| v.into_iter().flatten().collect())
-    }
+    let clip = checkpoints
+        .clip
+        .as_ref()
+        .ok_or_else(|| Error::invalid("method", format!("{} needs a CLIP checkpoint (--clip)", options.method.name())))?;
+    let support = read_resized(files, support_size(clip, sd))?;
+    Fitter { backend, clip, sd, options }.fit(&support, observer)
 }

@@ -1,61 +1,6 @@
-//! Evaluation metrics (SPEC §8): image-level AUROC, exact, and pixel-level AUROC from a bounded
-//! histogram.
-//!
-//! Both compute the area under the ROC curve in its rank form: the probability that a randomly
-//! chosen anomalous sample scores above a randomly chosen normal one, ties counting one half
-//! (the Mann–Whitney U statistic divided by the number of pairs).
+//! Pixel-level AUROC in bounded memory.
+use super::check_classes;
 use adp_api::{Error, Result};
-
-/// Exact ROC AUC of `scores` against `labels` (`true` = anomalous), ties counting one half.
-///
-/// Mann–Whitney U with midranks: sort once (O(n log n)), give each run of equal scores the mean
-/// of its ranks, and `AUC = (R₊ − n₊(n₊+1)/2) / (n₊·n₋)` where `R₊` is the rank sum of the
-/// anomalous samples. Infinite scores are ranked like any other; NaN is an error naming its index.
-pub fn image_auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
-    if scores.len() != labels.len() {
-        return Err(Error::invalid(
-            "AUROC input",
-            format!("{} scores but {} labels", scores.len(), labels.len()),
-        ));
-    }
-    if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-        return Err(Error::invalid("AUROC input", format!("score at index {i} is NaN")));
-    }
-    let n_pos = labels.iter().filter(|&&l| l).count();
-    let n_neg = labels.len() - n_pos;
-    check_classes(n_pos as u64, n_neg as u64)?;
-
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Sum of midranks of the positives, doubled so that it stays an integer:
-    // a run occupying ranks i+1..=j (1-based) has midrank (i+1+j)/2.
-    let mut rank_sum2: u128 = 0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i + 1;
-        // total_cmp separates -0.0 from 0.0; compare with == so they tie, as numbers do.
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            j += 1;
-        }
-        let pos_in_run = order[i..j].iter().filter(|&&k| labels[k]).count() as u128;
-        rank_sum2 += pos_in_run * (i as u128 + 1 + j as u128);
-        i = j;
-    }
-    let (p, n) = (n_pos as u128, n_neg as u128);
-    // 2U = 2R₊ − n₊(n₊+1)
-    let u2 = rank_sum2 - p * (p + 1);
-    Ok(u2 as f64 / (2.0 * p as f64 * n as f64))
-}
-
-fn check_classes(n_pos: u64, n_neg: u64) -> Result<()> {
-    if n_pos == 0 || n_neg == 0 {
-        return Err(Error::invalid(
-            "AUROC input",
-            format!("needs both classes; got {n_pos} anomalous and {n_neg} normal samples"),
-        ));
-    }
-    Ok(())
-}
 
 /// Pixel-level AUROC accumulated image by image in bounded memory.
 ///
@@ -171,79 +116,11 @@ impl PixelAuroc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::metrics::image_auroc;
     use adp_api::rng::SplitMix64;
 
     const F: bool = false;
     const T: bool = true;
-
-    #[test]
-    fn perfect_reversed_and_tied() {
-        assert_eq!(image_auroc(&[0.1, 0.2, 0.8, 0.9], &[F, F, T, T]).unwrap(), 1.0);
-        assert_eq!(image_auroc(&[0.9, 0.8, 0.2, 0.1], &[F, F, T, T]).unwrap(), 0.0);
-        assert_eq!(image_auroc(&[0.5; 5], &[F, T, F, T, T]).unwrap(), 0.5);
-        // -0.0 and 0.0 are equal scores: a tie, not an ordering.
-        assert_eq!(image_auroc(&[-0.0, 0.0], &[T, F]).unwrap(), 0.5);
-        assert_eq!(image_auroc(&[f32::NEG_INFINITY, f32::INFINITY], &[F, T]).unwrap(), 1.0);
-    }
-
-    #[test]
-    fn hand_computed_cases() {
-        // Positives 0.35 and 0.8, negatives 0.1 and 0.4. Pairs (pos, neg):
-        // (0.35,0.1) win, (0.35,0.4) loss, (0.8,0.1) win, (0.8,0.4) win → 3/4.
-        // Midranks: 0.1→1, 0.35→2, 0.4→3, 0.8→4; R₊ = 6; U = 6 − 3 = 3; 3/(2·2) = 0.75.
-        assert_eq!(image_auroc(&[0.1, 0.4, 0.35, 0.8], &[F, F, T, T]).unwrap(), 0.75);
-        // With a tie. Positives 0.5 and 0.9, negatives 0.2 and 0.5. Pairs:
-        // (0.5,0.2) win 1, (0.5,0.5) tie ½, (0.9,0.2) win 1, (0.9,0.5) win 1 → 3.5/4 = 0.875.
-        // Midranks: 0.2→1, the two 0.5→2.5 each, 0.9→4; R₊ = 6.5; U = 6.5 − 3 = 3.5.
-        assert_eq!(image_auroc(&[0.2, 0.5, 0.5, 0.9], &[F, T, F, T]).unwrap(), 0.875);
-        // Three-way tie across classes: pos {1,1,3}, neg {1,2}.
-        // (1,1) ½ (1,2) 0 | (1,1) ½ (1,2) 0 | (3,1) 1 (3,2) 1 → 3/6 = 0.5.
-        assert_eq!(image_auroc(&[1.0, 1.0, 3.0, 1.0, 2.0], &[T, T, T, F, F]).unwrap(), 0.5);
-    }
-
-    #[test]
-    fn brute_force_agreement() {
-        let mut r = SplitMix64(7);
-        for _ in 0..20 {
-            let n = 2 + r.below(60) as usize;
-            // Coarse scores so that ties are frequent.
-            let s: Vec<f32> = (0..n).map(|_| r.below(8) as f32 * 0.25).collect();
-            let mut l: Vec<bool> = (0..n).map(|_| r.below(2) == 1).collect();
-            l[0] = true;
-            l[1] = false;
-            let mut wins = 0.0;
-            let mut pairs = 0.0;
-            for i in 0..n {
-                for j in 0..n {
-                    if l[i] && !l[j] {
-                        pairs += 1.0;
-                        wins += if s[i] > s[j] {
-                            1.0
-                        } else if s[i] == s[j] {
-                            0.5
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
-            let got = image_auroc(&s, &l).unwrap();
-            assert!((got - wins / pairs).abs() < 1e-12, "{got} vs {}", wins / pairs);
-        }
-    }
-
-    #[test]
-    fn image_auroc_errors() {
-        let e = image_auroc(&[0.1, 0.2], &[T]).unwrap_err().to_string();
-        assert!(e.contains("2 scores") && e.contains("1 labels"), "{e}");
-        let e = image_auroc(&[0.1, 0.2], &[T, T]).unwrap_err().to_string();
-        assert!(e.contains("0 normal"), "{e}");
-        let e = image_auroc(&[0.1, 0.2], &[F, F]).unwrap_err().to_string();
-        assert!(e.contains("0 anomalous"), "{e}");
-        assert!(image_auroc(&[], &[]).is_err());
-        let e = image_auroc(&[0.1, 0.2, f32::NAN], &[T, F, F]).unwrap_err().to_string();
-        assert!(e.contains("index 2") && e.contains("NaN"), "{e}");
-    }
 
     #[test]
     fn pixel_hand_cases() {

@@ -1,7 +1,7 @@
 //! Progress on stderr for the command line: bars (indicatif) when stderr is a terminal, sparse
 //! plain lines when it is not (logs, CI), nothing with `--quiet`. stdout is never touched, so it
 //! stays machine-readable.
-use crate::pipeline::Stage;
+use adp_host::detect::Stage;
 use adp_api::requests::Flow;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -172,11 +172,6 @@ impl StageBars {
             self.end_stage();
         }
         self.observe(stage)
-    }
-
-    /// Runs `f` (printing, say) with the bars hidden, so lines and bars do not mix.
-    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.multi.suspend(f)
     }
 
     /// Ends every bar (the run bar at its total).

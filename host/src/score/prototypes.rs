@@ -1,7 +1,7 @@
 //! Self-tuning and the language score (SPEC §6, eqs. 5–7 and 10): each concept's weight from the
 //! pseudo-validation set, the weighted normal and anomalous prototypes over the 27 templates, and
 //! the probability of the anomalous prototype.
-use crate::prompts::{State, TEMPLATES};
+use super::prompts::{State, TEMPLATES};
 use adp_api::requests::Prompt;
 use adp_api::{Concept, Error, ImageBatch, Result, TextImageEncoder};
 

@@ -2,12 +2,16 @@
 //! images, fit, score every test image; image AUROC (and pixel AUROC where masks exist), mean ±
 //! std over seeds; a JSON report, a markdown table in the paper's shape (rows = categories,
 //! columns = methods × shots) and heat-map overlays for a few good and defective images.
-use crate::dataset::{self, Sample};
-use crate::detector::file_hash;
+pub mod bench;
+pub mod dataset;
+pub mod metrics;
+
+use crate::detect::file::file_hash;
+use crate::detect::fit::fit_files;
+use crate::detect::{Checkpoints, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
 use crate::images::read_resized;
-use crate::metrics::{image_auroc, PixelAuroc};
-use crate::pipeline::{Checkpoints, Scoring, FitOptions, Fitter, ImageScore, Method, Stage};
-use crate::visual::VisualModel;
+use dataset::Sample;
+use metrics::{image_auroc, PixelAuroc};
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
 use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
@@ -181,11 +185,8 @@ impl<'a> Fitted<'a> {
                 model.score_features(VisualModel::memory(&detector)?, features, sizes)
             }
             Fitted::Clip { backend, checkpoints, sd } => {
-                let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("method", format!("{} needs a CLIP checkpoint (--clip)", fit.method.name())))?;
-                let size = clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)));
-                let support = read_resized(shots, size)?;
                 let device = fit.device;
-                let detector = Fitter { backend: *backend, clip, sd: *sd, options: fit }.fit(&support, observer)?;
+                let detector = fit_files(*backend, checkpoints, *sd, shots, fit, observer)?;
                 Scoring::open(*backend, checkpoints, detector, device)?.score(tests)
             }
         }

@@ -3,20 +3,15 @@
 //! features are the reference memory; a test patch's score is its distance to the nearest one
 //! (SPEC eq. 8 on backbone features); the image score is the maximum of the smoothed map, as
 //! PatchCore does.
-use crate::association::anomaly_map;
-use crate::detector::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
-use crate::pipeline::{FitOptions, ImageScore, Stage};
+use super::file::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use super::{FitOptions, ImageScore, Stage};
+use crate::score::association::anomaly_map;
 use adp_api::requests::{FeatureKind, Flow, ReferenceMemory};
 use adp_api::{BackboneCheckpoint, Backend, Device, Error, FeatureExtractor, ImageBatch, Result, Scorer, Tensor};
 use std::collections::BTreeMap;
 
 /// Smoothing of the patch map, in pixels at the backbone's input size (PatchCore: σ = 4 at 224).
 pub const SIGMA: f32 = 4.0;
-
-/// The default backbone file, provided by `scripts/setup-weights.sh`.
-pub fn default_backbone() -> std::path::PathBuf {
-    adp_api::config::efficientnet::default_weights_dir().join("efficientnet-lite0.safetensors")
-}
 
 /// Opens the backbone (after checking its file names every tensor with its shape) and a scorer.
 pub struct VisualModel {

@@ -1,0 +1,79 @@
+//! Arguments several subcommands share.
+use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device};
+use adp_host::detect::{default_backbone, Checkpoints, Method};
+use adp_host::plugin::{self, Plugin};
+use std::path::PathBuf;
+
+/// Where plugins are searched.
+#[derive(clap::Args)]
+pub struct PluginDirs {
+    /// Folder to search for plugins (repeatable). Default: $ADP_PLUGIN_PATH, else the folder of
+    /// `adp`.
+    #[arg(long = "plugin-dir")]
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+impl PluginDirs {
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        plugin::plugin_dirs(&self.plugin_dirs)
+    }
+    /// The plugin named by backend name (searched in the folders) or by path.
+    pub fn find(&self, name_or_path: &str) -> adp_api::Result<Plugin> {
+        plugin::find(name_or_path, &self.dirs())
+    }
+}
+
+/// The models a fit or an evaluation runs on.
+#[derive(clap::Args)]
+pub struct Models {
+    /// open_clip checkpoint folder (`open_clip_config.json`, `open_clip_model.safetensors`);
+    /// needed by every method but `visual`.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// EfficientNet-Lite safetensors for `visual` [default: the one scripts/setup-weights.sh
+    /// provides, $ADP_WEIGHTS_DIR/efficientnet-lite0.safetensors]
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
+    /// Stable Diffusion folder (diffusers layout); not needed by `winclip` and `visual`.
+    #[arg(long)]
+    pub sd: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+}
+
+impl Models {
+    /// The default method for these models: ADP with `--clip`, else `visual`.
+    pub fn default_method(&self) -> Method {
+        Method::default_for(self.clip.is_some())
+    }
+    /// CLIP where given; the backbone where one of `methods` needs it.
+    pub fn checkpoints(&self, methods: &[Method]) -> anyhow::Result<Checkpoints> {
+        let backbone = match methods.iter().any(|m| !m.needs_clip()) {
+            true => Some(BackboneCheckpoint::from_file(&self.backbone.clone().unwrap_or_else(default_backbone))?),
+            false => None,
+        };
+        Ok(Checkpoints { clip: self.clip.as_deref().map(ClipCheckpoint::from_dir).transpose()?, backbone })
+    }
+    pub fn sd(&self) -> anyhow::Result<Option<adp_api::DiffusionSpec>> {
+        Ok(self.sd.as_deref().map(adp_api::DiffusionSpec::from_dir).transpose()?)
+    }
+}
+
+/// Fitting hyperparameters shared by `adp fit` and `adp eval`.
+#[derive(clap::Args)]
+pub struct Training {
+    /// Optimisation steps per concept (the paper: 3000).
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 30)]
+    pub ddim_steps: usize,
+    #[arg(long, default_value_t = 20)]
+    pub validation_pseudo: usize,
+}
+
+/// Parses a method name (`adp`, `adp-label`, `winclip`, `ti`, `cn`, `ca`, `visual`).
+pub fn method(s: &str) -> Result<Method, String> {
+    s.parse().map_err(|e: adp_api::Error| e.to_string())
+}

@@ -1,0 +1,39 @@
+//! `adp embed`: a CLIP checkpoint's image and text embeddings as JSON lines, to check it against
+//! open_clip.
+use crate::common::PluginDirs;
+use adp_api::{Backend, ClipCheckpoint, Device, ImageBatch, Prompt};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plugin name (searched like `adp plugins` does) or path.
+    #[arg(long)]
+    plugin: String,
+    #[command(flatten)]
+    plugins: PluginDirs,
+    /// Folder with `open_clip_config.json` and `open_clip_model.safetensors`.
+    #[arg(long)]
+    clip: PathBuf,
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    #[arg(long = "text")]
+    texts: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let backend = a.plugins.find(&a.plugin)?;
+    let encoder = backend.text_image_encoder(&ClipCheckpoint::from_dir(&a.clip)?, a.device)?;
+    for path in &a.images {
+        let e = encoder.image_embeddings(&ImageBatch::read_files(std::slice::from_ref(path))?)?;
+        println!("{}", serde_json::json!({ "image": path, "embedding": e.data() }));
+    }
+    if !a.texts.is_empty() {
+        let e = encoder.text_embeddings(&a.texts.iter().map(Prompt::plain).collect::<Vec<_>>())?;
+        for (i, text) in a.texts.iter().enumerate() {
+            println!("{}", serde_json::json!({ "text": text, "embedding": e.row(i) }));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays.
+use crate::common::{method, Models, PluginDirs, Training};
+use crate::progress::{Output, StageBars};
+use adp_host::detect::{FitOptions, Method};
+use adp_host::eval::{self, dataset, EvalOptions};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "candle")]
+    plugin: String,
+    #[command(flatten)]
+    plugins: PluginDirs,
+    #[command(flatten)]
+    models: Models,
+    /// Dataset root (MVTec-AD layout, or VisA with split_csv/1cls.csv).
+    #[arg(long)]
+    data: PathBuf,
+    /// Categories (repeatable); all of the dataset's when absent.
+    #[arg(long = "category")]
+    categories: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    shots: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// Repeatable [default: adp with --clip, else visual]
+    #[arg(long = "method", value_parser = method)]
+    methods: Vec<Method>,
+    #[arg(long)]
+    label: Option<String>,
+    #[command(flatten)]
+    training: Training,
+    /// Only the first N good and N defective test images per category (smoke runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Overlays written per category for good and for defective images.
+    #[arg(long, default_value_t = 3)]
+    overlays: usize,
+    /// Nothing on stderr but errors (no progress bars, no table); stdout keeps one JSON line per run.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let backend = a.plugins.find(&a.plugin)?;
+    let methods = if a.methods.is_empty() { vec![a.models.default_method()] } else { a.methods };
+    let (checkpoints, sd) = (a.models.checkpoints(&methods)?, a.models.sd()?);
+    let categories = if a.categories.is_empty() { dataset::categories(&a.data)? } else { a.categories };
+    let t = a.training;
+    let fit = FitOptions {
+        label: a.label,
+        device: a.models.device,
+        steps: t.steps,
+        batch_size: t.batch_size,
+        ddim_steps: t.ddim_steps,
+        validation_pseudo: t.validation_pseudo,
+        ..Default::default()
+    };
+    let options = EvalOptions {
+        data: a.data,
+        categories,
+        shots: a.shots,
+        seeds: a.seeds,
+        methods,
+        fit,
+        limit: a.limit,
+        overlays: a.overlays,
+        out: a.out,
+    };
+    let runs = options.categories.len() * options.methods.len() * options.shots.len() * options.seeds.len();
+    let mut bars = StageBars::with_runs(Output::detect(a.quiet), runs);
+    let report = eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, s| bars.observe_run(tag, s))?;
+    bars.finish();
+    for r in &report.runs {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    if !a.quiet {
+        eprintln!("{}", eval::markdown(&report, &options));
+        eprintln!("report: {}", options.out.join("report.md").display());
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `adp fit`: a detector from a support set of normal photos.
+use crate::common::{method, Models, PluginDirs, Training};
+use crate::progress::{Output, StageBars};
+use adp_host::detect::{fit::fit_files, FitOptions, Method};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "candle")]
+    plugin: String,
+    #[command(flatten)]
+    plugins: PluginDirs,
+    #[command(flatten)]
+    models: Models,
+    /// A folder of images, or image files.
+    #[arg(long, num_args = 1.., required = true)]
+    support: Vec<PathBuf>,
+    #[arg(long)]
+    label: Option<String>,
+    /// adp, adp-label, winclip, ti, cn, ca or visual [default: adp with --clip, else visual]
+    #[arg(long, value_parser = method)]
+    method: Option<Method>,
+    #[command(flatten)]
+    training: Training,
+    #[arg(long, default_value_t = 5e-4)]
+    learning_rate: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Nothing on stderr but errors (no progress bars); stdout keeps its one JSON line.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let backend = a.plugins.find(&a.plugin)?;
+    let method = a.method.unwrap_or(a.models.default_method());
+    if method.needs_clip() && a.models.clip.is_none() {
+        anyhow::bail!("--method {method} needs --clip DIR");
+    }
+    let files = adp_host::images::list(&a.support)?;
+    let t = a.training;
+    let options = FitOptions {
+        method,
+        label: a.label,
+        device: a.models.device,
+        steps: t.steps,
+        learning_rate: a.learning_rate,
+        batch_size: t.batch_size,
+        ddim_steps: t.ddim_steps,
+        validation_pseudo: t.validation_pseudo,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
+    let mut bars = StageBars::new(Output::detect(a.quiet));
+    let detector = fit_files(&backend, &checkpoints, sd.as_ref(), &files, options, &mut |s| bars.observe(s))?;
+    bars.finish();
+    detector.save(&a.output)?;
+    let mut line = serde_json::json!({ "detector": a.output, "method": detector.header.method, "support": files.len() });
+    if method.needs_clip() {
+        line["weights"] = serde_json::json!(detector.header.weights);
+    }
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `adp`: few-shot industrial anomaly detection from the command line. Each subcommand lives in
+//! its own file: it parses, calls the library, prints.
+mod bench;
+mod common;
+mod embed;
+mod eval;
+mod fit;
+mod fixtures;
+mod plugins;
+mod progress;
+mod score;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "adp", version, about = "Few-shot anomaly detection via personalization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every plugin found, with its version, ABI, devices and the traits it provides.
+    Plugins(plugins::Args),
+    /// Print image and text embeddings of a CLIP checkpoint as JSON, to check it against a
+    /// reference.
+    Embed(embed::Args),
+    /// Fit a detector on a support set of normal images. With `--clip` (and `--sd`): ADP;
+    /// without: the `visual` method on the pretrained EfficientNet-Lite backbone.
+    Fit(fit::Args),
+    /// Score images with a fitted detector: one JSON line per image.
+    Score(score::Args),
+    /// Run the evaluation protocol and write report.json, report.md and overlays.
+    Eval(eval::Args),
+    /// Time the `visual` method per image (backbone patch features, reference association) on one
+    /// or more plugins in the same run; each row gives its ratio to the first plugin.
+    Bench(bench::Args),
+    /// Write deterministic small checkpoints in the real layouts: an open_clip ViT (`clip/`) and
+    /// diffusers folders (`sd-epsilon/`, `sd-v/`).
+    Fixtures(fixtures::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Plugins(a) => plugins::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Fixtures(a) => fixtures::run(a),
+    }
+}

@@ -1,0 +1,9 @@
+//! Backend plugins: a library opened once ([`library`]), the proxy that makes it an ordinary
+//! [`adp_api::Backend`] ([`proxy`]), and finding plugins by name or path ([`discovery`]).
+//! Dependencies point one way: library ← proxy ← discovery.
+pub mod discovery;
+pub mod library;
+pub mod proxy;
+
+pub use discovery::{discover, find, load, plugin_dirs, PLUGIN_PATH_ENV};
+pub use proxy::Plugin;
