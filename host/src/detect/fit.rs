@@ -63,7 +63,18 @@ impl Fitter<'_> {
         concat(&out)
     }
 
-    fn learn(&self, opt: &dyn adp_api::ConceptOptimizer, name: &str, init: Vec<f32>, objective: Objective, support: &ImageBatch, pseudo: Option<ImageBatch>, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<Concept> {
+    /// Learns concept `name` from `init` towards `goal`: its objective, with the pseudo-anomalies
+    /// the anomaly-aware objective pushes away from.
+    fn learn(
+        &self,
+        opt: &dyn adp_api::ConceptOptimizer,
+        name: &str,
+        init: Vec<f32>,
+        goal: (Objective, Option<ImageBatch>),
+        support: &ImageBatch,
+        observer: &mut dyn FnMut(&Stage) -> Flow,
+    ) -> Result<Concept> {
+        let (objective, pseudo) = goal;
         let o = &self.options;
         let request = LearnRequest {
             name: name.into(),
@@ -107,14 +118,14 @@ impl Fitter<'_> {
             let sd_support = resize(support, dif.dims().image_size, dif.dims().image_size);
             let init = enc.token_embedding("object")?;
             if o.method == Method::Ti {
-                concepts.push(ConceptToken::Learned(self.learn(&*opt, "c_ti", init, Objective::DiffusionOnly, support, None, observer)?));
+                concepts.push(ConceptToken::Learned(self.learn(&*opt, "c_ti", init, (Objective::DiffusionOnly, None), support, observer)?));
             } else {
-                let c_n = self.learn(&*opt, "c_n", init, Objective::NormalAware { alpha: o.alpha_normal }, support, None, observer)?;
+                let c_n = self.learn(&*opt, "c_n", init, (Objective::NormalAware { alpha: o.alpha_normal }, None), support, observer)?;
                 if o.method != Method::Cn {
                     let prompts = [Prompt::plain("a photo with damage"), Prompt::plain("a photo of an object with damage")];
                     let pseudo = self.synthesize(&*dif, &sd_support, &prompts, o.pseudo_per_image * support.len(), 1, observer)?;
                     let objective = Objective::AnomalyAware { alpha: o.alpha_anomaly, gamma: o.gamma };
-                    let c_a = self.learn(&*opt, "c_a", c_n.vector.clone(), objective, support, Some(pseudo), observer)?;
+                    let c_a = self.learn(&*opt, "c_a", c_n.vector.clone(), (objective, Some(pseudo)), support, observer)?;
                     let ph = &c_a.placeholder;
                     let prompts = [
                         Prompt::with_concept(format!("a photo of a damaged {ph}"), ph, &c_a.vector),

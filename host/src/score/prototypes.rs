@@ -96,7 +96,7 @@ pub struct Prototypes {
 /// Eq. 6: the weight-averaged state embeddings of the concepts.
 pub fn prototypes(concepts: &[WeightedConcept]) -> Result<Prototypes> {
     let total: f32 = concepts.iter().map(|c| c.weight).sum();
-    if concepts.is_empty() || !(total > 0.0) {
+    if concepts.is_empty() || total.is_nan() || total <= 0.0 {
         return Err(Error::invalid("concept weights", format!("their sum {total} must be positive")));
     }
     let mix = |pick: fn(&WeightedConcept) -> &Vec<f32>| {
