@@ -1,6 +1,6 @@
 //! `adp bench`: the `visual` method timed per image on several plugins in one run.
-use crate::common::PluginDirs;
-use adp_api::{BackboneCheckpoint, Backend, Device};
+use crate::common::{PluginDirs, Run};
+use adp_api::{BackboneCheckpoint, Backend};
 use adp_host::detect::default_backbone;
 use adp_host::eval::bench::{self, BenchOptions};
 use adp_host::images::{list, read_resized};
@@ -22,11 +22,8 @@ pub struct Args {
     /// Timed repetitions per plugin, after one warm-up; medians are reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// No table on stderr; stdout keeps one JSON line per plugin.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: Run,
     /// Folders of images, or image files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -46,11 +43,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let size = backbone.config.image_size;
     let (support, test) = (read_resized(&files[..shots], size)?, read_resized(&files[shots..], size)?);
-    let rows = bench::visual(&backends, &backbone, &support, &test, BenchOptions { repeats: a.repeats, device: a.device })?;
+    let rows = bench::visual(&backends, &backbone, &support, &test, BenchOptions { repeats: a.repeats, device: a.run.device })?;
     for r in &rows {
         println!("{}", serde_json::to_string(r)?);
     }
-    if !a.quiet {
+    if !a.run.quiet {
         eprint!("{}", bench::markdown(&rows));
     }
     Ok(())

@@ -23,9 +23,24 @@ impl PluginDirs {
     }
 }
 
-/// The models a fit or an evaluation runs on.
+/// Where the work runs and what stderr shows.
+#[derive(clap::Args)]
+pub struct Run {
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Nothing on stderr but errors (no progress bars, no tables); stdout keeps its JSON lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The plugin and models a fit or an evaluation runs on.
 #[derive(clap::Args)]
 pub struct Models {
+    /// Plugin name (searched in the plugin folders) or path.
+    #[arg(long, default_value = "candle")]
+    pub plugin: String,
+    #[command(flatten)]
+    pub dirs: PluginDirs,
     /// open_clip checkpoint folder (`open_clip_config.json`, `open_clip_model.safetensors`);
     /// needed by every method but `visual`.
     #[arg(long)]
@@ -37,11 +52,12 @@ pub struct Models {
     /// Stable Diffusion folder (diffusers layout); not needed by `winclip` and `visual`.
     #[arg(long)]
     pub sd: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
 }
 
 impl Models {
+    pub fn backend(&self) -> adp_api::Result<Plugin> {
+        self.dirs.find(&self.plugin)
+    }
     /// The default method for these models: ADP with `--clip`, else `visual`.
     pub fn default_method(&self) -> Method {
         Method::default_for(self.clip.is_some())

@@ -1,5 +1,5 @@
 //! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays.
-use crate::common::{method, Models, PluginDirs, Training};
+use crate::common::{method, Models, Run, Training};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{FitOptions, Method};
 use adp_host::eval::{self, dataset, EvalOptions};
@@ -7,10 +7,6 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = "candle")]
-    plugin: String,
-    #[command(flatten)]
-    plugins: PluginDirs,
     #[command(flatten)]
     models: Models,
     /// Dataset root (MVTec-AD layout, or VisA with split_csv/1cls.csv).
@@ -36,22 +32,21 @@ pub struct Args {
     /// Overlays written per category for good and for defective images.
     #[arg(long, default_value_t = 3)]
     overlays: usize,
-    /// Nothing on stderr but errors (no progress bars, no table); stdout keeps one JSON line per run.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: Run,
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let backend = a.plugins.find(&a.plugin)?;
+    let backend = a.models.backend()?;
     let methods = if a.methods.is_empty() { vec![a.models.default_method()] } else { a.methods };
     let (checkpoints, sd) = (a.models.checkpoints(&methods)?, a.models.sd()?);
     let categories = if a.categories.is_empty() { dataset::categories(&a.data)? } else { a.categories };
     let t = a.training;
     let fit = FitOptions {
         label: a.label,
-        device: a.models.device,
+        device: a.run.device,
         steps: t.steps,
         batch_size: t.batch_size,
         ddim_steps: t.ddim_steps,
@@ -70,13 +65,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         out: a.out,
     };
     let runs = options.categories.len() * options.methods.len() * options.shots.len() * options.seeds.len();
-    let mut bars = StageBars::with_runs(Output::detect(a.quiet), runs);
+    let mut bars = StageBars::with_runs(Output::detect(a.run.quiet), runs);
     let report = eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, s| bars.observe_run(tag, s))?;
     bars.finish();
     for r in &report.runs {
         println!("{}", serde_json::to_string(r)?);
     }
-    if !a.quiet {
+    if !a.run.quiet {
         eprintln!("{}", eval::markdown(&report, &options));
         eprintln!("report: {}", options.out.join("report.md").display());
     }

@@ -1,15 +1,11 @@
 //! `adp fit`: a detector from a support set of normal photos.
-use crate::common::{method, Models, PluginDirs, Training};
+use crate::common::{method, Models, Run, Training};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{fit::fit_files, FitOptions, Method};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = "candle")]
-    plugin: String,
-    #[command(flatten)]
-    plugins: PluginDirs,
     #[command(flatten)]
     models: Models,
     /// A folder of images, or image files.
@@ -26,15 +22,14 @@ pub struct Args {
     learning_rate: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Nothing on stderr but errors (no progress bars); stdout keeps its one JSON line.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: Run,
     #[arg(short = 'o', long)]
     output: PathBuf,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let backend = a.plugins.find(&a.plugin)?;
+    let backend = a.models.backend()?;
     let method = a.method.unwrap_or(a.models.default_method());
     if method.needs_clip() && a.models.clip.is_none() {
         anyhow::bail!("--method {method} needs --clip DIR");
@@ -44,7 +39,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let options = FitOptions {
         method,
         label: a.label,
-        device: a.models.device,
+        device: a.run.device,
         steps: t.steps,
         learning_rate: a.learning_rate,
         batch_size: t.batch_size,
@@ -54,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
-    let mut bars = StageBars::new(Output::detect(a.quiet));
+    let mut bars = StageBars::new(Output::detect(a.run.quiet));
     let detector = fit_files(&backend, &checkpoints, sd.as_ref(), &files, options, &mut |s| bars.observe(s))?;
     bars.finish();
     detector.save(&a.output)?;

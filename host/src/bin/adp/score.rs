@@ -1,7 +1,7 @@
 //! `adp score`: one JSON line per photo from a fitted detector.
-use crate::common::PluginDirs;
+use crate::common::{PluginDirs, Run};
 use crate::progress::{item_bar, Output};
-use adp_api::{Device, Error, ImageBatch};
+use adp_api::{Error, ImageBatch};
 use adp_host::detect::{DetectorFile, Scoring};
 use std::path::PathBuf;
 
@@ -22,11 +22,8 @@ pub struct Args {
     /// Write each anomaly map as a grey-scale PNG here.
     #[arg(long)]
     maps: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Nothing on stderr but errors (no progress bar); stdout keeps one JSON line per image.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: Run,
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -35,12 +32,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let detector = DetectorFile::load(&a.detector)?;
     let backend = a.plugins.find(a.plugin.as_deref().unwrap_or(&detector.header.backend))?;
     let checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
-    let scoring = Scoring::open(&backend, &checkpoints, detector, a.device)?;
+    let scoring = Scoring::open(&backend, &checkpoints, detector, a.run.device)?;
     if let Some(dir) = &a.maps {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let files = adp_host::images::list(&a.images)?;
-    let bar = item_bar(Output::detect(a.quiet), files.len() as u64, "scoring");
+    let bar = item_bar(Output::detect(a.run.quiet), files.len() as u64, "scoring");
     for file in files {
         let s = scoring.score(&[ImageBatch::read_files(std::slice::from_ref(&file))?])?.remove(0);
         let map = match &a.maps {
