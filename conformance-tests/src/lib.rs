@@ -101,7 +101,6 @@ pub const CASES: &[Case] = with_suite!(case_table);
 
 /// The suite, each case once: `group(module, capability) [case, …]`, each case a function of
 /// `module`. Hands the list to the macro `$then` (a table, or tests).
-#[doc(hidden)]
 #[macro_export]
 macro_rules! with_suite {
     ($then:ident) => {
