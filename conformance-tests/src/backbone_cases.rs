@@ -3,12 +3,12 @@
 //! photos (`goldens/efficientnet_lite{0,2}.safetensors`, from `tools/golden/make_efficientnet_golden.py`):
 //! preprocessing, every stored stage, the head, the logits and the patch features; batching,
 //! chunking and threads; bad checkpoints and bad inputs.
-use crate::goldens::{assert_close, Golden, FORWARD_TOLERANCE};
+use crate::cases::{alone_in_threads_matches_batch, row};
+use crate::goldens::Golden;
+use crate::tolerance::{assert_close, assert_reordered, FORWARD};
 use adp_api::config::efficientnet::{default_weights_dir, FEATURE_GROUPS};
 use adp_api::preprocess::{backbone_input, resize};
 use adp_api::{BackboneCheckpoint, Backend, Device, EfficientNetConfig, Error, FeatureExtractor, ImageBatch, Tensor};
-use std::path::PathBuf;
-use std::sync::Arc;
 
 /// The pretrained backbone `efficientnet-{model}.safetensors` of the weights folder; its absence
 /// fails the case (CI provisions it).
@@ -34,30 +34,11 @@ fn golden_pixels(g: &Golden) -> ImageBatch {
     ImageBatch::new(g.f32("pixels_01")).expect("golden pixels")
 }
 
-/// The shared data folder the goldens' `images` are relative to, or `None` (with a message) where
-/// it is absent, as the other real-image tests do.
-fn shared_data() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    if root.is_dir() {
-        Some(root)
-    } else {
-        eprintln!("{} is absent: the original photos of the backbone goldens are not checked", root.display());
-        None
-    }
-}
-
 /// The golden's original photos, each read alone (they need not share a size).
 fn golden_photos(g: &Golden) -> Option<Vec<ImageBatch>> {
-    let root = shared_data()?;
+    let root = crate::shared_data("", "checking the original photos of the backbone goldens")?;
     let files: Vec<String> = serde_json::from_value(g.meta_json("images")).expect("images list");
     Some(files.iter().map(|f| ImageBatch::read_files(&[root.join(f)]).unwrap_or_else(|e| panic!("{e}"))).collect())
-}
-
-/// One image of a `[N, …]` tensor as `[1, …]`.
-fn row(t: &Tensor, i: usize) -> Tensor {
-    let mut shape = t.shape().to_vec();
-    shape[0] = 1;
-    Tensor::new(shape, t.row(i).to_vec()).unwrap()
 }
 
 /// `(x·255 − 127) / 128`, the golden's normalisation, in its order of operations.
@@ -85,7 +66,7 @@ pub fn preprocessing_matches_the_reference(backend: &dyn Backend) {
         assert_eq!(resized.pixels().data(), row(&pixels, i).data(), "photo {i}: Pillow's bicubic resize to {size}×{size} differs from the golden pixels_01");
         assert_close(&format!("photo {i}: backbone input"), &backbone_input(photo, &ckpt.config), &golden_input(&row(&pixels, i)), 1e-6);
         let f = ex.patch_features(photo).unwrap();
-        assert_close(&format!("photo {i} ({}×{}): patch features", photo.height(), photo.width()), &f, &row(&golden_features, i), FORWARD_TOLERANCE);
+        assert_close(&format!("photo {i} ({}×{}): patch features", photo.height(), photo.width()), &f, &row(&golden_features, i), FORWARD);
     }
 }
 
@@ -111,18 +92,18 @@ fn outputs_match(backend: &dyn Backend, model: &str) {
     }
     assert!(stored.iter().all(|s| FEATURE_GROUPS.contains(s)) && !stored.is_empty(), "stored stages {stored:?}");
     for k in stored {
-        assert_close(&format!("{model} stage {k}"), &out.stages[k], &g.f32(&format!("stage.{k}")), FORWARD_TOLERANCE);
+        assert_close(&format!("{model} stage {k}"), &out.stages[k], &g.f32(&format!("stage.{k}")), FORWARD);
     }
     assert!(g.has("head") || model != "lite0", "the lite0 golden stores the head features");
     if g.has("head") {
-        assert_close(&format!("{model} head"), &out.head, &g.f32("head"), FORWARD_TOLERANCE);
+        assert_close(&format!("{model} head"), &out.head, &g.f32("head"), FORWARD);
     }
     assert_eq!(out.head.shape(), &[n, adp_api::config::efficientnet::HEAD_WIDTH, grids[6], grids[6]]);
-    assert_close(&format!("{model} logits"), &out.logits, &g.f32("logits"), FORWARD_TOLERANCE);
+    assert_close(&format!("{model} logits"), &out.logits, &g.f32("logits"), FORWARD);
     let f = ex.patch_features(&images).unwrap();
     let d = cfg.feature_dims();
     assert_eq!(f.shape(), &[n, d.grid * d.grid, d.dim]);
-    assert_close(&format!("{model} patch features"), &f, &g.f32("patch_features"), FORWARD_TOLERANCE);
+    assert_close(&format!("{model} patch features"), &f, &g.f32("patch_features"), FORWARD);
 }
 
 pub fn lite0_matches_the_reference(backend: &dyn Backend) {
@@ -140,19 +121,12 @@ pub fn lite2_matches_the_reference(backend: &dyn Backend) {
 pub fn extractor_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn Backend) {
     let ckpt = pretrained("lite0");
     let g = Golden::open(&golden_name("lite0"));
-    let ex: Arc<dyn FeatureExtractor> = Arc::from(extractor(backend, &ckpt));
+    let ex = extractor(backend, &ckpt);
     let images = golden_pixels(&g);
     let batch = ex.patch_features(&images).unwrap();
     assert_eq!(batch, ex.patch_features(&images).unwrap(), "two identical calls differ");
-    let threads: Vec<_> = (0..images.len())
-        .map(|i| {
-            let (ex, one) = (ex.clone(), images.image(i));
-            std::thread::spawn(move || ex.patch_features(&one).unwrap())
-        })
-        .collect();
-    for (i, t) in threads.into_iter().enumerate() {
-        assert_close(&format!("image {i} alone vs in a batch"), &t.join().unwrap(), &row(&batch, i), 1e-5);
-    }
+    let alone = |i| ex.patch_features(&images.image(i)).unwrap();
+    alone_in_threads_matches_batch("patch features", &batch, images.len(), alone);
     // 9 images: more than one chunk of 8 in both backends.
     let order = [0, 1, 1, 0, 1, 0, 0, 1, 1];
     let data: Vec<f32> = order.iter().flat_map(|&i| images.pixels().row(i).to_vec()).collect();
@@ -161,7 +135,7 @@ pub fn extractor_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn 
     let long = ex.patch_features(&ImageBatch::new(Tensor::new(shape, data).unwrap()).unwrap()).unwrap();
     assert_eq!(long.shape()[0], order.len());
     for (k, &i) in order.iter().enumerate() {
-        assert_close(&format!("image {k} of a 9-image batch"), &row(&long, k), &row(&batch, i), 1e-5);
+        assert_reordered(&format!("image {k} of a 9-image batch"), &row(&long, k), &row(&batch, i));
     }
 }
 
@@ -246,9 +220,9 @@ pub fn extractors_agree(a: &dyn Backend, b: &dyn Backend) {
     let images = ImageBatch::new(Tensor::from_fn(vec![2, 3, 240, 200], |i| ((i * 2654435761usize) % 1000) as f32 / 1000.0)).unwrap();
     let (oa, ob) = (ea.backbone_outputs(&images).unwrap(), eb.backbone_outputs(&images).unwrap());
     for (k, (sa, sb)) in oa.stages.iter().zip(&ob.stages).enumerate() {
-        assert_close(&format!("stage {k} across backends"), sb, sa, FORWARD_TOLERANCE);
+        assert_close(&format!("stage {k} across backends"), sb, sa, FORWARD);
     }
-    assert_close("head across backends", &ob.head, &oa.head, FORWARD_TOLERANCE);
-    assert_close("logits across backends", &ob.logits, &oa.logits, FORWARD_TOLERANCE);
-    assert_close("patch features across backends", &eb.patch_features(&images).unwrap(), &ea.patch_features(&images).unwrap(), FORWARD_TOLERANCE);
+    assert_close("head across backends", &ob.head, &oa.head, FORWARD);
+    assert_close("logits across backends", &ob.logits, &oa.logits, FORWARD);
+    assert_close("patch features across backends", &eb.patch_features(&images).unwrap(), &ea.patch_features(&images).unwrap(), FORWARD);
 }

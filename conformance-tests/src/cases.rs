@@ -1,7 +1,7 @@
 //! The cases. Each panics with a message naming what broke.
 use adp_api::requests::FeatureKind;
-use adp_api::{BackboneCheckpoint, Backend, Capability, ClipCheckpoint, ClipConfig, Device, EfficientNetConfig, Error, Tensor};
-use std::sync::Arc;
+use crate::tolerance::assert_reordered;
+use adp_api::{BackboneCheckpoint, Backend, Capability, Device, EfficientNetConfig, Error, ImageBatch, Tensor};
 
 /// Runs `case` when the backend declares `capability`; a backend is held to what it declares.
 pub fn when_declared(backend: &dyn Backend, capability: Capability, case: fn(&dyn Backend)) {
@@ -22,22 +22,28 @@ pub fn info_is_consistent(backend: &dyn Backend) {
     assert_eq!(provides.len(), info.provides.len(), "{}: capability listed twice", info.name);
 }
 
+/// Opens `capability`'s part of `backend` with placeholder checkpoints that name no real file.
+fn open_part(backend: &dyn Backend, capability: Capability) -> adp_api::Result<()> {
+    let (clip, sd) = adp_plugin_test_fixture::dummy_specs();
+    match capability {
+        Capability::TextImageEncoder => backend.text_image_encoder(&clip, Device::Cpu).map(drop),
+        Capability::LatentDiffuser => backend.latent_diffuser(&sd, Device::Cpu).map(drop),
+        Capability::ConceptOptimizer => backend.concept_optimizer(&clip, &sd, Device::Cpu).map(drop),
+        Capability::Scorer => backend.scorer(Device::Cpu).map(drop),
+        Capability::FeatureExtractor => {
+            let weights = "none.safetensors".into();
+            let backbone = BackboneCheckpoint { config: EfficientNetConfig::lite0(), weights };
+            backend.feature_extractor(&backbone, Device::Cpu).map(drop)
+        }
+    }
+}
+
 /// A part the backend does not declare must be refused with `Unsupported`, not faked.
 pub fn undeclared_parts_are_refused(backend: &dyn Backend) {
     let info = backend.info();
-    if !info.provides.contains(&Capability::Scorer) {
-        let err = backend.scorer(Device::Cpu).err().expect("undeclared scorer was created");
-        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    }
-    if !info.provides.contains(&Capability::TextImageEncoder) {
-        let clip = ClipCheckpoint { config: ClipConfig::vit_b_16(), config_path: "none.json".into(), weights: "none.safetensors".into() };
-        let err = backend.text_image_encoder(&clip, Device::Cpu).err().expect("undeclared encoder was created");
-        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    }
-    if !info.provides.contains(&Capability::FeatureExtractor) {
-        let backbone = BackboneCheckpoint { config: EfficientNetConfig::lite0(), weights: "none.safetensors".into() };
-        let err = backend.feature_extractor(&backbone, Device::Cpu).err().expect("undeclared feature extractor was created");
-        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    for capability in Capability::ALL.into_iter().filter(|c| !info.provides.contains(c)) {
+        let err = open_part(backend, capability).err().unwrap_or_else(|| panic!("undeclared {capability} was created"));
+        assert!(matches!(err, Error::Unsupported { .. }), "undeclared {capability}: {err}");
     }
 }
 
@@ -48,6 +54,64 @@ pub fn features(shape: Vec<usize>, seed: u64) -> Tensor {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     })
+}
+
+/// `n` deterministic pseudo-random RGB images of `size`×`size` pixels in [0, 1].
+pub fn images(n: usize, size: usize, seed: u64) -> ImageBatch {
+    let f = features(vec![n, 3, size, size], seed);
+    ImageBatch::new(Tensor::from_fn(f.shape().to_vec(), |i| (f.data()[i] + 1.0) / 2.0)).expect("images")
+}
+
+/// Item `i` of a `[N, …]` tensor, as `[1, …]`.
+pub fn row(t: &Tensor, i: usize) -> Tensor {
+    let mut shape = t.shape().to_vec();
+    shape[0] = 1;
+    Tensor::new(shape, t.row(i).to_vec()).unwrap()
+}
+
+/// `calls` calls at once, each in its own thread: call `k` computes item `k % N` alone, which must be
+/// its row of `batch` (all `N` items computed together) up to the order of float operations.
+pub fn alone_in_threads_matches_batch(
+    what: &str,
+    batch: &Tensor,
+    calls: usize,
+    alone: impl Fn(usize) -> Tensor + Sync,
+) {
+    let n = batch.shape()[0];
+    std::thread::scope(|s| {
+        let alone = &alone;
+        let handles: Vec<_> = (0..calls).map(|k| s.spawn(move || alone(k % n))).collect();
+        for (k, h) in handles.into_iter().enumerate() {
+            let single = h.join().expect("thread");
+            let what = format!("{what}: item {} alone (call {k}) vs in the batch", k % n);
+            assert_reordered(&what, &single, &row(batch, k % n));
+        }
+    });
+}
+
+/// The autograd gradient `grad` of `f` at `x` against central differences with step `h` on
+/// `components`: each within `rel` × max |grad| + `abs`.
+pub fn assert_gradient_matches_finite_differences(
+    grad: &[f32],
+    x: &[f32],
+    components: impl IntoIterator<Item = usize>,
+    h: f32,
+    (rel, abs): (f64, f64),
+    f: impl Fn(&[f32]) -> f64,
+) {
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(scale > 0.0, "the gradient is identically zero");
+    let mut worst = 0f64;
+    for k in components {
+        let (mut up, mut down) = (x.to_vec(), x.to_vec());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (f(&up) - f(&down)) / (2.0 * h as f64);
+        let diff = (fd - grad[k] as f64).abs();
+        assert!(diff <= rel * scale + abs, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
+        worst = worst.max(diff);
+    }
+    eprintln!("gradient vs finite differences: max |diff| {worst:.3e}, max |grad| {scale:.3e}");
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
@@ -107,19 +171,11 @@ pub fn scorer_rejects_bad_features(backend: &dyn Backend) {
 }
 
 pub fn scorer_is_batch_invariant_and_thread_safe(backend: &dyn Backend) {
-    let scorer: Arc<dyn adp_api::Scorer> = Arc::from(backend.scorer(Device::Cpu).expect("scorer"));
-    let memory = Arc::new(scorer.build_memory(FeatureKind::PatchTokens, &features(vec![4, 6, 8], 6)).expect("memory"));
+    let scorer = backend.scorer(Device::Cpu).expect("scorer");
+    let memory = scorer.build_memory(FeatureKind::PatchTokens, &features(vec![4, 6, 8], 6)).expect("memory");
     let batch = features(vec![4, 6, 8], 7);
     let whole = scorer.associate(&memory, &batch).expect("batch");
-    let handles: Vec<_> = (0..4)
-        .map(|i| {
-            let (scorer, memory) = (scorer.clone(), memory.clone());
-            let one = Tensor::new(vec![1, 6, 8], batch.row(i).to_vec()).unwrap();
-            std::thread::spawn(move || scorer.associate(&memory, &one).expect("single"))
-        })
-        .collect();
-    for (i, h) in handles.into_iter().enumerate() {
-        let single = h.join().expect("thread");
-        assert_eq!(single.data(), whole.row(i), "image {i}: single call differs from the batch");
-    }
+    assert_eq!(whole, scorer.associate(&memory, &batch).expect("batch"), "two identical calls differ");
+    let alone = |i| scorer.associate(&memory, &row(&batch, i)).expect("single");
+    alone_in_threads_matches_batch("distances", &whole, 4, alone);
 }

@@ -1,8 +1,9 @@
 //! Cases for `LatentDiffuser`: parity with diffusers and transformers on the fixture folders
 //! (VAE, text conditioning with a concept, UNet, textual-inversion loss and gradient for epsilon
 //! and v-prediction, DDIM img2img), gradients, determinism and bad inputs.
-use crate::encoder_cases::GRADIENT_TOLERANCE;
-use crate::goldens::{assert_close, diffusion_spec, Golden, FORWARD_TOLERANCE};
+use crate::cases::assert_gradient_matches_finite_differences;
+use crate::goldens::{diffusion_spec, Golden};
+use crate::tolerance::{assert_close, FORWARD, GRADIENT, SAMPLED};
 use adp_api::requests::*;
 use adp_api::{Backend, Device, Error, ImageBatch, LatentDiffuser, Tensor};
 
@@ -23,9 +24,9 @@ pub fn vae_matches_diffusers(backend: &dyn Backend) {
     let g = Golden::open("sd");
     let d = diffuser(backend, false);
     let images = ImageBatch::new(g.f32("vae_images")).unwrap();
-    assert_close("VAE latents", &d.vae_encode(&images).unwrap(), &g.f32("vae_latents"), FORWARD_TOLERANCE);
+    assert_close("VAE latents", &d.vae_encode(&images).unwrap(), &g.f32("vae_latents"), FORWARD);
     let decoded = d.vae_decode(&g.f32("vae_latents")).unwrap();
-    assert_close("VAE decoded image", decoded.pixels(), &g.f32("vae_decoded"), FORWARD_TOLERANCE);
+    assert_close("VAE decoded image", decoded.pixels(), &g.f32("vae_decoded"), FORWARD);
 }
 
 pub fn conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
@@ -33,9 +34,9 @@ pub fn conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
     let d = diffuser(backend, false);
     let concept = g.f32("concept").into_data();
     let cond = d.text_conditioning(&prompts(&g, "cond_prompts", &concept)).unwrap();
-    assert_close("text conditioning", &cond, &g.f32("conditioning"), FORWARD_TOLERANCE);
+    assert_close("text conditioning", &cond, &g.f32("conditioning"), FORWARD);
     let request = UnetRequest { latents: g.f32("unet_latents"), timesteps: timesteps(&g, "unet_timesteps"), conditioning: g.f32("conditioning") };
-    assert_close("UNet prediction", &d.unet_prediction(&request).unwrap(), &g.f32("unet_prediction"), FORWARD_TOLERANCE);
+    assert_close("UNet prediction", &d.unet_prediction(&request).unwrap(), &g.f32("unet_prediction"), FORWARD);
 }
 
 fn loss_request(g: &Golden, concept: &[f32]) -> DenoisingLossRequest {
@@ -53,9 +54,9 @@ fn loss_matches(backend: &dyn Backend, v_prediction: bool) {
     let d = diffuser(backend, v_prediction);
     let concept = g.f32("concept").into_data();
     let got = d.denoising_loss(&loss_request(&g, &concept)).unwrap();
-    assert_close("textual-inversion loss", &Tensor::new(vec![1], vec![got.value]).unwrap(), &g.f32("loss"), FORWARD_TOLERANCE);
+    assert_close("textual-inversion loss", &Tensor::new(vec![1], vec![got.value]).unwrap(), &g.f32("loss"), FORWARD);
     let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
-    assert_close("d loss / d concept", &grad, &g.f32("loss_grad"), GRADIENT_TOLERANCE);
+    assert_close("d loss / d concept", &grad, &g.f32("loss_grad"), GRADIENT);
 }
 
 pub fn denoising_loss_matches_diffusers_epsilon(backend: &dyn Backend) {
@@ -72,17 +73,8 @@ pub fn denoising_loss_gradient_matches_finite_differences(backend: &dyn Backend)
     let d = diffuser(backend, false);
     let concept = g.f32("concept").into_data();
     let grad = d.denoising_loss(&loss_request(&g, &concept)).unwrap().grad.unwrap();
-    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    assert!(scale > 0.0, "the gradient is identically zero");
     let value = |v: &[f32]| d.denoising_loss(&DenoisingLossRequest { gradient_of: None, ..loss_request(&g, v) }).unwrap().value as f64;
-    let h = 5e-2f32;
-    for k in [0, 11, concept.len() - 1] {
-        let (mut up, mut down) = (concept.clone(), concept.clone());
-        up[k] += h;
-        down[k] -= h;
-        let fd = (value(&up) - value(&down)) / (2.0 * h as f64);
-        assert!((fd - grad[k] as f64).abs() <= 0.05 * scale + 1e-5, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
-    }
+    assert_gradient_matches_finite_differences(&grad, &concept, [0, 11, concept.len() - 1], 5e-2, (0.05, 1e-5), value);
 }
 
 pub fn img2img_matches_diffusers(backend: &dyn Backend) {
@@ -100,14 +92,12 @@ pub fn img2img_matches_diffusers(backend: &dyn Backend) {
         noise: Some(g.f32("noise")),
     };
     let out = d.img2img(&request).unwrap();
-    assert_close("img2img output", out.pixels(), &g.f32("output"), 1e-3);
+    assert_close("img2img output", out.pixels(), &g.f32("output"), SAMPLED);
 }
 
 pub fn img2img_is_deterministic_under_a_seed(backend: &dyn Backend) {
     let d = diffuser(backend, true);
-    let f = crate::cases::features(vec![1, 3, 32, 32], 4);
-    let images = ImageBatch::new(Tensor::new(f.shape().to_vec(), f.data().iter().map(|v| (v + 1.0) / 2.0).collect()).unwrap()).unwrap();
-    let mut r = Img2ImgRequest::spec_defaults(images, Prompt::plain("a photo with damage"), 7);
+    let mut r = Img2ImgRequest::spec_defaults(crate::cases::images(1, 32, 4), Prompt::plain("a photo with damage"), 7);
     r.steps = 4;
     let a = d.img2img(&r).unwrap();
     assert_eq!(a, d.img2img(&r).unwrap(), "the same seed gave two results");
@@ -137,7 +127,7 @@ pub fn diffusers_agree(a: &dyn Backend, b: &dyn Backend) {
     let (da, db) = (diffuser(a, true), diffuser(b, true));
     let concept = g.f32("concept").into_data();
     let (la, lb) = (da.denoising_loss(&loss_request(&g, &concept)).unwrap(), db.denoising_loss(&loss_request(&g, &concept)).unwrap());
-    assert_close("loss across backends", &Tensor::new(vec![1], vec![lb.value]).unwrap(), &Tensor::new(vec![1], vec![la.value]).unwrap(), FORWARD_TOLERANCE);
+    assert_close("loss across backends", &Tensor::new(vec![1], vec![lb.value]).unwrap(), &Tensor::new(vec![1], vec![la.value]).unwrap(), FORWARD);
     let grad = |v: ValueAndGrad| Tensor::new(vec![concept.len()], v.grad.unwrap()).unwrap();
-    assert_close("loss gradient across backends", &grad(lb), &grad(la), GRADIENT_TOLERANCE);
+    assert_close("loss gradient across backends", &grad(lb), &grad(la), GRADIENT);
 }

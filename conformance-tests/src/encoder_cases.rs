@@ -1,12 +1,10 @@
 //! Cases for `TextImageEncoder`: parity with open_clip on the fixture checkpoint, gradients,
 //! determinism, batching, threads, and every bad input with its own error.
-use crate::goldens::{assert_close, clip_checkpoint, fixtures, Golden, FORWARD_TOLERANCE};
+use crate::cases::{alone_in_threads_matches_batch, assert_gradient_matches_finite_differences};
+use crate::goldens::{clip_checkpoint, fixtures, Golden};
+use crate::tolerance::{assert_close, FORWARD, GRADIENT};
 use adp_api::requests::*;
 use adp_api::{Backend, ClipCheckpoint, Device, Error, ImageBatch, Tensor, TextImageEncoder};
-use std::sync::Arc;
-
-/// Gradients pass through more operations than forward values: 1e-3 of the golden's magnitude.
-pub const GRADIENT_TOLERANCE: f32 = 1e-3;
 
 fn encoder(backend: &dyn Backend) -> Box<dyn TextImageEncoder> {
     backend.text_image_encoder(&clip_checkpoint(), Device::Cpu).expect("open the fixture CLIP")
@@ -29,13 +27,13 @@ pub fn image_features_match_open_clip(backend: &dyn Backend) {
     let g = Golden::open("clip");
     let enc = encoder(backend);
     let images = golden_images(&g);
-    assert_close("image embeddings", &enc.image_embeddings(&images).unwrap(), &g.f32("image_embeddings"), FORWARD_TOLERANCE);
+    assert_close("image embeddings", &enc.image_embeddings(&images).unwrap(), &g.f32("image_embeddings"), FORWARD);
     let dense = enc.dense_features(&images, &[2, 3]).unwrap();
     assert_eq!(dense.grid, 4);
-    assert_close("penultimate patch tokens", &dense.patch_tokens, &g.f32("patch_tokens"), FORWARD_TOLERANCE);
+    assert_close("penultimate patch tokens", &dense.patch_tokens, &g.f32("patch_tokens"), FORWARD);
     assert_eq!((dense.windows[0].size, dense.windows[1].size), (2, 3));
-    assert_close("2×2 window embeddings", &dense.windows[0].embeddings, &g.f32("window_2"), FORWARD_TOLERANCE);
-    assert_close("3×3 window embeddings", &dense.windows[1].embeddings, &g.f32("window_3"), FORWARD_TOLERANCE);
+    assert_close("2×2 window embeddings", &dense.windows[0].embeddings, &g.f32("window_2"), FORWARD);
+    assert_close("3×3 window embeddings", &dense.windows[1].embeddings, &g.f32("window_3"), FORWARD);
 }
 
 pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
@@ -52,7 +50,7 @@ pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
         let theirs: Vec<u32> = ids[i * shape[1]..(i + 1) * shape[1]].iter().map(|&v| v as u32).collect();
         assert_eq!(ours, theirs, "token ids of {:?}", p.text);
     }
-    assert_close("text embeddings", &enc.text_embeddings(&prompts).unwrap(), &g.f32("text_embeddings"), FORWARD_TOLERANCE);
+    assert_close("text embeddings", &enc.text_embeddings(&prompts).unwrap(), &g.f32("text_embeddings"), FORWARD);
 }
 
 fn state_request(g: &Golden, images: ImageBatch, concept: &[f32], temperature: f32) -> StateProbabilityRequest {
@@ -72,9 +70,9 @@ pub fn state_probability_matches_open_clip(backend: &dyn Backend) {
     let tau: f32 = g.meta_str("tau").parse().expect("tau");
     let got = enc.state_probability(&state_request(&g, golden_images(&g), &concept, tau)).unwrap();
     let p = Tensor::new(vec![got.normal.len()], got.normal).unwrap();
-    assert_close("P_CLIP(S_n | x)", &p, &g.f32("state_probability"), FORWARD_TOLERANCE);
+    assert_close("P_CLIP(S_n | x)", &p, &g.f32("state_probability"), FORWARD);
     let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
-    assert_close("d mean P_CLIP / d concept", &grad, &g.f32("state_probability_grad"), GRADIENT_TOLERANCE);
+    assert_close("d mean P_CLIP / d concept", &grad, &g.f32("state_probability_grad"), GRADIENT);
 }
 
 /// The concept gradient against central finite differences (temperature 1, where P is not
@@ -88,35 +86,18 @@ pub fn state_probability_gradient_matches_finite_differences(backend: &dyn Backe
         r.normal.iter().map(|&p| p as f64).sum::<f64>() / r.normal.len() as f64
     };
     let grad = enc.state_probability(&state_request(&g, golden_images(&g), &concept, 1.0)).unwrap().grad.unwrap();
-    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    assert!(scale > 0.0, "the gradient is identically zero");
-    let h = 1e-2f32;
-    for k in [0, 7, 19, concept.len() - 1] {
-        let (mut up, mut down) = (concept.clone(), concept.clone());
-        up[k] += h;
-        down[k] -= h;
-        let fd = (mean_p(&up) - mean_p(&down)) / (2.0 * h as f64);
-        assert!((fd - grad[k] as f64).abs() <= 0.02 * scale + 1e-6, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
-    }
+    let components = [0, 7, 19, concept.len() - 1];
+    assert_gradient_matches_finite_differences(&grad, &concept, components, 1e-2, (0.02, 1e-6), mean_p);
 }
 
 pub fn encoder_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn Backend) {
     let g = Golden::open("clip");
-    let enc: Arc<dyn TextImageEncoder> = Arc::from(encoder(backend));
+    let enc = encoder(backend);
     let images = golden_images(&g);
     let batch = enc.image_embeddings(&images).unwrap();
     assert_eq!(batch, enc.image_embeddings(&images).unwrap(), "two identical calls differ");
-    let threads: Vec<_> = (0..images.len())
-        .map(|i| {
-            let (enc, one) = (enc.clone(), images.image(i));
-            std::thread::spawn(move || enc.image_embeddings(&one).unwrap())
-        })
-        .collect();
-    for (i, t) in threads.into_iter().enumerate() {
-        let single = t.join().unwrap();
-        let row = Tensor::new(vec![1, batch.shape()[1]], batch.row(i).to_vec()).unwrap();
-        assert_close(&format!("image {i} alone vs in a batch"), &single, &row, 1e-5);
-    }
+    let alone = |i| enc.image_embeddings(&images.image(i)).unwrap();
+    alone_in_threads_matches_batch("image embeddings", &batch, images.len(), alone);
 }
 
 /// A copy of the fixture CLIP folder whose weights `edit` rewrites (name → shape and values).
@@ -197,5 +178,5 @@ pub fn encoders_agree(a: &dyn Backend, b: &dyn Backend) {
     let (ea, eb) = (encoder(a), encoder(b));
     let images = golden_images(&g);
     let reference = ea.image_embeddings(&images).unwrap();
-    assert_close("image embeddings across backends", &eb.image_embeddings(&images).unwrap(), &reference, FORWARD_TOLERANCE);
+    assert_close("image embeddings across backends", &eb.image_embeddings(&images).unwrap(), &reference, FORWARD);
 }

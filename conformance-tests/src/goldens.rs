@@ -95,15 +95,3 @@ pub fn diffusion_spec(v_prediction: bool) -> DiffusionSpec {
     let f = fixtures();
     DiffusionSpec::from_dir(if v_prediction { &f.sd_v } else { &f.sd_epsilon }).expect("fixture diffusers folder")
 }
-
-/// The parity bound: max |got − golden| ≤ `rel` × max |golden| (f32 throughout).
-pub fn assert_close(what: &str, got: &Tensor, golden: &Tensor, rel: f32) {
-    assert_eq!(got.shape(), golden.shape(), "{what}: shape");
-    let diff = got.max_abs_diff(golden).expect("same shape");
-    let bound = rel * golden.max_abs().max(1e-6);
-    eprintln!("{what}: max |diff| {diff:.3e}, max |golden| {:.3e} (bound {bound:.3e})", golden.max_abs());
-    assert!(diff <= bound, "{what}: max |diff| {diff:e} exceeds {rel:e} × max |golden| = {bound:e}");
-}
-
-/// Forward values: 1e-4 of the golden's magnitude.
-pub const FORWARD_TOLERANCE: f32 = 1e-4;

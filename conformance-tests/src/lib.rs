@@ -1,17 +1,21 @@
 //! The shared conformance cases of adp.
 //!
-//! Every case is a plain function over the `adp-api` traits; [`conformance_tests!`] turns them into
-//! `#[test]`s for one backend. Each backend's test binary (`tests/<backend>.rs`) instantiates the
-//! suite twice: in process, and through its plugin loaded by the host, so one test body runs
-//! against both. A backend is held to the cases of every trait it declares.
+//! Every case is a plain function over the `adp-api` traits, listed once in [`with_suite!`] by group,
+//! with the capability it holds a backend to. That one list makes the table [`CASES`] and, through
+//! [`conformance_tests!`], one `#[test]` per case (`<group>::<case>`, so `cargo test encoder::` picks a
+//! group) for one backend. Each backend's test binary (`tests/<backend>.rs`) instantiates the suite
+//! twice: in process, and through its plugin loaded by the host, so one test body runs against
+//! both. A backend is held to the cases of every trait it declares, and must refuse the others.
 pub mod backbone_cases;
 pub mod cases;
 pub mod diffuser_cases;
 pub mod encoder_cases;
 pub mod goldens;
 pub mod optimizer_cases;
+pub mod tolerance;
 
 use adp_api::Backend;
+pub use adp_api::Capability;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,132 +48,139 @@ pub fn plugin(crate_name: &str) -> Subject {
     Arc::new(adp_host::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
 }
 
-/// Instantiates every shared case as a `#[test]` for the backend that `$make` returns.
+/// The shared data folder `../shared/data/<sub>` (real photos), or `None` with a message saying
+/// that `what` is skipped where it is absent.
+pub fn shared_data(sub: &str, what: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(sub);
+    if root.is_dir() {
+        Some(root)
+    } else {
+        eprintln!("{} is absent: {what} skipped", root.display());
+        None
+    }
+}
+
+/// The first `n` PNG files of `dir`, by name.
+pub fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut v: Vec<PathBuf> =
+        entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    v.sort();
+    v.truncate(n);
+    v
+}
+
+/// One shared case: its test module and name, the capability it holds a backend to (`None`: every
+/// backend), its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    pub group: &'static str,
+    pub name: &'static str,
+    pub requires: Option<Capability>,
+    pub run: fn(&dyn Backend),
+}
+
+impl Case {
+    /// The case `group::name` of [`CASES`].
+    pub fn named(group: &str, name: &str) -> &'static Case {
+        CASES.iter().find(|c| (c.group, c.name) == (group, name)).unwrap_or_else(|| panic!("no case {group}::{name}"))
+    }
+
+    /// Runs the case on `backend`, which is held to it when it declares the capability
+    /// ([`cases::when_declared`]; `backend::undeclared_parts_are_refused` checks the others).
+    pub fn run_on(&self, backend: &dyn Backend) {
+        match self.requires {
+            Some(capability) => cases::when_declared(backend, capability, self.run),
+            None => (self.run)(backend),
+        }
+    }
+}
+
+/// Every shared case, group by group.
+pub const CASES: &[Case] = with_suite!(case_table);
+
+/// The suite, each case once: `group(module, capability) [case, …]`, each case a function of
+/// `module`. Hands the list to the macro `$then` (a table, or tests).
+#[macro_export]
+macro_rules! with_suite {
+    ($then:ident) => {
+        $crate::$then! {
+            backend(cases, None) [info_is_consistent, undeclared_parts_are_refused]
+            scorer(cases, Some($crate::Capability::Scorer))
+                [scorer_matches_the_definition, scorer_rejects_bad_features, scorer_is_batch_invariant_and_thread_safe]
+            encoder(encoder_cases, Some($crate::Capability::TextImageEncoder)) [
+                image_features_match_open_clip,
+                text_embeddings_match_open_clip,
+                state_probability_matches_open_clip,
+                state_probability_gradient_matches_finite_differences,
+                encoder_is_deterministic_batch_invariant_and_thread_safe,
+                encoder_rejects_bad_checkpoints,
+                encoder_rejects_bad_inputs,
+            ]
+            diffuser(diffuser_cases, Some($crate::Capability::LatentDiffuser)) [
+                vae_matches_diffusers,
+                conditioning_and_unet_match_diffusers,
+                denoising_loss_matches_diffusers_epsilon,
+                denoising_loss_matches_diffusers_v_prediction,
+                denoising_loss_gradient_matches_finite_differences,
+                img2img_matches_diffusers,
+                img2img_is_deterministic_under_a_seed,
+                diffuser_rejects_bad_inputs,
+            ]
+            optimizer(optimizer_cases, Some($crate::Capability::ConceptOptimizer)) [
+                learns_deterministically_with_progress,
+                anomaly_aware_objective_runs,
+                a_killed_run_resumes_to_the_same_concept,
+                optimizer_rejects_bad_requests,
+            ]
+            backbone(backbone_cases, Some($crate::Capability::FeatureExtractor)) [
+                preprocessing_matches_the_reference,
+                lite0_matches_the_reference,
+                lite2_matches_the_reference,
+                extractor_is_deterministic_batch_invariant_and_thread_safe,
+                extractor_rejects_bad_checkpoints,
+                extractor_rejects_bad_inputs,
+            ]
+        }
+    };
+}
+
+/// [`with_suite!`] as the table [`CASES`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! case_table {
+    ($($group:ident($module:ident, $requires:expr) [$($case:ident),* $(,)?])*) => {
+        &[$($($crate::Case {
+            group: stringify!($group),
+            name: stringify!($case),
+            requires: $requires,
+            run: $crate::$module::$case,
+        },)*)*]
+    };
+}
+
+/// [`with_suite!`] as one `#[test]` per case, `<group>::<case>`, each running the case of [`CASES`]
+/// on `super::subject()`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! case_tests {
+    ($($group:ident($module:ident, $requires:expr) [$($case:ident),* $(,)?])*) => {
+        $(mod $group {
+            $(#[test]
+            fn $case() {
+                $crate::Case::named(stringify!($group), stringify!($case)).run_on(&*super::subject());
+            })*
+        })*
+    };
+}
+
+/// Instantiates every shared case of [`CASES`] as a `#[test]` for the backend that `$make` returns.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
         fn subject() -> $crate::Subject {
             $make
         }
-        #[test]
-        fn info_is_consistent() {
-            $crate::cases::info_is_consistent(&*subject());
-        }
-        #[test]
-        fn undeclared_parts_are_refused() {
-            $crate::cases::undeclared_parts_are_refused(&*subject());
-        }
-        #[test]
-        fn image_features_match_open_clip() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::image_features_match_open_clip);
-        }
-        #[test]
-        fn text_embeddings_match_open_clip() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::text_embeddings_match_open_clip);
-        }
-        #[test]
-        fn state_probability_matches_open_clip() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::state_probability_matches_open_clip);
-        }
-        #[test]
-        fn state_probability_gradient_matches_finite_differences() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::state_probability_gradient_matches_finite_differences);
-        }
-        #[test]
-        fn encoder_is_deterministic_batch_invariant_and_thread_safe() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_is_deterministic_batch_invariant_and_thread_safe);
-        }
-        #[test]
-        fn encoder_rejects_bad_checkpoints() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_rejects_bad_checkpoints);
-        }
-        #[test]
-        fn encoder_rejects_bad_inputs() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::TextImageEncoder, $crate::encoder_cases::encoder_rejects_bad_inputs);
-        }
-        #[test]
-        fn vae_matches_diffusers() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::vae_matches_diffusers);
-        }
-        #[test]
-        fn conditioning_and_unet_match_diffusers() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::conditioning_and_unet_match_diffusers);
-        }
-        #[test]
-        fn denoising_loss_matches_diffusers_epsilon() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_matches_diffusers_epsilon);
-        }
-        #[test]
-        fn denoising_loss_matches_diffusers_v_prediction() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_matches_diffusers_v_prediction);
-        }
-        #[test]
-        fn denoising_loss_gradient_matches_finite_differences() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::denoising_loss_gradient_matches_finite_differences);
-        }
-        #[test]
-        fn img2img_matches_diffusers() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::img2img_matches_diffusers);
-        }
-        #[test]
-        fn img2img_is_deterministic_under_a_seed() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::img2img_is_deterministic_under_a_seed);
-        }
-        #[test]
-        fn diffuser_rejects_bad_inputs() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::LatentDiffuser, $crate::diffuser_cases::diffuser_rejects_bad_inputs);
-        }
-        #[test]
-        fn learns_deterministically_with_progress() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::learns_deterministically_with_progress);
-        }
-        #[test]
-        fn anomaly_aware_objective_runs() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::anomaly_aware_objective_runs);
-        }
-        #[test]
-        fn a_killed_run_resumes_to_the_same_concept() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::a_killed_run_resumes_to_the_same_concept);
-        }
-        #[test]
-        fn optimizer_rejects_bad_requests() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::ConceptOptimizer, $crate::optimizer_cases::optimizer_rejects_bad_requests);
-        }
-        #[test]
-        fn backbone_preprocessing_matches_the_reference() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::preprocessing_matches_the_reference);
-        }
-        #[test]
-        fn backbone_lite0_matches_the_reference() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::lite0_matches_the_reference);
-        }
-        #[test]
-        fn backbone_lite2_matches_the_reference() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::lite2_matches_the_reference);
-        }
-        #[test]
-        fn backbone_is_deterministic_batch_invariant_and_thread_safe() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_is_deterministic_batch_invariant_and_thread_safe);
-        }
-        #[test]
-        fn backbone_rejects_bad_checkpoints() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_rejects_bad_checkpoints);
-        }
-        #[test]
-        fn backbone_rejects_bad_inputs() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::FeatureExtractor, $crate::backbone_cases::extractor_rejects_bad_inputs);
-        }
-        #[test]
-        fn scorer_matches_the_definition() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::Scorer, $crate::cases::scorer_matches_the_definition);
-        }
-        #[test]
-        fn scorer_rejects_bad_features() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::Scorer, $crate::cases::scorer_rejects_bad_features);
-        }
-        #[test]
-        fn scorer_is_batch_invariant_and_thread_safe() {
-            $crate::cases::when_declared(&*subject(), adp_api::Capability::Scorer, $crate::cases::scorer_is_batch_invariant_and_thread_safe);
-        }
+        $crate::with_suite!(case_tests);
     };
 }

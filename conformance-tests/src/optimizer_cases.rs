@@ -3,15 +3,14 @@
 //! checkpoint to the same concept, progress and cancellation work, bad requests fail.
 use crate::goldens::{clip_checkpoint, diffusion_spec};
 use adp_api::requests::*;
-use adp_api::{Backend, ConceptOptimizer, Device, Error, ImageBatch, Tensor};
+use adp_api::{Backend, Concept, ConceptOptimizer, Device, Error, ImageBatch, Tensor};
 
 fn optimizer(backend: &dyn Backend) -> Box<dyn ConceptOptimizer> {
     backend.concept_optimizer(&clip_checkpoint(), &diffusion_spec(false), Device::Cpu).expect("open the optimizer")
 }
 
 fn images(n: usize, seed: u64, size: usize) -> ImageBatch {
-    let f = crate::cases::features(vec![n, 3, size, size], seed);
-    ImageBatch::new(Tensor::new(f.shape().to_vec(), f.data().iter().map(|v| (v + 1.0) / 2.0).collect()).unwrap()).unwrap()
+    crate::cases::images(n, size, seed)
 }
 
 pub fn request(backend: &dyn Backend, steps: u64) -> LearnRequest {
@@ -61,18 +60,32 @@ pub fn anomaly_aware_objective_runs(backend: &dyn Backend) {
     assert!(c.provenance.loss_history.iter().all(|l| l.clip_anomaly > 0.0));
 }
 
-pub fn a_killed_run_resumes_to_the_same_concept(backend: &dyn Backend) {
-    let opt = optimizer(backend);
+/// `request` run straight, then with a checkpoint every `every` steps and killed at step `kill`
+/// (one past a checkpoint), then rerun: the rerun resumes at step `kill` and ends at the straight
+/// run's concept, exactly (the same steps, from the same saved state). Returns the straight run, the
+/// resumed one, and the checkpointed request with the folder holding its checkpoint.
+pub fn assert_killed_run_resumes(
+    opt: &dyn ConceptOptimizer,
+    request: &LearnRequest,
+    every: u64,
+    kill: u64,
+) -> (Concept, Concept, LearnRequest, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let straight = opt.learn(&request(backend, 5), &mut |_| Flow::Continue).unwrap();
-    let mut r = request(backend, 5);
-    r.checkpoint = Some(CheckpointPolicy { path: dir.path().join("c_n.ckpt"), every: 2, resume: true });
-    let err = opt.learn(&r, &mut |p| if p.step == 3 { Flow::Cancel } else { Flow::Continue }).unwrap_err();
-    assert_eq!(err, Error::Cancelled { step: 3 });
+    let straight = opt.learn(request, &mut |_| Flow::Continue).unwrap();
+    let mut r = request.clone();
+    r.checkpoint = Some(CheckpointPolicy { path: dir.path().join("run.ckpt"), every, resume: true });
+    let err = opt.learn(&r, &mut |p| if p.step == kill { Flow::Cancel } else { Flow::Continue }).unwrap_err();
+    assert_eq!(err, Error::Cancelled { step: kill });
     let mut first = None;
     let resumed = opt.learn(&r, &mut |p| { first.get_or_insert(p.step); Flow::Continue }).unwrap();
-    assert_eq!(first, Some(3), "resumes after the step-2 checkpoint");
-    assert_eq!(resumed.vector, straight.vector);
+    assert_eq!(first, Some(kill), "resumes after the step-{} checkpoint", kill - 1);
+    assert_eq!(resumed.vector, straight.vector, "the resumed run ends elsewhere");
+    (straight, resumed, r, dir)
+}
+
+pub fn a_killed_run_resumes_to_the_same_concept(backend: &dyn Backend) {
+    let opt = optimizer(backend);
+    let (_, _, r, _dir) = assert_killed_run_resumes(&*opt, &request(backend, 5), 2, 3);
     let mut other = r.clone();
     other.seed = 4;
     let err = opt.learn(&other, &mut |_| Flow::Continue).unwrap_err();

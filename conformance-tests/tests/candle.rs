@@ -1,3 +1,5 @@
+//! Backend conformance (not a host end-to-end test).
+//!
 //! The conformance suite for the candle backend, in process and as a plugin.
 mod in_process {
     adp_conformance::conformance_tests!(adp_conformance::in_process(adp_backend_candle::CandleBackend::new()));

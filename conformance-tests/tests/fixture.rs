@@ -1,8 +1,11 @@
+//! Backend conformance (not a host end-to-end test): the plugin boundary every backend crosses.
+//!
 //! The plugin boundary, exercised with the arithmetic test-fixture plugin: the shared suite in
 //! process and through the plugin, every call's round trip, errors, panics, progress,
 //! cancellation, checkpoint/resume and concurrent calls.
 use adp_api::requests::*;
 use adp_api::{Backend, Device, Error, ImageBatch, Tensor};
+use adp_conformance::optimizer_cases::assert_killed_run_resumes;
 use adp_conformance::Subject;
 use adp_plugin_test_fixture::{dummy_specs, FixtureBackend};
 use std::sync::{Arc, Mutex};
@@ -11,22 +14,20 @@ fn plugin() -> Subject {
     adp_conformance::plugin("adp_plugin_test_fixture")
 }
 
-/// The fixture is no model, so of the shared suite it runs the backend-neutral cases: its scorer
-/// is the definition itself.
+/// The fixture is no model, so of the shared suite it runs the backend-neutral cases (its scorer
+/// is the definition itself; it must refuse the feature extractor it does not declare).
 #[test]
 fn shared_neutral_cases_in_process_and_through_the_plugin() {
-    use adp_conformance::cases;
     for b in [adp_conformance::in_process(FixtureBackend), plugin()] {
-        cases::info_is_consistent(&*b);
-        cases::scorer_matches_the_definition(&*b);
-        cases::scorer_rejects_bad_features(&*b);
-        cases::scorer_is_batch_invariant_and_thread_safe(&*b);
+        for case in adp_conformance::CASES.iter().filter(|c| ["backend", "scorer"].contains(&c.group)) {
+            eprintln!("{}: {}::{}", b.info().name, case.group, case.name);
+            case.run_on(&*b);
+        }
     }
 }
 
 fn images(n: usize, seed: u64) -> ImageBatch {
-    let t = adp_conformance::cases::features(vec![n, 3, 4, 4], seed);
-    ImageBatch::new(Tensor::new(t.shape().to_vec(), t.data().iter().map(|v| (v + 1.0) / 2.0).collect()).unwrap()).unwrap()
+    adp_conformance::cases::images(n, 4, seed)
 }
 
 fn learn_request(steps: u64) -> LearnRequest {
@@ -160,18 +161,8 @@ fn progress_reaches_the_host_and_cancellation_reaches_the_plugin() {
 #[test]
 fn a_killed_run_resumes_from_its_checkpoint_to_the_same_result() {
     let (clip, sd) = dummy_specs();
-    let dir = tempfile::tempdir().unwrap();
-    let b = plugin();
-    let opt = b.concept_optimizer(&clip, &sd, Device::Cpu).unwrap();
-    let straight = opt.learn(&learn_request(9), &mut |_| Flow::Continue).unwrap();
-    let mut req = learn_request(9);
-    req.checkpoint = Some(CheckpointPolicy { path: dir.path().join("run.ckpt"), every: 3, resume: true });
-    let err = opt.learn(&req, &mut |p| if p.step == 7 { Flow::Cancel } else { Flow::Continue }).unwrap_err();
-    assert_eq!(err, Error::Cancelled { step: 7 });
-    let mut resumed_from = None;
-    let resumed = opt.learn(&req, &mut |p| { resumed_from.get_or_insert(p.step); Flow::Continue }).unwrap();
-    assert_eq!(resumed_from, Some(7), "resumes after the step-6 checkpoint");
-    assert_eq!(resumed.vector, straight.vector);
+    let opt = plugin().concept_optimizer(&clip, &sd, Device::Cpu).unwrap();
+    let (straight, resumed, _, _dir) = assert_killed_run_resumes(&*opt, &learn_request(9), 3, 7);
     assert_eq!(resumed.provenance.loss_history, straight.provenance.loss_history);
 }
 

@@ -1,3 +1,5 @@
+//! Backend conformance (not a host end-to-end test): the goldens every backend is held to.
+//!
 //! Backend-neutral checks of the goldens: they were computed on exactly the fixtures this build
 //! writes, and adp's own preprocessing reproduces open_clip's.
 use adp_conformance::goldens::{fixtures, Golden};

@@ -1,3 +1,5 @@
+//! Backend conformance (not a host end-to-end test): one backend at real model sizes.
+//!
 //! Real sizes: random weights in the ViT-H-14 and Stable Diffusion 2.1 layouts (about 14 GB on
 //! disk), loaded by the candle backend, one forward pass of each part on the CPU, with the peak
 //! resident memory after each. Ignored by default:

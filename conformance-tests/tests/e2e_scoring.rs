@@ -1,13 +1,14 @@
+//! Host end-to-end test (not backend conformance): `adp_host`'s scoring over the candle backend.
+//!
 //! ADP's scoring pieces over a real backend (candle) on the fixture CLIP: reference association,
 //! self-tuned weights and prototypes.
-use adp_api::{Backend, Device, ImageBatch, Tensor};
+use adp_api::{Backend, Device, ImageBatch};
 use adp_conformance::goldens::clip_checkpoint;
 use adp_host::association::{anomaly_map, ReferenceMemories};
 use adp_host::prototypes::{final_score, image_features, language_score, prototypes, weigh, ConceptToken};
 
 fn images(n: usize, seed: u64) -> ImageBatch {
-    let f = adp_conformance::cases::features(vec![n, 3, 32, 32], seed);
-    ImageBatch::new(Tensor::new(f.shape().to_vec(), f.data().iter().map(|v| (v + 1.0) / 2.0).collect()).unwrap()).unwrap()
+    adp_conformance::cases::images(n, 32, seed)
 }
 
 #[test]

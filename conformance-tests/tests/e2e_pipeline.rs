@@ -1,28 +1,13 @@
+//! Host end-to-end test (not backend conformance): `adp_host`'s pipeline over candle.
+//!
 //! The ADP pipeline end to end on the fixture checkpoints with real photos from
 //! `../shared/data/mvtec_ad/bottle` (the untrained tiny models make the scores meaningless; this
 //! checks that every stage runs, the detector file round-trips, and a rerun gives the same numbers).
 use adp_api::{ClipCheckpoint, Device, ImageBatch};
 use adp_conformance::goldens::{clip_checkpoint, diffusion_spec};
+use adp_conformance::{pngs, shared_data};
 use adp_host::detector::DetectorFile;
 use adp_host::pipeline::{score, Checkpoints, FitOptions, Fitter, Method, Stage};
-use std::path::PathBuf;
-
-fn bottle() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mvtec_ad/bottle");
-    if root.is_dir() {
-        Some(root)
-    } else {
-        eprintln!("{} is absent: the real-image pipeline test is skipped", root.display());
-        None
-    }
-}
-
-fn sorted_pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
-    v.sort();
-    v.truncate(n);
-    v
-}
 
 fn options(method: Method) -> FitOptions {
     FitOptions { method, steps: 2, batch_size: 2, ddim_steps: 2, pseudo_per_image: 1, validation_pseudo: 2, seed: 5, ..FitOptions::default() }
@@ -30,13 +15,13 @@ fn options(method: Method) -> FitOptions {
 
 #[test]
 fn fit_score_save_load_and_rerun_on_real_photos() {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else { return };
     let backend = adp_backend_candle::CandleBackend::new();
     let (clip, sd) = (clip_checkpoint(), diffusion_spec(false));
-    let support = ImageBatch::read_files(&sorted_pngs(root.join("train/good"), 2)).unwrap();
+    let support = ImageBatch::read_files(&pngs(root.join("train/good"), 2)).unwrap();
     let tests: Vec<ImageBatch> = [root.join("test/good"), root.join("test/broken_large")]
         .into_iter()
-        .map(|d| ImageBatch::read_files(&sorted_pngs(d, 1)).unwrap())
+        .map(|d| ImageBatch::read_files(&pngs(d, 1)).unwrap())
         .collect();
     let fitter = Fitter { backend: &backend, clip: &clip, sd: Some(&sd), options: options(Method::Adp) };
     let mut stages = Vec::new();
@@ -81,10 +66,10 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
 
 #[test]
 fn winclip_needs_no_diffusion_and_adp_label_needs_a_label() {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else { return };
     let backend = adp_backend_candle::CandleBackend::new();
     let clip = clip_checkpoint();
-    let support = ImageBatch::read_files(&sorted_pngs(root.join("train/good"), 1)).unwrap();
+    let support = ImageBatch::read_files(&pngs(root.join("train/good"), 1)).unwrap();
     let mut o = options(Method::Winclip);
     o.label = Some("bottle".into());
     let d = Fitter { backend: &backend, clip: &clip, sd: None, options: o }.fit(&support, &mut |_| adp_api::requests::Flow::Continue).unwrap();

@@ -1,3 +1,5 @@
+//! Host end-to-end test (not backend conformance): the `adp` binary's error paths.
+//!
 //! Every bad input of `adp fit`, `adp score` and `adp eval` ends the process with a non-zero exit
 //! (never a panic) and an error on stderr that names the file, tensor or shape at fault.
 //! Needs the `adp` binary and the plugins in the build folder (`cargo build --workspace`).

@@ -1,7 +1,10 @@
+//! Host end-to-end test (not backend conformance): the `adp` binary and its plugins.
+//!
 //! The `adp` command line on the fixtures: `adp embed` prints the golden embeddings through
 //! either plugin, `adp plugins` lists what the build folder holds.
 use adp_conformance::build_dir;
-use adp_conformance::goldens::{assert_close, fixtures, Golden, FORWARD_TOLERANCE};
+use adp_conformance::goldens::{fixtures, Golden};
+use adp_conformance::tolerance::{assert_close, FORWARD};
 use std::process::Command;
 
 fn adp(args: &[&str]) -> String {
@@ -23,7 +26,7 @@ fn embed_matches_goldens(plugin: &str) {
     let got: Vec<f32> = serde_json::from_value(line["embedding"].clone()).unwrap();
     let want = g.f32("text_embeddings");
     let want = adp_api::Tensor::new(vec![want.shape()[1]], want.row(plain).to_vec()).unwrap();
-    assert_close(&format!("adp embed --plugin {plugin}"), &adp_api::Tensor::new(vec![got.len()], got).unwrap(), &want, FORWARD_TOLERANCE);
+    assert_close(&format!("adp embed --plugin {plugin}"), &adp_api::Tensor::new(vec![got.len()], got).unwrap(), &want, FORWARD);
 }
 
 #[test]
@@ -54,21 +57,21 @@ fn plugins_lists_the_build_folder() {
 /// markdown table in the paper's shape and the overlays are written.
 #[test]
 fn eval_smoke_run_writes_the_report() {
-    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mpdd");
-    if !data.is_dir() {
-        eprintln!("{} is absent: the eval smoke test is skipped", data.display());
-        return;
-    }
+    let Some(data) = adp_conformance::shared_data("mpdd", "the eval smoke test") else { return };
     let f = fixtures();
     let out = tempfile::tempdir().unwrap();
     let dir = build_dir();
-    let lines = adp(&[
-        "eval", "--plugin", "candle", "--plugin-dir", dir.to_str().unwrap(),
-        "--clip", f.clip.to_str().unwrap(), "--sd", f.sd_epsilon.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--category", "metal_plate", "--shots", "1,2", "--seeds", "0",
-        "--method", "adp", "--method", "winclip", "--steps", "2", "--batch-size", "2", "--ddim-steps", "2",
-        "--validation-pseudo", "2", "--limit", "2", "--overlays", "1", "--quiet", "--out", out.path().to_str().unwrap(),
-    ]);
+    let eval = |overlays: &str| {
+        adp(&[
+            "eval", "--plugin", "candle", "--plugin-dir", dir.to_str().unwrap(),
+            "--clip", f.clip.to_str().unwrap(), "--sd", f.sd_epsilon.to_str().unwrap(),
+            "--data", data.to_str().unwrap(), "--category", "metal_plate", "--shots", "1,2", "--seeds", "0",
+            "--method", "adp", "--method", "winclip", "--steps", "2", "--batch-size", "2", "--ddim-steps", "2",
+            "--validation-pseudo", "2", "--limit", "2", "--overlays", overlays, "--quiet",
+            "--out", out.path().to_str().unwrap(),
+        ])
+    };
+    let lines = eval("1");
     let runs: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(runs.len(), 4, "2 methods × 2 shots × 1 seed");
     assert!(runs.iter().all(|r| (0.0..=1.0).contains(&r["image_auroc"].as_f64().unwrap()) && r["pixel_auroc"].is_f64()));
@@ -83,22 +86,13 @@ fn eval_smoke_run_writes_the_report() {
     assert_eq!(report["runs"].as_array().unwrap().len(), 4);
     let overlays = std::fs::read_dir(out.path().join("overlays/metal_plate/adp")).unwrap().count();
     assert_eq!(overlays, 2, "one good and one defective overlay");
-    let rerun = adp(&[
-        "eval", "--plugin", "candle", "--plugin-dir", dir.to_str().unwrap(),
-        "--clip", f.clip.to_str().unwrap(), "--sd", f.sd_epsilon.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--category", "metal_plate", "--shots", "1,2", "--seeds", "0",
-        "--method", "adp", "--method", "winclip", "--steps", "2", "--batch-size", "2", "--ddim-steps", "2",
-        "--validation-pseudo", "2", "--limit", "2", "--overlays", "0", "--quiet", "--out", out.path().to_str().unwrap(),
-    ]);
+    let rerun = eval("0");
     assert_eq!(rerun, lines, "the same seeds gave other numbers");
 }
 
 #[test]
 fn eval_names_a_missing_category() {
-    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mpdd");
-    if !data.is_dir() {
-        return;
-    }
+    let Some(data) = adp_conformance::shared_data("mpdd", "the missing-category test") else { return };
     let f = fixtures();
     let out = Command::new(build_dir().join("adp"))
         .args(["eval", "--plugin", "candle", "--plugin-dir", build_dir().to_str().unwrap(), "--clip", f.clip.to_str().unwrap(), "--method", "winclip"])

@@ -1,8 +1,10 @@
+//! Host end-to-end test (not backend conformance): `adp_host`'s visual method, library and binary.
+//!
 //! The `visual` method end to end with the real pretrained EfficientNet-Lite0 (provisioned by
 //! `scripts/setup-weights.sh`) on real photos from `../shared/data/mvtec_ad/bottle`: through the
 //! library with each backend, and through `adp fit` / `adp score` with no checkpoint given.
 use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
-use adp_conformance::build_dir;
+use adp_conformance::{build_dir, pngs, shared_data};
 use adp_host::detector::DetectorFile;
 use adp_host::metrics::image_auroc;
 use adp_host::pipeline::{score, Checkpoints, FitOptions, Method};
@@ -10,27 +12,10 @@ use adp_host::visual::{default_backbone, VisualModel};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn bottle() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mvtec_ad/bottle");
-    if root.is_dir() {
-        Some(root)
-    } else {
-        eprintln!("{} is absent: the real-image visual tests are skipped", root.display());
-        None
-    }
-}
-
 fn backbone() -> BackboneCheckpoint {
     let path = default_backbone();
     assert!(path.is_file(), "{} is missing: run scripts/setup-weights.sh (CI does)", path.display());
     BackboneCheckpoint::from_file(&path).unwrap()
-}
-
-fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
-    v.sort();
-    v.truncate(n);
-    v
 }
 
 /// Five good and five defective test photos, and their labels.
@@ -43,7 +28,7 @@ fn test_set(root: &std::path::Path) -> (Vec<PathBuf>, Vec<bool>) {
 }
 
 fn fits_scores_and_separates(backend: &dyn Backend) {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
     let backbone = backbone();
     let model = VisualModel::open(backend, &backbone, Device::Cpu).unwrap();
     let size = model.extractor.dims().image_size;
@@ -94,7 +79,7 @@ fn visual_through_the_tch_plugin() {
 
 #[test]
 fn visual_detector_refuses_another_backbone() {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
     let backend = adp_backend_candle::CandleBackend::new();
     let backbone = backbone();
     let model = VisualModel::open(&backend, &backbone, Device::Cpu).unwrap();
@@ -120,7 +105,7 @@ fn adp(args: &[&str]) -> String {
 /// The README's main command: no checkpoint given, the default backbone and plugin.
 #[test]
 fn adp_fit_and_score_work_out_of_the_box() {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
     backbone();
     let dir = tempfile::tempdir().unwrap();
     let support = dir.path().join("support");
@@ -153,7 +138,7 @@ fn adp_fit_and_score_work_out_of_the_box() {
 /// `adp bench` times each plugin on the same images in one run and gives ratios to the first.
 #[test]
 fn adp_bench_reports_ratios_to_the_first_plugin() {
-    let Some(root) = bottle() else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
     backbone();
     let plugins = build_dir();
     let mut args = vec!["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", "candle"];

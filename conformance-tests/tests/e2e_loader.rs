@@ -1,3 +1,5 @@
+//! Host end-to-end test (not backend conformance): `adp_host`'s plugin loader on built libraries.
+//!
 //! The host's plugin loader: every way loading can fail, each with its own message.
 use adp_api::Error;
 use adp_conformance::{build_dir, built_plugin_path};
