@@ -80,7 +80,7 @@ fn eval_smoke_run_writes_the_report() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
     let p = &report["provenance"];
     assert_eq!((p["backend"].as_str(), p["device"].as_str()), (Some("candle"), Some("cpu")), "{p}");
-    let clip_sha = adp_host::detector::file_hash(&f.clip.join("open_clip_model.safetensors")).unwrap();
+    let clip_sha = adp_host::detect::file::file_hash(&f.clip.join("open_clip_model.safetensors")).unwrap();
     assert_eq!(p["checkpoints"]["clip"]["sha256"].as_str(), Some(clip_sha.as_str()), "the report names the CLIP weights it used: {p}");
     assert_eq!(p["checkpoints"]["sd"]["path"].as_str(), f.sd_epsilon.to_str());
     assert_eq!(report["runs"].as_array().unwrap().len(), 4);

@@ -6,8 +6,8 @@
 use adp_api::{ClipCheckpoint, Device, ImageBatch};
 use adp_conformance::goldens::{clip_checkpoint, diffusion_spec};
 use adp_conformance::{pngs, shared_data};
-use adp_host::detector::DetectorFile;
-use adp_host::pipeline::{score, Checkpoints, FitOptions, Fitter, Method, Stage};
+use adp_host::detect::DetectorFile;
+use adp_host::detect::{score, Checkpoints, FitOptions, Fitter, Method, Stage};
 
 fn options(method: Method) -> FitOptions {
     FitOptions { method, steps: 2, batch_size: 2, ddim_steps: 2, pseudo_per_image: 1, validation_pseudo: 2, seed: 5, ..FitOptions::default() }

@@ -4,8 +4,8 @@
 //! self-tuned weights and prototypes.
 use adp_api::{Backend, Device, ImageBatch};
 use adp_conformance::goldens::clip_checkpoint;
-use adp_host::association::{anomaly_map, ReferenceMemories};
-use adp_host::prototypes::{final_score, image_features, language_score, prototypes, weigh, ConceptToken};
+use adp_host::score::association::{anomaly_map, ReferenceMemories};
+use adp_host::score::prototypes::{final_score, image_features, language_score, prototypes, weigh, ConceptToken};
 
 fn images(n: usize, seed: u64) -> ImageBatch {
     adp_conformance::cases::images(n, 32, seed)

@@ -5,10 +5,10 @@
 //! library with each backend, and through `adp fit` / `adp score` with no checkpoint given.
 use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
 use adp_conformance::{build_dir, pngs, shared_data};
-use adp_host::detector::DetectorFile;
-use adp_host::metrics::image_auroc;
-use adp_host::pipeline::{score, Checkpoints, FitOptions, Method};
-use adp_host::visual::{default_backbone, VisualModel};
+use adp_host::detect::DetectorFile;
+use adp_host::eval::metrics::image_auroc;
+use adp_host::detect::{score, Checkpoints, FitOptions, Method};
+use adp_host::detect::{default_backbone, VisualModel};
 use std::path::PathBuf;
 use std::process::Command;
 
