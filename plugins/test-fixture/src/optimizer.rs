@@ -22,7 +22,7 @@ impl ConceptOptimizer for FixtureOptimizer {
         if r.init.len() != WIDTH {
             return Err(Error::shape("initial concept vector", format!("[{WIDTH}]"), &[r.init.len()]));
         }
-        if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().map_or(true, |p| p.is_empty()) {
+        if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().is_none_or(|p| p.is_empty()) {
             return Err(Error::invalid("learn request", "the anomaly-aware objective needs pseudo-anomalies"));
         }
         let f = FixtureEncoder.image_embeddings(&r.support)?;
@@ -41,7 +41,7 @@ impl ConceptOptimizer for FixtureOptimizer {
             let loss = diff.iter().map(|d| d * d).sum();
             state.history.push(LossRecord { step: state.step, loss, diffusion_loss: loss, clip_normal: 0.0, clip_anomaly: 0.0 });
             let p = Progress { step: state.step, total_steps: r.steps, loss, diffusion_loss: loss, ..Default::default() };
-            if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.every > 0 && state.step % c.every == 0) {
+            if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.every > 0 && state.step.is_multiple_of(c.every)) {
                 write_atomic(&cp.path, serde_json::to_string(&state).expect("json").as_bytes())?;
             }
             if progress(&p) == Flow::Cancel {
