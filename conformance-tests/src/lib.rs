@@ -48,16 +48,19 @@ pub fn plugin(crate_name: &str) -> Subject {
     Arc::new(adp_host::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
 }
 
-/// The shared data folder `../shared/data/<sub>` (real photos), or `None` with a message saying
-/// that `what` is skipped where it is absent.
+/// The shared data folder `../shared/data/<sub>` (real photos). Where it is absent, a developer's
+/// run skips `what` loudly (`None`), and a CI run (`CI` set) fails: there the data is provided,
+/// so its absence is a broken setup, not a reason to pass.
 pub fn shared_data(sub: &str, what: &str) -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(sub);
     if root.is_dir() {
-        Some(root)
-    } else {
-        eprintln!("{} is absent: {what} skipped", root.display());
-        None
+        return Some(root);
     }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{} is absent under CI: {what} cannot run", root.display());
+    }
+    eprintln!("SKIPPED: {} is absent, so {what} did not run", root.display());
+    None
 }
 
 /// The first `n` PNG files of `dir`, by name.
