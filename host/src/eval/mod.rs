@@ -210,7 +210,8 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
     let cols: Vec<(String, usize)> = o.methods.iter().flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k))).collect();
     let mut out = String::new();
     // (title, value, only where masks exist)
-    let tables: [(&str, fn(&Run) -> Option<f64>, bool); 4] = [
+    type Table = (&'static str, fn(&Run) -> Option<f64>, bool);
+    let tables: [Table; 4] = [
         ("Image AUROC (%)", |r| Some(r.image_auroc), false),
         ("Pixel AUROC (%)", |r| r.pixel_auroc, true),
         ("Image F1-max (%)", |r| Some(r.image_f1_max), false),
