@@ -1,7 +1,7 @@
 //! The evaluation protocol of SPEC §8: per category, K ∈ shots and each seed, draw K normal
-//! images, fit, score every test image; image AUROC (and pixel AUROC where masks exist), mean ±
-//! std over seeds; a JSON report, a markdown table in the paper's shape (rows = categories,
-//! columns = methods × shots) and heat-map overlays for a few good and defective images.
+//! images, fit, score every test image; image AUROC and F1-max (and pixel AUROC and AUPRO where
+//! masks exist), mean ± std over seeds; a JSON report, markdown tables in the paper's shape (rows =
+//! categories, columns = methods × shots) and heat-map overlays for a few good and defective images.
 pub mod bench;
 pub mod dataset;
 pub mod metrics;
@@ -11,7 +11,7 @@ use crate::detect::fit::fit_files;
 use crate::detect::{Checkpoints, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
 use crate::images::read_resized;
 use dataset::Sample;
-use metrics::{image_auroc, PixelAuroc};
+use metrics::{f1_max, image_auroc, Aupro, PixelAuroc};
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
 use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
@@ -41,6 +41,12 @@ pub struct Run {
     pub image_auroc: f64,
     pub pixel_auroc: Option<f64>,
     pub test_images: usize,
+    /// Image-level F1-max ([`metrics::f1_max`]). Reports written before it existed read as 0.
+    #[serde(default)]
+    pub image_f1_max: f64,
+    /// AUPRO up to FPR 0.3 ([`metrics::Aupro`]), where masks exist.
+    #[serde(default)]
+    pub aupro: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,26 +129,30 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
                     let fit = FitOptions { method, seed, ..o.fit.clone() };
                     let tag = format!("{category} {} K={k} seed={seed}", method.name());
                     let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
-                    let image = image_auroc(&scores.iter().map(|s| s.score).collect::<Vec<_>>(), &labels)?;
-                    let pixel = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
+                    let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();
+                    let image = image_auroc(&image_scores, &labels)?;
+                    let image_f1_max = f1_max(&image_scores, &labels)?.f1;
+                    let (pixel, aupro) = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
                         // The histogram spans this run's values: all its bins resolve scores.
                         let (lo, hi) = map_range(&scores);
                         let mut acc = PixelAuroc::new(lo, if hi > lo { hi } else { lo + 1.0 }, PIXEL_BINS)?;
+                        let mut pro = Aupro::new();
                         for (s, sc) in tests.iter().zip(&scores) {
                             let mask = match &s.mask {
                                 Some(m) => dataset::read_mask(m, sc.width as u32, sc.height as u32)?,
                                 None => vec![false; sc.map.len()],
                             };
                             acc.add(&sc.map, &mask)?;
+                            pro.add(&sc.map, &mask, sc.width, sc.height)?;
                         }
-                        Some(acc.finish()?)
+                        (Some(acc.finish()?), Some(pro.finish()?))
                     } else {
-                        None
+                        (None, None)
                     };
                     if seed == o.seeds[0] && k == o.shots[0] {
                         write_overlays(&o.out.join("overlays").join(category).join(method.name()), &tests, &scores, o.overlays)?;
                     }
-                    runs.push(Run { category: category.clone(), method: method.name().into(), shots: k, seed, image_auroc: image, pixel_auroc: pixel, test_images: tests.len() });
+                    runs.push(Run { category: category.clone(), method: method.name().into(), shots: k, seed, image_auroc: image, pixel_auroc: pixel, test_images: tests.len(), image_f1_max, aupro });
                 }
             }
         }
@@ -194,13 +204,21 @@ impl<'a> Fitted<'a> {
 }
 
 /// Rows = categories, columns = methods × shots, cells = mean ± std over seeds (image AUROC %);
-/// a second table for pixel AUROC where masks exist; the class average last.
+/// further tables for pixel AUROC where masks exist, image F1-max, and AUPRO where masks exist;
+/// the class average last.
 pub fn markdown(report: &Report, o: &EvalOptions) -> String {
     let cols: Vec<(String, usize)> = o.methods.iter().flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k))).collect();
     let mut out = String::new();
-    for (title, pick) in [("Image AUROC (%)", 0), ("Pixel AUROC (%)", 1)] {
-        let value = |r: &Run| if pick == 0 { Some(r.image_auroc) } else { r.pixel_auroc };
-        if pick == 1 && report.runs.iter().all(|r| r.pixel_auroc.is_none()) {
+    // (title, value, only where masks exist)
+    type Table = (&'static str, fn(&Run) -> Option<f64>, bool);
+    let tables: [Table; 4] = [
+        ("Image AUROC (%)", |r| Some(r.image_auroc), false),
+        ("Pixel AUROC (%)", |r| r.pixel_auroc, true),
+        ("Image F1-max (%)", |r| Some(r.image_f1_max), false),
+        ("AUPRO up to FPR 0.3 (%)", |r| r.aupro, true),
+    ];
+    for (title, value, pixel_level) in tables {
+        if pixel_level && report.runs.iter().all(|r| value(r).is_none()) {
             continue;
         }
         out += &format!("### {title}, mean ± std over seeds {:?}\n\n| category |", o.seeds);
@@ -292,5 +310,59 @@ mod tests {
         let (good, bad) = (red("good_a_0.120.png"), red("crack_b_0.500.png"));
         assert_eq!(bad, 255, "the run's highest value is full red");
         assert!(good < 120, "a good photo's small bumps stay pale on the shared scale (red {good})");
+    }
+}
+
+#[cfg(test)]
+mod metric_table_tests {
+    use super::*;
+
+    fn run(seed: u64, image_f1_max: f64, aupro: Option<f64>) -> Run {
+        Run {
+            category: "tile".into(),
+            method: Method::Adp.name().into(),
+            shots: 1,
+            seed,
+            image_auroc: 0.9,
+            pixel_auroc: aupro.map(|_| 0.95),
+            test_images: 8,
+            image_f1_max,
+            aupro,
+        }
+    }
+
+    fn options() -> EvalOptions {
+        EvalOptions {
+            data: PathBuf::new(),
+            categories: vec!["tile".into()],
+            shots: vec![1],
+            seeds: vec![0, 1],
+            methods: vec![Method::Adp],
+            fit: FitOptions::default(),
+            limit: None,
+            overlays: 0,
+            out: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn markdown_has_f1_and_aupro_tables() {
+        let report = Report { provenance: Provenance::default(), runs: vec![run(0, 0.8, Some(0.6)), run(1, 0.9, Some(0.7))] };
+        let md = markdown(&report, &options());
+        assert!(md.contains("### Image F1-max (%)") && md.contains("| tile | 85.0 ± 5.0 |"), "{md}");
+        assert!(md.contains("### AUPRO up to FPR 0.3 (%)") && md.contains("| tile | 65.0 ± 5.0 |"), "{md}");
+        // Without masks there is no pixel AUROC and no AUPRO table; F1-max stays.
+        let report = Report { provenance: Provenance::default(), runs: vec![run(0, 0.8, None)] };
+        let md = markdown(&report, &options());
+        assert!(md.contains("Image F1-max") && !md.contains("AUPRO") && !md.contains("Pixel AUROC"), "{md}");
+    }
+
+    #[test]
+    fn reports_without_the_new_fields_still_load() {
+        let old = r#"{"runs":[{"category":"tile","method":"adp","shots":1,"seed":0,"image_auroc":0.9,"pixel_auroc":null,"test_images":8}]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!((r.runs[0].image_f1_max, r.runs[0].aupro), (0.0, None));
+        let json = serde_json::to_value(run(0, 0.8, Some(0.6))).unwrap();
+        assert_eq!((json["image_f1_max"].as_f64(), json["aupro"].as_f64()), (Some(0.8), Some(0.6)));
     }
 }
