@@ -97,6 +97,8 @@ impl Fitter<'_> {
 
     /// Fits a detector on the support set (any image size; at least one image).
     pub fn fit(&self, support: &ImageBatch, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
+        // Before anything is loaded or learned: a run that cannot finish must not start.
+        self.options.check_label()?;
         if support.is_empty() {
             return Err(Error::EmptySupportSet);
         }
@@ -143,9 +145,6 @@ impl Fitter<'_> {
         }
         if matches!(o.method, Method::AdpLabel | Method::Winclip) {
             concepts.push(ConceptToken::Word(o.label.clone().unwrap_or_else(|| "object".into())));
-        }
-        if o.method == Method::AdpLabel && o.label.is_none() {
-            return Err(Error::invalid("method", "adp-label needs --label WORD"));
         }
 
         // Self-tuning (eq. 5) where there is a pseudo-validation set; equal weights otherwise.
@@ -198,6 +197,7 @@ pub fn fit_files(
     options: FitOptions,
     observer: &mut dyn FnMut(&Stage) -> Flow,
 ) -> Result<DetectorFile> {
+    options.check_label()?;
     if !options.method.needs_clip() {
         let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
         let model = VisualModel::open(backend, backbone, options.device)?;

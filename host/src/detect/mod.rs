@@ -114,6 +114,16 @@ pub struct FitOptions {
     pub device: Device,
 }
 
+impl FitOptions {
+    /// `adp-label` needs its class word (`label`, not blank); checked before any work starts.
+    pub fn check_label(&self) -> Result<()> {
+        if self.method == Method::AdpLabel && self.label.as_deref().is_none_or(|w| w.trim().is_empty()) {
+            return Err(Error::invalid("method", "adp-label needs the class word: --label WORD"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for FitOptions {
     fn default() -> Self {
         Self {

@@ -18,9 +18,15 @@
 //! VisA: `<root>/split_csv/1cls.csv` with the columns `object,split,label,image,mask`, paths
 //! relative to `<root>`, split `train`/`test`, label `normal`/`anomaly`. Anomalous VisA samples
 //! get the defect name `anomaly` (VisA's split does not name defect types), normal ones `good`.
+//!
+//! Masks: any non-zero pixel is defective ([`read_mask`]); VisA stores small label values (1, 2, …)
+//! rather than MVTec's 255.
+//!
+//! Class words (SPEC §6/§7): a category's word is its folder name with `_` read as a space
+//! ([`class_word`]); [`class_words`] applies `adp eval`'s `--label` overrides.
 use adp_api::rng::SplitMix64;
 use adp_api::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// One test image.
@@ -338,6 +344,63 @@ pub fn load_visa(root: &Path, category: &str) -> Result<Category> {
     Ok(Category { name: category.to_string(), train_good, test })
 }
 
+/// The class word of a category (SPEC §6/§7): its folder name with `_` read as a space, e.g.
+/// `metal_plate` → `metal plate`. The word `winclip` and `adp-label` put into their prompts.
+pub fn class_word(category: &str) -> String {
+    category.replace('_', " ")
+}
+
+/// The class word of every category in `categories`, from `labels` (the `--label` values of
+/// `adp eval`): `CATEGORY=WORD` sets one category's word; a bare `WORD` is accepted only when a
+/// single category is evaluated (with several it would give them all one wrong word, so it is
+/// refused); every other category gets [`class_word`]. Refused as well: a category not among
+/// `categories`, one set twice, an empty word.
+pub fn class_words(labels: &[String], categories: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut set: BTreeMap<String, String> = BTreeMap::new();
+    for label in labels {
+        let (category, word) = match label.split_once('=') {
+            Some((c, w)) => (c.trim().to_string(), w.trim()),
+            None => match categories {
+                [only] => (only.clone(), label.trim()),
+                _ => {
+                    return Err(Error::invalid(
+                        "--label",
+                        format!(
+                            "`{label}` has no category, and {} categories are evaluated ({}): give \
+                             --label CATEGORY=WORD for each category whose word is not its folder \
+                             name with `_` read as a space",
+                            categories.len(),
+                            categories.join(", ")
+                        ),
+                    ))
+                }
+            },
+        };
+        if !categories.contains(&category) {
+            return Err(Error::invalid(
+                "--label",
+                format!(
+                    "`{label}`: category `{category}` is not evaluated (categories: {})",
+                    categories.join(", ")
+                ),
+            ));
+        }
+        if word.is_empty() {
+            return Err(Error::invalid("--label", format!("`{label}`: the word is empty")));
+        }
+        if let Some(first) = set.insert(category.clone(), word.to_string()) {
+            return Err(Error::invalid(
+                "--label",
+                format!("category `{category}` is given two words (`{first}` and `{word}`)"),
+            ));
+        }
+    }
+    for c in categories {
+        set.entry(c.clone()).or_insert_with(|| class_word(c));
+    }
+    Ok(set)
+}
+
 /// `k` distinct images of `train`, drawn reproducibly from `seed` (partial Fisher–Yates over
 /// `SplitMix64(seed)`): the same seed and list give the same shots, in draw order.
 pub fn draw_shots(train: &[PathBuf], k: usize, seed: u64) -> Result<Vec<PathBuf>> {
@@ -357,8 +420,9 @@ pub fn draw_shots(train: &[PathBuf], k: usize, seed: u64) -> Result<Vec<PathBuf>
     Ok(idx[..k].iter().map(|&i| train[i].clone()).collect())
 }
 
-/// The mask at `path` as `width × height` booleans, row-major (`true` where the pixel is > 127);
-/// resized with nearest neighbour when its size differs.
+/// The mask at `path` as `width × height` booleans, row-major: `true` (defective) where the pixel
+/// is non-zero, one rule for every dataset (VisA stores small label values such as 1 and 2, MVTec
+/// 255); resized with nearest neighbour when its size differs, so no grey edges appear.
 pub fn read_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>> {
     if width == 0 || height == 0 {
         return Err(Error::invalid(
@@ -374,7 +438,7 @@ pub fn read_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>> {
     }
     let raw = luma.as_raw();
     if (sw, sh) == (width, height) {
-        return Ok(raw.iter().map(|&v| v > 127).collect());
+        return Ok(raw.iter().map(|&v| v > 0).collect());
     }
     // Nearest neighbour on pixel centres: source index floor((x + ½) · sw / w).
     let xs: Vec<usize> = (0..width as u64)
@@ -384,7 +448,7 @@ pub fn read_mask(path: &Path, width: u32, height: u32) -> Result<Vec<bool>> {
     for y in 0..height as u64 {
         let sy = ((2 * y + 1) * sh as u64 / (2 * height as u64)) as usize;
         let row = &raw[sy * sw as usize..(sy + 1) * sw as usize];
-        out.extend(xs.iter().map(|&sx| row[sx] > 127));
+        out.extend(xs.iter().map(|&sx| row[sx] > 0));
     }
     Ok(out)
 }
@@ -615,6 +679,110 @@ mod tests {
     }
 
     #[test]
+    fn class_word_reads_underscores_as_spaces() {
+        assert_eq!(class_word("metal_plate"), "metal plate");
+        assert_eq!(class_word("pipe_fryum"), "pipe fryum");
+        assert_eq!(class_word("bottle"), "bottle");
+        assert_eq!(class_word("pcb1"), "pcb1");
+        assert_eq!(class_word("a_b_c"), "a b c");
+    }
+
+    #[test]
+    fn class_words_per_category() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cats = s(&["bottle", "metal_plate", "pipe_fryum"]);
+        let words = |labels: &[&str]| class_words(&s(labels), &cats);
+        let got = words(&[]).unwrap();
+        let want: BTreeMap<String, String> =
+            [("bottle", "bottle"), ("metal_plate", "metal plate"), ("pipe_fryum", "pipe fryum")]
+                .iter()
+                .map(|(c, w)| (c.to_string(), w.to_string()))
+                .collect();
+        assert_eq!(got, want);
+        let got = words(&["metal_plate=steel plate", "bottle = glass bottle"]).unwrap();
+        assert_eq!(got["metal_plate"], "steel plate");
+        assert_eq!(got["bottle"], "glass bottle");
+        assert_eq!(got["pipe_fryum"], "pipe fryum");
+
+        // A bare word with several categories: refused, naming them.
+        let e = words(&["object"]).unwrap_err().to_string();
+        assert!(e.contains("`object` has no category") && e.contains("3 categories"), "{e}");
+        assert!(e.contains("bottle, metal_plate, pipe_fryum") && e.contains("CATEGORY=WORD"), "{e}");
+        let e = words(&["tile=tile"]).unwrap_err().to_string();
+        assert!(e.contains("`tile` is not evaluated"), "{e}");
+        let e = words(&["bottle="]).unwrap_err().to_string();
+        assert!(e.contains("word is empty"), "{e}");
+        let e = words(&["bottle=a", "bottle=b"]).unwrap_err().to_string();
+        assert!(e.contains("two words (`a` and `b`)"), "{e}");
+
+        // A bare word with one category: that category's word.
+        let one = s(&["metal_plate"]);
+        assert_eq!(class_words(&s(&["plate"]), &one).unwrap()["metal_plate"], "plate");
+        assert_eq!(class_words(&[], &one).unwrap()["metal_plate"], "metal plate");
+        let e = class_words(&s(&["plate", "metal_plate=sheet"]), &one).unwrap_err().to_string();
+        assert!(e.contains("two words"), "{e}");
+    }
+
+    /// VisA's masks hold small label values (1, 2), not 255: any non-zero pixel is defective, and
+    /// the pixel AUROC of a map that is high exactly there is 1.
+    #[test]
+    fn visa_masks_with_small_values() {
+        let d = visa_tree(
+            "object,split,label,image,mask\n\
+             pipe_fryum,train,normal,pipe_fryum/Data/Images/Normal/0000.JPG,\n\
+             pipe_fryum,test,normal,pipe_fryum/Data/Images/Normal/0001.JPG,\n\
+             pipe_fryum,test,anomaly,pipe_fryum/Data/Images/Anomaly/000.JPG,pipe_fryum/Data/Masks/Anomaly/000.png\n\
+             pipe_fryum,test,anomaly,pipe_fryum/Data/Images/Anomaly/001.JPG,pipe_fryum/Data/Masks/Anomaly/001.png\n",
+        );
+        let root = d.path();
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([90, 90, 90]));
+        for p in ["Normal/0000.JPG", "Normal/0001.JPG", "Anomaly/000.JPG", "Anomaly/001.JPG"] {
+            let p = root.join("pipe_fryum/Data/Images").join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            img.save_with_format(&p, image::ImageFormat::Jpeg).unwrap();
+        }
+        // 000: value 1 in the 3×3 block at (2..5, 2..5), at the image's size; 001: value 2 in the
+        // top-left quarter of a 4×4 mask (read back at 8×8).
+        let masks = root.join("pipe_fryum/Data/Masks/Anomaly");
+        fs::create_dir_all(&masks).unwrap();
+        let region = |x: u32, y: u32| (2..5).contains(&x) && (2..5).contains(&y);
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([region(x, y) as u8]))
+            .save(masks.join("000.png"))
+            .unwrap();
+        image::GrayImage::from_fn(4, 4, |x, y| image::Luma([if x < 2 && y < 2 { 2 } else { 0 }]))
+            .save(masks.join("001.png"))
+            .unwrap();
+
+        let c = load_visa(root, "pipe_fryum").unwrap();
+        assert_eq!(c.test.len(), 3);
+        let mut auroc = crate::eval::metrics::PixelAuroc::new(0.0, 1.0, 16).unwrap();
+        let mut defective = 0;
+        for s in &c.test {
+            let (w, h) = image::image_dimensions(&s.path).unwrap();
+            let mask = match &s.mask {
+                Some(m) => read_mask(m, w, h).unwrap(),
+                None => vec![false; (w * h) as usize],
+            };
+            let name = s.path.file_name().unwrap().to_str().unwrap();
+            let want: Vec<bool> = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .map(|(x, y)| match name {
+                    "000.JPG" => region(x, y),
+                    "001.JPG" => x < 4 && y < 4,
+                    _ => false,
+                })
+                .collect();
+            assert_eq!(mask, want, "{name}");
+            defective += mask.iter().filter(|&&m| m).count();
+            // A map that is high exactly on the defect.
+            let map: Vec<f32> = want.iter().map(|&m| if m { 0.9 } else { 0.1 }).collect();
+            auroc.add(&map, &mask).unwrap();
+        }
+        assert_eq!(defective, 9 + 16);
+        assert_eq!(auroc.finish().unwrap(), 1.0);
+    }
+
+    #[test]
     fn shots() {
         let train: Vec<PathBuf> = (0..10).map(|i| PathBuf::from(format!("{i:03}.png"))).collect();
         let a = draw_shots(&train, 4, 1).unwrap();
@@ -641,23 +809,23 @@ mod tests {
     fn masks() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m_mask.png");
-        // 4×2: left half set, with a grey 128 (set) and 127 (unset).
-        let img = image::GrayImage::from_raw(4, 2, vec![255, 128, 0, 0, 255, 127, 0, 0]).unwrap();
+        // 4×2: left half set, with VisA's small label values 2 and 1 (set: any non-zero pixel).
+        let img = image::GrayImage::from_raw(4, 2, vec![255, 2, 0, 0, 255, 1, 0, 0]).unwrap();
         img.save(&p).unwrap();
         assert_eq!(
             read_mask(&p, 4, 2).unwrap(),
-            [true, true, false, false, true, false, false, false]
+            [true, true, false, false, true, true, false, false]
         );
         // Downscale to 2×2: pixel centres map to source columns 1 and 3 (rows kept).
-        assert_eq!(read_mask(&p, 2, 2).unwrap(), [true, false, false, false]);
-        // Downscale to 2×1: source row 1, columns 1 (127: unset) and 3.
-        assert_eq!(read_mask(&p, 2, 1).unwrap(), [false, false]);
+        assert_eq!(read_mask(&p, 2, 2).unwrap(), [true, false, true, false]);
+        // Downscale to 2×1: source row 1, columns 1 (value 1: set) and 3.
+        assert_eq!(read_mask(&p, 2, 1).unwrap(), [true, false]);
         // 1×1 keeps the centre-ish pixel (2,1).
         assert_eq!(read_mask(&p, 1, 1).unwrap(), [false]);
-        // Upscale to 8×4: each source pixel becomes a 2×2 block.
+        // Upscale to 8×4: each source pixel becomes a 2×2 block, no grey edge grows or shrinks it.
         let up = read_mask(&p, 8, 4).unwrap();
         assert_eq!(&up[..8], [true, true, true, true, false, false, false, false]);
-        assert_eq!(&up[16..24], [true, true, false, false, false, false, false, false]);
+        assert_eq!(&up[16..24], [true, true, true, true, false, false, false, false]);
         assert_eq!(up[..8], up[8..16]);
         // RGB masks are read through luma.
         let rgb = d.path().join("rgb.png");

@@ -25,7 +25,12 @@ pub struct EvalOptions {
     pub shots: Vec<usize>,
     pub seeds: Vec<u64>,
     pub methods: Vec<Method>,
+    /// `fit` for every run, its `label` replaced by the category's class word (SPEC §6/§7).
     pub fit: FitOptions,
+    /// Class-word overrides, `CATEGORY=WORD` (or one bare `WORD` when a single category is
+    /// evaluated); other categories get their folder name with `_` read as a space
+    /// ([`dataset::class_words`]).
+    pub labels: Vec<String>,
     /// Score only the first N good and N defective test images per category (smoke runs).
     pub limit: Option<usize>,
     pub overlays: usize,
@@ -110,6 +115,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// Runs the protocol; `observer` sees every pipeline stage and may cancel. The ADP methods need
 /// `checkpoints.clip` (and `sd` where they synthesise); `visual` needs `checkpoints.backbone`.
 pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
+    let words = dataset::class_words(&o.labels, &o.categories)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let provenance = Provenance::new(backend, checkpoints, sd, o)?;
     let mut runs = Vec::new();
@@ -126,7 +132,7 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
             for &k in &o.shots {
                 for &seed in &o.seeds {
                     let shots = dataset::draw_shots(&cat.train_good, k, seed)?;
-                    let fit = FitOptions { method, seed, ..o.fit.clone() };
+                    let fit = FitOptions { method, seed, label: Some(words[category].clone()), ..o.fit.clone() };
                     let tag = format!("{category} {} K={k} seed={seed}", method.name());
                     let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
                     let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();

@@ -22,8 +22,11 @@ pub struct Args {
     /// Repeatable [default: adp with --clip, else visual]
     #[arg(long = "method", value_parser = method)]
     methods: Vec<Method>,
-    #[arg(long)]
-    label: Option<String>,
+    /// The class word of `winclip` and `adp-label`, per category: CATEGORY=WORD (repeatable).
+    /// A bare WORD only when one category is evaluated. [default: the category's folder name
+    /// with `_` read as a space, e.g. metal_plate → "metal plate"]
+    #[arg(long = "label", value_name = "CATEGORY=WORD")]
+    labels: Vec<String>,
     #[command(flatten)]
     training: Training,
     /// Only the first N good and N defective test images per category (smoke runs).
@@ -45,7 +48,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let categories = if a.categories.is_empty() { dataset::categories(&a.data)? } else { a.categories };
     let t = a.training;
     let fit = FitOptions {
-        label: a.label,
         device: a.run.device,
         steps: t.steps,
         batch_size: t.batch_size,
@@ -60,6 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         seeds: a.seeds,
         methods,
         fit,
+        labels: a.labels,
         limit: a.limit,
         overlays: a.overlays,
         out: a.out,

@@ -11,6 +11,8 @@ pub struct Args {
     /// A folder of images, or image files.
     #[arg(long, num_args = 1.., required = true)]
     support: Vec<PathBuf>,
+    /// The class word of `winclip` and `adp-label` (e.g. "metal plate"); `adp-label` needs it
+    /// [default for `winclip`: "object"]
     #[arg(long)]
     label: Option<String>,
     /// adp, adp-label, winclip, ti, cn, ca or visual [default: adp with --clip, else visual]

@@ -19,9 +19,14 @@ pub struct Args {
     /// Default: the backbone file the detector was fitted with (`visual`).
     #[arg(long)]
     backbone: Option<PathBuf>,
-    /// Write each anomaly map as a grey-scale PNG here.
+    /// Write each anomaly map as a grey-scale PNG here, at the photo's path below the folder all
+    /// the photos share (`a/good/000.png` and `b/good/000.png` → DIR/a/good/000_map.png and
+    /// DIR/b/good/000_map.png; a single photo → DIR/000_map.png).
     #[arg(long)]
     maps: Option<PathBuf>,
+    /// Replace map files that already exist (without it they are refused before scoring).
+    #[arg(long, requires = "maps")]
+    overwrite: bool,
     #[command(flatten)]
     run: Run,
     #[arg(required = true)]
@@ -33,17 +38,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let backend = a.plugins.find(a.plugin.as_deref().unwrap_or(&detector.header.backend))?;
     let checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
     let scoring = Scoring::open(&backend, &checkpoints, detector, a.run.device)?;
-    if let Some(dir) = &a.maps {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
     let files = adp_host::images::list(&a.images)?;
+    // Every map's file is known, and checked, before the first photo is scored.
+    let maps = match &a.maps {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let paths = adp_host::images::map_paths(dir, &files)?;
+            for p in &paths {
+                adp_host::images::check_new(p, a.overwrite)?;
+            }
+            paths.into_iter().map(Some).collect()
+        }
+        None => vec![None; files.len()],
+    };
     let bar = item_bar(Output::detect(a.run.quiet), files.len() as u64, "scoring");
-    for file in files {
+    for (file, map) in files.into_iter().zip(maps) {
         let s = scoring.score(&[ImageBatch::read_files(std::slice::from_ref(&file))?])?.remove(0);
-        let map = match &a.maps {
-            Some(dir) => Some(adp_host::images::write_map(dir, &file, &s.map, s.height, s.width)?),
-            None => None,
-        };
+        if let Some(out) = &map {
+            adp_host::images::write_map(out, &s.map, s.height, s.width, a.overwrite)?;
+        }
         let line = serde_json::json!({
             "path": file, "score": s.score, "language": s.language, "association": s.association, "map": map,
         });
