@@ -344,6 +344,7 @@ mod metric_table_tests {
             shots: vec![1],
             seeds: vec![0, 1],
             methods: vec![Method::Adp],
+            labels: Vec::new(),
             fit: FitOptions::default(),
             limit: None,
             overlays: 0,
