@@ -1,14 +1,29 @@
 //! The concept-learning loop of SPEC §4–5, written once over the traits: a backend's
-//! `ConceptOptimizer` supplies its encoder and diffuser and calls [`learn`]. AdamW runs on the
+//! `ConceptOptimizer` is a [`Learner`] over its encoder and diffuser, which calls [`learn`]. AdamW runs on the
 //! host (the concept is one vector); randomness comes from the seed and the step number, so a
 //! resumed run draws exactly what the uninterrupted one would have.
 use crate::atomic::write_atomic;
 use crate::preprocess::resize;
 use crate::requests::*;
 use crate::rng::{normals, SplitMix64};
-use crate::{Concept, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor, TextImageEncoder};
+use crate::{ConceptOptimizer, Concept, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor};
+use crate::TextImageEncoder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// A backend's `ConceptOptimizer`: [`learn`] over its own encoder and diffuser.
+pub struct Learner<E, D> {
+    /// The backend's name, recorded in the concept's provenance.
+    pub backend: &'static str,
+    pub encoder: E,
+    pub diffuser: D,
+}
+
+impl<E: TextImageEncoder, D: LatentDiffuser> ConceptOptimizer for Learner<E, D> {
+    fn learn(&self, request: &LearnRequest, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Concept> {
+        learn(self.backend, &self.encoder, &self.diffuser, request, progress)
+    }
+}
 
 /// AdamW as torch.optim.AdamW computes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
