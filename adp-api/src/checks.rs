@@ -32,7 +32,7 @@ pub fn window_size(size: usize, grid: usize) -> Result<()> {
 
 /// A softmax temperature must be positive (NaN is not).
 pub fn temperature(t: f32) -> Result<()> {
-    if !(t > 0.0) {
+    if t.is_nan() || t <= 0.0 {
         return Err(Error::invalid("temperature", format!("{t} must be positive")));
     }
     Ok(())

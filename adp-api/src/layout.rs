@@ -79,7 +79,11 @@ impl Substitution {
 
 /// Every prompt's concept vectors as a backend's tensors (`slots[p][k]` for prompt p's concept
 /// k), made by `make` once each has been checked against the text width.
-pub fn concept_slots<T>(prompts: &[Prompt], width: usize, make: impl Fn(&ConceptSlot) -> Result<T>) -> Result<Vec<Vec<T>>> {
+pub fn concept_slots<T>(
+    prompts: &[Prompt],
+    width: usize,
+    make: impl Fn(&ConceptSlot) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
     crate::checks::concept_widths(prompts, width)?;
     prompts.iter().map(|p| p.concepts.iter().map(&make).collect()).collect()
 }

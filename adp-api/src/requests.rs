@@ -223,6 +223,12 @@ impl Img2ImgRequest {
             noise: None,
         }
     }
+
+    /// The classifier-free guidance batch for `n` images: the negative prompt `n` times, then the
+    /// prompt `n` times (unconditional half first, as the UNet output is split).
+    pub fn guidance_prompts(&self, n: usize) -> Vec<Prompt> {
+        std::iter::repeat_n(self.negative_prompt.clone(), n).chain(std::iter::repeat_n(self.prompt.clone(), n)).collect()
+    }
 }
 
 /// The concept objective: SPEC eq. 3 (step 1), eq. 4 (step 2) or the diffusion loss alone (TI).

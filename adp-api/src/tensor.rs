@@ -58,7 +58,7 @@ impl Tensor {
     /// Fails with the name `what` when the rank or a fixed dimension differs; `None` is any size.
     pub fn expect_shape(&self, what: &str, expected: &[Option<usize>]) -> Result<()> {
         let ok = self.shape.len() == expected.len()
-            && self.shape.iter().zip(expected).all(|(d, e)| e.map_or(true, |e| e == *d));
+            && self.shape.iter().zip(expected).all(|(d, e)| e.is_none_or(|e| e == *d));
         if ok {
             return Ok(());
         }

@@ -377,15 +377,15 @@ mod tests {
             let e = spec.check_supported().unwrap_err().to_string();
             assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
         };
-        fails(&|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(), "unet/config.json: unsupported block type");
-        fails(&|s| s.unet.up_block_types.pop().map(drop).unwrap(), "2 down and 1 up block types for 2 block_out_channels");
+        fails(&|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(), "unet/config.json: unsupported block");
+        fails(&|s| s.unet.up_block_types.pop().map(drop).unwrap(), "2 down and 1 up block types for 2 block_out");
         let none = |s: &mut DiffusionSpec| {
             s.unet.block_out_channels.clear();
             s.unet.down_block_types.clear();
             s.unet.up_block_types.clear();
         };
         fails(&none, "0 down and 0 up block types for 0 block_out_channels");
-        fails(&|s| s.unet.cross_attention_dim = 4, "cross_attention_dim 4 differs from the text encoder's hidden_size 8");
+        fails(&|s| s.unet.cross_attention_dim = 4, "cross_attention_dim 4 differs from the text encoder's hidden_size");
         fails(&|s| s.unet.attention_head_dim = PerBlock::Each(vec![]), "empty attention_head_dim");
         fails(&|s| s.unet.up_block_types.reverse(), "up blocks do not mirror the down blocks' cross-attention");
         fails(&|s| s.vae.block_out_channels.clear(), "vae/config.json: empty block_out_channels");

@@ -28,7 +28,12 @@ pub fn from_candle(t: &Tensor) -> Result<adp_api::Tensor> {
 
 /// Every prompt's concept vectors as tensors on `device`; those named by `trainable` share its
 /// `Var`, so gradients reach it.
-pub fn concept_slots(prompts: &[Prompt], width: usize, trainable: Option<(&str, &Var)>, device: &candle_core::Device) -> Result<Vec<Vec<Tensor>>> {
+pub fn concept_slots(
+    prompts: &[Prompt],
+    width: usize,
+    trainable: Option<(&str, &Var)>,
+    device: &candle_core::Device,
+) -> Result<Vec<Vec<Tensor>>> {
     adp_api::layout::concept_slots(prompts, width, |c| match trainable {
         Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
         _ => Tensor::new(c.vector.as_slice(), device).map_err(err),
@@ -36,7 +41,11 @@ pub fn concept_slots(prompts: &[Prompt], width: usize, trainable: Option<(&str, 
 }
 
 /// The `Var` to differentiate with respect to: the first concept named `gradient_of`, or `None`.
-pub fn trainable_var(prompts: &[&Prompt], gradient_of: Option<&String>, device: &candle_core::Device) -> Result<Option<Var>> {
+pub fn trainable_var(
+    prompts: &[&Prompt],
+    gradient_of: Option<&String>,
+    device: &candle_core::Device,
+) -> Result<Option<Var>> {
     let Some(c) = adp_api::checks::trainable_concept(prompts, gradient_of)? else { return Ok(None) };
     Var::new(c.vector.as_slice(), device).map(Some).map_err(err)
 }

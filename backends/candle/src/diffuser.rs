@@ -171,8 +171,7 @@ impl LatentDiffuser for CandleDiffuser {
             return self.vae_decode(&from_candle(&z0)?);
         };
         let mut latents = self.schedule.add_noise(&z0, &noise, first).map_err(err)?;
-        let prompts: Vec<Prompt> = std::iter::repeat(r.negative_prompt.clone()).take(n).chain(std::iter::repeat(r.prompt.clone()).take(n)).collect();
-        let cond = self.condition(&prompts, None)?;
+        let cond = self.condition(&r.guidance_prompts(n), None)?;
         for &t in &timesteps {
             let input = candle_core::Tensor::cat(&[&latents, &latents], 0).map_err(err)?;
             let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond).map_err(err)?;

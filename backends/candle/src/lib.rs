@@ -12,7 +12,10 @@ pub mod open_clip;
 mod scorer;
 
 use adp_api::learning::Learner;
-use adp_api::{BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::{
+    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device,
+    DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder,
+};
 
 pub const NAME: &str = "candle";
 

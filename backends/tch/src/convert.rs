@@ -47,7 +47,12 @@ pub fn from_tch(t: &Tensor) -> Result<adp_api::Tensor> {
 
 /// Every prompt's concept vectors as tensors on `device`; those named by `trainable` are that one
 /// leaf tensor, so its gradient collects every use.
-pub fn concept_slots(prompts: &[Prompt], width: usize, trainable: Option<(&str, &Tensor)>, device: tch::Device) -> Result<Vec<Vec<Tensor>>> {
+pub fn concept_slots(
+    prompts: &[Prompt],
+    width: usize,
+    trainable: Option<(&str, &Tensor)>,
+    device: tch::Device,
+) -> Result<Vec<Vec<Tensor>>> {
     adp_api::layout::concept_slots(prompts, width, |c| match trainable {
         Some((name, leaf)) if name == c.placeholder => Ok(leaf.shallow_clone()),
         _ => vector(&c.vector, device),
@@ -55,7 +60,7 @@ pub fn concept_slots(prompts: &[Prompt], width: usize, trainable: Option<(&str, 
 }
 
 /// The leaf to differentiate with respect to: the first concept named `gradient_of`, or `None`.
-pub fn trainable_leaf(prompts: &[&Prompt], gradient_of: Option<&String>, device: tch::Device) -> Result<Option<Tensor>> {
-    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient_of)? else { return Ok(None) };
+pub fn trainable_leaf(prompts: &[&Prompt], gradient: Option<&String>, device: tch::Device) -> Result<Option<Tensor>> {
+    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient)? else { return Ok(None) };
     vector(&c.vector, device)?.f_set_requires_grad(true).map(Some).map_err(err)
 }

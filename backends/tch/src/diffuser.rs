@@ -155,10 +155,9 @@ impl LatentDiffuser for TchDiffuser {
         let Some(&first) = timesteps.first() else {
             return self.decode(&z0);
         };
-        let prompts: Vec<Prompt> = std::iter::repeat_n(r.negative_prompt.clone(), n).chain(std::iter::repeat_n(r.prompt.clone(), n)).collect();
         let n64 = n as i64;
         let latents = tch::no_grad(|| -> Result<tch::Tensor> {
-            let cond = self.condition(&prompts, None)?;
+            let cond = self.condition(&r.guidance_prompts(n), None)?;
             let mut latents = same(self.schedule.add_noise(&z0, &noise, first))?;
             for &t in &timesteps {
                 let run = || -> std::result::Result<tch::Tensor, tch::TchError> {

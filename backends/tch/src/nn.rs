@@ -118,7 +118,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(w: Prefixed, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(adp_api::Error::invalid("norm_num_groups", format!("{groups} groups do not divide {channels} channels")));
         }
         Ok(Self { weight: w.get("weight", &[channels])?, bias: w.get("bias", &[channels])?, groups: groups as i64, eps })
