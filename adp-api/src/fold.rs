@@ -31,7 +31,7 @@ pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tenso
     let mut b = Vec::with_capacity(c);
     for o in 0..c {
         let var = bn.running_var.data()[o] as f64 + bn.eps;
-        if !(var > 0.0) {
+        if var.is_nan() || var <= 0.0 {
             return Err(Error::invalid("batch norm", format!("running_var[{o}] + eps = {var} is not positive")));
         }
         let scale = bn.weight.data()[o] as f64 / var.sqrt();

@@ -1,14 +1,29 @@
 //! The concept-learning loop of SPEC §4–5, written once over the traits: a backend's
-//! `ConceptOptimizer` supplies its encoder and diffuser and calls [`learn`]. AdamW runs on the
+//! `ConceptOptimizer` is a [`Learner`] over its encoder and diffuser, which calls [`learn`]. AdamW runs on the
 //! host (the concept is one vector); randomness comes from the seed and the step number, so a
 //! resumed run draws exactly what the uninterrupted one would have.
 use crate::atomic::write_atomic;
 use crate::preprocess::resize;
 use crate::requests::*;
 use crate::rng::{normals, SplitMix64};
-use crate::{Concept, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor, TextImageEncoder};
+use crate::{ConceptOptimizer, Concept, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor};
+use crate::TextImageEncoder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// A backend's `ConceptOptimizer`: [`learn`] over its own encoder and diffuser.
+pub struct Learner<E, D> {
+    /// The backend's name, recorded in the concept's provenance.
+    pub backend: &'static str,
+    pub encoder: E,
+    pub diffuser: D,
+}
+
+impl<E: TextImageEncoder, D: LatentDiffuser> ConceptOptimizer for Learner<E, D> {
+    fn learn(&self, request: &LearnRequest, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Concept> {
+        learn(self.backend, &self.encoder, &self.diffuser, request, progress)
+    }
+}
 
 /// AdamW as torch.optim.AdamW computes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,10 +97,10 @@ fn validate(r: &LearnRequest, text_width: usize) -> Result<()> {
     if r.templates.is_empty() || r.templates.iter().any(|t| !t.contains("{}")) {
         return Err(Error::invalid("templates", "need at least one, each with `{}` for the state prompt"));
     }
-    if r.batch_size == 0 || !(r.learning_rate > 0.0) {
+    if r.batch_size == 0 || r.learning_rate.is_nan() || r.learning_rate <= 0.0 {
         return Err(Error::invalid("learn request", "batch size and learning rate must be positive"));
     }
-    if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().map_or(true, |p| p.is_empty()) {
+    if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().is_none_or(|p| p.is_empty()) {
         return Err(Error::invalid("learn request", "the anomaly-aware objective (eq. 4) needs pseudo-anomalies"));
     }
     Ok(())
@@ -191,7 +206,7 @@ pub fn learn(
         state.step += 1;
         let record = LossRecord { step: state.step, loss, diffusion_loss: diff.value, clip_normal, clip_anomaly };
         state.history.push(record);
-        if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.every > 0 && state.step % c.every == 0) {
+        if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.every > 0 && state.step.is_multiple_of(c.every)) {
             write_atomic(&cp.path, serde_json::to_string(&state).expect("json").as_bytes())?;
         }
         let p = Progress { step: state.step, total_steps: r.steps, loss, diffusion_loss: diff.value, clip_normal, clip_anomaly };

@@ -7,12 +7,14 @@
 //! [`Backend`]. All calls are synchronous; hosts that want async wrap them.
 
 pub mod atomic;
+pub mod checks;
 pub mod concept;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod fold;
 pub mod image;
+pub mod layout;
 pub mod learning;
 pub mod preprocess;
 pub mod requests;

@@ -7,6 +7,8 @@
 use crate::{ImageBatch, Tensor};
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+// open_clip's constants as published (the f32 they round to is what counts).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 const PRECISION_BITS: u32 = 22;

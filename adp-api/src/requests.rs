@@ -94,6 +94,39 @@ pub struct BackboneOutputs {
     pub logits: Tensor,
 }
 
+impl BackboneOutputs {
+    /// The outputs of consecutive chunks of one batch, as that batch's.
+    pub fn concat(parts: &[BackboneOutputs]) -> crate::Result<Self> {
+        let stages = parts.first().map_or(0, |p| p.stages.len());
+        let cat = |f: &dyn Fn(&BackboneOutputs) -> &Tensor| {
+            Tensor::concat(&parts.iter().map(|p| f(p).clone()).collect::<Vec<_>>())
+        };
+        Ok(Self {
+            stages: (0..stages).map(|g| cat(&|p| &p.stages[g])).collect::<crate::Result<_>>()?,
+            head: cat(&|p| &p.head)?,
+            logits: cat(&|p| &p.logits)?,
+        })
+    }
+}
+
+impl DenseFeatures {
+    /// Checks every window size against `grid` ([`crate::checks::window_size`]), then gathers each
+    /// size's embeddings and the patch tokens.
+    pub fn gather(
+        grid: usize,
+        window_sizes: &[usize],
+        mut window: impl FnMut(usize) -> crate::Result<Tensor>,
+        patch_tokens: impl FnOnce() -> crate::Result<Tensor>,
+    ) -> crate::Result<Self> {
+        window_sizes.iter().try_for_each(|&size| crate::checks::window_size(size, grid))?;
+        let windows = window_sizes
+            .iter()
+            .map(|&size| Ok(WindowFeatures { size, embeddings: window(size)? }))
+            .collect::<crate::Result<_>>()?;
+        Ok(Self { grid, patch_tokens: patch_tokens()?, windows })
+    }
+}
+
 /// A scalar objective and, when asked for, its gradient with respect to a concept vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValueAndGrad {
@@ -189,6 +222,12 @@ impl Img2ImgRequest {
             seed,
             noise: None,
         }
+    }
+
+    /// The classifier-free guidance batch for `n` images: the negative prompt `n` times, then the
+    /// prompt `n` times (unconditional half first, as the UNet output is split).
+    pub fn guidance_prompts(&self, n: usize) -> Vec<Prompt> {
+        std::iter::repeat_n(self.negative_prompt.clone(), n).chain(std::iter::repeat_n(self.prompt.clone(), n)).collect()
     }
 }
 

@@ -58,7 +58,7 @@ impl Tensor {
     /// Fails with the name `what` when the rank or a fixed dimension differs; `None` is any size.
     pub fn expect_shape(&self, what: &str, expected: &[Option<usize>]) -> Result<()> {
         let ok = self.shape.len() == expected.len()
-            && self.shape.iter().zip(expected).all(|(d, e)| e.map_or(true, |e| e == *d));
+            && self.shape.iter().zip(expected).all(|(d, e)| e.is_none_or(|e| e == *d));
         if ok {
             return Ok(());
         }
@@ -83,6 +83,18 @@ impl Tensor {
         (self.shape == other.shape).then(|| {
             self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
         })
+    }
+
+    /// The parts stacked along the leading dimension: the same trailing shape, at least one part.
+    pub fn concat(parts: &[Tensor]) -> Result<Self> {
+        let Some(first) = parts.first() else { return Err(Error::invalid("concatenation", "no tensor given")) };
+        let tail = first.shape.get(1..).unwrap_or_default();
+        if let Some(bad) = parts.iter().find(|p| p.shape.is_empty() || &p.shape[1..] != tail) {
+            return Err(Error::shape("concatenated part", format!("[_, {tail:?}] like the first"), &bad.shape));
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        Tensor::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
     }
 
     pub fn max_abs(&self) -> f32 {
@@ -114,6 +126,16 @@ mod tests {
         t.expect_shape("x", &[None, Some(4)]).unwrap();
         let e = t.expect_shape("embeddings", &[None, Some(3)]).unwrap_err().to_string();
         assert_eq!(e, "embeddings: expected shape [_, 3], got [2, 4]");
+    }
+
+    #[test]
+    fn concat_stacks_rows_of_one_shape() {
+        let a = Tensor::new(vec![1, 2], vec![1.0, 2.0]).unwrap();
+        let b = Tensor::new(vec![2, 2], vec![3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(Tensor::concat(&[a.clone(), b]).unwrap().data(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let e = Tensor::concat(&[a, Tensor::zeros(vec![1, 3])]).unwrap_err().to_string();
+        assert!(e.contains("concatenated part: expected shape [_, [2]] like the first, got [1, 3]"), "{e}");
+        assert!(Tensor::concat(&[]).is_err());
     }
 
     #[test]

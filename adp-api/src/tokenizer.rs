@@ -100,6 +100,26 @@ impl ClipTokenizer {
         ids.resize(context_length, 0);
         Ok(Tokens { ids, end, concepts })
     }
+
+    /// Every prompt of a batch, which must not be empty.
+    pub fn encode_all(&self, prompts: &[Prompt], context_length: usize) -> Result<Vec<Tokens>> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        prompts.iter().map(|p| self.encode(p, context_length)).collect()
+    }
+
+    /// The id of a word that is one token, inside a vocabulary of `vocab` rows.
+    pub fn single_token(&self, word: &str, vocab: usize) -> Result<usize> {
+        let ids = self.encode_text(word);
+        let [id] = ids[..] else {
+            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
+        };
+        if id as usize >= vocab {
+            return Err(Error::invalid("token", format!("id {id} is outside the vocabulary of {vocab}")));
+        }
+        Ok(id as usize)
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +150,17 @@ mod tests {
         // Pooling at argmax would pick the placeholder, not the end token.
         let argmax = got.ids.iter().enumerate().max_by_key(|(_, v)| **v).unwrap().0;
         assert_ne!(argmax, got.end);
+    }
+
+    #[test]
+    fn batches_and_single_words_are_checked() {
+        let t = ClipTokenizer::new();
+        assert!(t.encode_all(&[], 77).unwrap_err().to_string().contains("invalid prompts: no prompt given"));
+        assert_eq!(t.single_token("photo", VOCAB_SIZE).unwrap(), 1125);
+        let e = t.single_token("a photo", VOCAB_SIZE).unwrap_err().to_string();
+        assert!(e.contains("\"a photo\" is 2 tokens, not one"), "{e}");
+        let e = t.single_token("photo", 1000).unwrap_err().to_string();
+        assert!(e.contains("id 1125 is outside the vocabulary of 1000"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct BackendInfo {
 }
 
 impl BackendInfo {
+    /// A backend that provides every part ([`Capability::ALL`]).
+    pub fn complete(name: &str, version: &str, runtime: &str, devices: Vec<Device>) -> Self {
+        let provides = Capability::ALL.to_vec();
+        Self { name: name.into(), version: version.into(), runtime: runtime.into(), devices, provides }
+    }
     pub fn check_device(&self, device: Device) -> Result<()> {
         if self.devices.contains(&device) {
             Ok(())

@@ -115,13 +115,13 @@ impl ClipConfig {
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
         let mut problems = Vec::new();
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             problems.push(format!("vision_cfg.image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
         }
-        if v.head_width == 0 || v.width % v.head_width != 0 {
+        if v.head_width == 0 || !v.width.is_multiple_of(v.head_width) {
             problems.push(format!("vision_cfg.width {} is not a multiple of head_width {}", v.width, v.head_width));
         }
-        if t.heads == 0 || t.width % t.heads != 0 {
+        if t.heads == 0 || !t.width.is_multiple_of(t.heads) {
             problems.push(format!("text_cfg.width {} is not a multiple of heads {}", t.width, t.heads));
         }
         if t.context_length < 2 {

@@ -210,7 +210,9 @@ impl DiffusionSpec {
         Ok(spec)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// What every checkpoint must satisfy: one block type per block, and a UNet that cross-attends
+    /// to the text encoder's width.
+    pub fn validate(&self) -> Result<()> {
         let u = &self.unet;
         if u.down_block_types.len() != u.block_out_channels.len() || u.up_block_types.len() != u.block_out_channels.len() {
             return Err(Error::config(
@@ -231,6 +233,38 @@ impl DiffusionSpec {
                     u.cross_attention_dim, self.text_encoder.hidden_size
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// The layouts adp's UNet and VAE implement, beyond [`Self::validate`]'s consistency: known
+    /// block types, one per block, up blocks mirroring the down blocks' cross-attention, head
+    /// sizes given, a VAE with blocks and a schedule with timesteps. Both backends call it first.
+    pub fn check_supported(&self) -> Result<()> {
+        let u = &self.unet;
+        let n = u.block_out_channels.len();
+        let cross = |t: &str| t.starts_with("CrossAttn");
+        let known = |t: &str| matches!(t, "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D");
+        let bad = |m: String| Err(Error::config(self.root.join("unet/config.json"), m));
+        if let Some(t) = u.down_block_types.iter().chain(&u.up_block_types).find(|t| !known(t)) {
+            return bad(format!("unsupported block type {t:?}"));
+        }
+        if n == 0 {
+            let (down, up) = (u.down_block_types.len(), u.up_block_types.len());
+            return bad(format!("{down} down and {up} up block types for 0 block_out_channels"));
+        }
+        self.validate()?;
+        if matches!(&u.attention_head_dim, PerBlock::Each(v) if v.is_empty()) {
+            return bad("empty attention_head_dim".into());
+        }
+        if (0..n).any(|i| cross(&u.down_block_types[i]) != cross(&u.up_block_types[n - 1 - i])) {
+            return bad("up blocks do not mirror the down blocks' cross-attention".into());
+        }
+        if self.vae.block_out_channels.is_empty() {
+            return Err(Error::config(self.root.join("vae/config.json"), "empty block_out_channels"));
+        }
+        if self.scheduler.num_train_timesteps == 0 {
+            return Err(Error::config(self.root.join("scheduler"), "num_train_timesteps is 0"));
         }
         Ok(())
     }
@@ -313,6 +347,49 @@ mod tests {
         assert_eq!((&t[..3], t[29]), (&[958usize, 925, 892][..], 1));
         let i2i = s.img2img_timesteps(30, 0.5).unwrap();
         assert_eq!((i2i.len(), i2i[0]), (15, 463));
+    }
+
+    fn tiny_spec() -> DiffusionSpec {
+        DiffusionSpec {
+            root: PathBuf::from("sd"),
+            text_encoder: serde_json::from_str(
+                r#"{"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1}"#,
+            )
+            .unwrap(),
+            unet: serde_json::from_str(
+                r#"{"in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16], "cross_attention_dim": 8,
+                    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}"#,
+            )
+            .unwrap(),
+            vae: serde_json::from_str(r#"{"block_out_channels": [8]}"#).unwrap(),
+            scheduler: serde_json::from_str("{}").unwrap(),
+            prediction: Prediction::Epsilon,
+        }
+    }
+
+    #[test]
+    fn unsupported_layouts_are_named() {
+        tiny_spec().check_supported().unwrap();
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
+            let mut spec = tiny_spec();
+            edit(&mut spec);
+            let e = spec.check_supported().unwrap_err().to_string();
+            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
+        };
+        fails(&|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(), "unet/config.json: unsupported block");
+        fails(&|s| s.unet.up_block_types.pop().map(drop).unwrap(), "2 down and 1 up block types for 2 block_out");
+        let none = |s: &mut DiffusionSpec| {
+            s.unet.block_out_channels.clear();
+            s.unet.down_block_types.clear();
+            s.unet.up_block_types.clear();
+        };
+        fails(&none, "0 down and 0 up block types for 0 block_out_channels");
+        fails(&|s| s.unet.cross_attention_dim = 4, "cross_attention_dim 4 differs from the text encoder's hidden_size");
+        fails(&|s| s.unet.attention_head_dim = PerBlock::Each(vec![]), "empty attention_head_dim");
+        fails(&|s| s.unet.up_block_types.reverse(), "up blocks do not mirror the down blocks' cross-attention");
+        fails(&|s| s.vae.block_out_channels.clear(), "vae/config.json: empty block_out_channels");
+        fails(&|s| s.scheduler.num_train_timesteps = 0, "scheduler: num_train_timesteps is 0");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Checkpoint specs: what the configs of user-supplied checkpoints say.
 pub mod clip;
+pub mod ddim;
 pub mod diffusion;
 pub mod efficientnet;
 pub mod st;

@@ -1,6 +1,6 @@
 //! Between adp's host tensors and candle's, and between their errors.
 use adp_api::requests::Prompt;
-use adp_api::{Device, Error};
+use adp_api::{Device, Error, Result};
 use candle_core::Var;
 use candle_core::Tensor;
 
@@ -8,7 +8,7 @@ pub fn err(e: candle_core::Error) -> Error {
     Error::Backend { backend: crate::NAME.into(), message: e.to_string() }
 }
 
-pub fn device(d: Device) -> adp_api::Result<candle_core::Device> {
+pub fn device(d: Device) -> Result<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
         Device::Cuda(n) => candle_core::Device::new_cuda(n)
@@ -16,45 +16,36 @@ pub fn device(d: Device) -> adp_api::Result<candle_core::Device> {
     }
 }
 
-pub fn to_candle(t: &adp_api::Tensor, device: &candle_core::Device) -> adp_api::Result<Tensor> {
+pub fn to_candle(t: &adp_api::Tensor, device: &candle_core::Device) -> Result<Tensor> {
     Tensor::from_slice(t.data(), t.shape(), device).map_err(err)
 }
 
-pub fn from_candle(t: &Tensor) -> adp_api::Result<adp_api::Tensor> {
+pub fn from_candle(t: &Tensor) -> Result<adp_api::Tensor> {
     let shape = t.dims().to_vec();
     let data = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>()).map_err(err)?;
     adp_api::Tensor::new(shape, data)
 }
 
-/// Every prompt's concept vectors as tensors on `device`, checked against the text width; those
-/// named by `trainable` share its `Var`, so gradients reach it.
-pub fn concept_slots(prompts: &[Prompt], width: usize, trainable: Option<(&str, &Var)>, device: &candle_core::Device) -> adp_api::Result<Vec<Vec<Tensor>>> {
-    prompts
-        .iter()
-        .map(|p| {
-            p.concepts
-                .iter()
-                .map(|c| {
-                    if c.vector.len() != width {
-                        return Err(Error::shape(format!("concept {}", c.placeholder), format!("[{width}]"), &[c.vector.len()]));
-                    }
-                    match trainable {
-                        Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
-                        _ => Tensor::new(c.vector.as_slice(), device).map_err(err),
-                    }
-                })
-                .collect()
-        })
-        .collect()
+/// Every prompt's concept vectors as tensors on `device`; those named by `trainable` share its
+/// `Var`, so gradients reach it.
+pub fn concept_slots(
+    prompts: &[Prompt],
+    width: usize,
+    trainable: Option<(&str, &Var)>,
+    device: &candle_core::Device,
+) -> Result<Vec<Vec<Tensor>>> {
+    adp_api::layout::concept_slots(prompts, width, |c| match trainable {
+        Some((name, var)) if name == c.placeholder => Ok(var.as_tensor().clone()),
+        _ => Tensor::new(c.vector.as_slice(), device).map_err(err),
+    })
 }
 
 /// The `Var` to differentiate with respect to: the first concept named `gradient_of`, or `None`.
-pub fn trainable_var(prompts: &[&Prompt], gradient_of: Option<&String>, device: &candle_core::Device) -> adp_api::Result<Option<Var>> {
-    let Some(name) = gradient_of else { return Ok(None) };
-    let c = prompts
-        .iter()
-        .flat_map(|p| &p.concepts)
-        .find(|c| &c.placeholder == name)
-        .ok_or_else(|| Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}")))?;
+pub fn trainable_var(
+    prompts: &[&Prompt],
+    gradient_of: Option<&String>,
+    device: &candle_core::Device,
+) -> Result<Option<Var>> {
+    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient_of)? else { return Ok(None) };
     Var::new(c.vector.as_slice(), device).map(Some).map_err(err)
 }

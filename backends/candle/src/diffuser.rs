@@ -2,7 +2,7 @@
 use crate::convert::{concept_slots, err, from_candle, to_candle, trainable_var};
 use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet};
 use adp_api::requests::*;
-use adp_api::tokenizer::{ClipTokenizer, Tokens};
+use adp_api::tokenizer::ClipTokenizer;
 use adp_api::{DiffusionSpec, Error, ImageBatch, LatentDiffuser, Result, Tensor};
 use candle_core::{DType, Var};
 use candle_nn::VarBuilder;
@@ -24,27 +24,9 @@ fn load_err(file: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
     move |e| Error::config(file, e.to_string())
 }
 
-/// The block layouts this UNet supports: one transformer layer per attention, up blocks
-/// mirroring the down blocks' cross-attention, the last down block without one.
-fn check_unet_layout(spec: &DiffusionSpec) -> Result<()> {
-    let u = &spec.unet;
-    let n = u.block_out_channels.len();
-    let cross = |t: &str| t.starts_with("CrossAttn");
-    let known = |t: &str| matches!(t, "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D");
-    let bad = |m: String| Err(Error::config(spec.root.join("unet/config.json"), m));
-    if let Some(t) = u.down_block_types.iter().chain(&u.up_block_types).find(|t| !known(t)) {
-        return bad(format!("unsupported block type {t:?}"));
-    }
-    for i in 0..n {
-        if cross(&u.down_block_types[i]) != cross(&u.up_block_types[n - 1 - i]) {
-            return bad("up blocks do not mirror the down blocks' cross-attention".into());
-        }
-    }
-    Ok(())
-}
-
 impl CandleDiffuser {
     pub fn load(spec: &DiffusionSpec, device: candle_core::Device) -> Result<Self> {
+        spec.check_supported()?;
         let te_path = spec.weights("text_encoder")?;
         // SAFETY (all three): checkpoints are memory-mapped read-only.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], DType::F32, &device) }.map_err(|e| Error::io(&te_path, e))?;
@@ -52,9 +34,7 @@ impl CandleDiffuser {
 
         let unet_path = spec.weights("unet")?;
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], DType::F32, &device) }.map_err(|e| Error::io(&unet_path, e))?;
-        let u = &spec.unet;
-        check_unet_layout(spec)?;
-        let unet = UNet::new(vb, u).map_err(load_err(&unet_path))?;
+        let unet = UNet::new(vb, &spec.unet).map_err(load_err(&unet_path))?;
 
         // candle's VAE only exposes posterior samples; with the log-variance half of
         // `quant_conv` zeroed and its bias at −1e4 the posterior's std is exactly 0, so its
@@ -83,23 +63,13 @@ impl CandleDiffuser {
         let vae = vae::AutoEncoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &device), v.in_channels, v.out_channels, vae_cfg)
             .map_err(load_err(&vae_path))?;
 
-        let s = &spec.scheduler;
-        let alphas_cumprod = s.alphas_cumprod()?;
-        let schedule = Schedule {
-            final_alpha_cumprod: if s.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
-            alphas_cumprod,
-            prediction: spec.prediction,
-        };
+        let schedule = Schedule(spec.ddim_schedule()?);
         let dims = spec.dims();
         Ok(Self { text, unet, vae, schedule, spec: spec.clone(), dims, tokenizer: ClipTokenizer::new(), device })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
-        if images.is_empty() {
-            return Err(Error::EmptySupportSet);
-        }
-        let s = self.dims.image_size;
-        images.expect_size(&format!("diffusion input (N, 3, {s}, {s})"), s, s)?;
+        self.dims.check_images(images)?;
         let x = to_candle(images.pixels(), &self.device)?;
         (x * 2.0).and_then(|x| x - 1.0).map_err(err)
     }
@@ -116,32 +86,13 @@ impl CandleDiffuser {
         (z * self.spec.vae.scaling_factor as f64).map_err(err)
     }
 
-    fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
-        if prompts.is_empty() {
-            return Err(Error::invalid("prompts", "no prompt given"));
-        }
-        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
-    }
-
     /// Text-encoder states; the concept named by `trainable` uses the given `Var`.
     fn condition(&self, prompts: &[Prompt], trainable: Option<(&str, &Var)>) -> Result<candle_core::Tensor> {
-        let tokens = self.tokens(prompts)?;
+        let tokens = self.tokenizer.encode_all(prompts, self.dims.context_length)?;
         let slots = concept_slots(prompts, self.dims.text_width, trainable, &self.device)?;
-        self.text.forward(&tokens, &slots).map_err(err)
+        self.text.forward(&tokens, &slots)
     }
 
-    fn check_timestep(&self, t: u32) -> Result<usize> {
-        let t = t as usize;
-        if t >= self.dims.train_timesteps {
-            return Err(Error::invalid("timestep", format!("{t} (the schedule has {})", self.dims.train_timesteps)));
-        }
-        Ok(t)
-    }
-
-    fn latent_shape(&self, n: usize) -> Vec<usize> {
-        let side = self.dims.image_size / self.dims.vae_downsampling;
-        vec![n, self.dims.latent_channels, side, side]
-    }
 }
 
 impl LatentDiffuser for CandleDiffuser {
@@ -154,9 +105,7 @@ impl LatentDiffuser for CandleDiffuser {
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch> {
-        let shape = self.latent_shape(latents.shape().first().copied().unwrap_or(0));
-        latents.expect_shape("latents", &shape.iter().enumerate().map(|(i, &d)| (i > 0).then_some(d)).collect::<Vec<_>>())?;
-        latents.check_finite("latents")?;
+        self.dims.check_latents(latents)?;
         let z = to_candle(latents, &self.device)?;
         let x = (z / self.spec.vae.scaling_factor as f64)
             .and_then(|z| (0..z.dim(0)?).map(|i| self.vae.decode(&z.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>())
@@ -172,23 +121,14 @@ impl LatentDiffuser for CandleDiffuser {
     }
 
     fn unet_prediction(&self, r: &UnetRequest) -> Result<Tensor> {
-        let n = r.timesteps.len();
-        let shape = self.latent_shape(n);
-        r.latents.expect_shape("latents", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
-        r.conditioning.expect_shape("conditioning", &[Some(n), Some(self.dims.context_length), Some(self.dims.text_width)])?;
+        let t = self.dims.check_unet(r)?;
         let (z, c) = (to_candle(&r.latents, &self.device)?, to_candle(&r.conditioning, &self.device)?);
-        let t = r.timesteps.iter().map(|&t| self.check_timestep(t).map(|t| t as f64)).collect::<Result<Vec<_>>>()?;
         from_candle(&self.unet.forward(&z, &t, &c).map_err(err)?)
     }
 
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
         let n = r.images.len();
-        if r.prompts.len() != n || r.timesteps.len() != n {
-            return Err(Error::invalid("denoising loss", format!("{n} images need as many prompts and timesteps (got {} and {})", r.prompts.len(), r.timesteps.len())));
-        }
-        let shape = self.latent_shape(n);
-        r.noise.expect_shape("noise", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
-        r.noise.check_finite("noise")?;
+        let timesteps = self.dims.check_denoising_loss(r)?;
         let z0 = self.latents(&r.images)?.detach();
         let noise = to_candle(&r.noise, &self.device)?;
         let var = trainable_var(&r.prompts.iter().collect::<Vec<_>>(), r.gradient_of.as_ref(), &self.device)?;
@@ -196,8 +136,7 @@ impl LatentDiffuser for CandleDiffuser {
         let mut noisy = Vec::with_capacity(n);
         let mut targets = Vec::with_capacity(n);
         let mut ts = Vec::with_capacity(n);
-        for i in 0..n {
-            let t = self.check_timestep(r.timesteps[i])?;
+        for (i, &t) in timesteps.iter().enumerate() {
             let (z, e) = (z0.narrow(0, i, 1).map_err(err)?, noise.narrow(0, i, 1).map_err(err)?);
             noisy.push(self.schedule.add_noise(&z, &e, t).map_err(err)?);
             targets.push(self.schedule.target(&z, &e, t).map_err(err)?);
@@ -219,27 +158,20 @@ impl LatentDiffuser for CandleDiffuser {
     }
 
     fn img2img(&self, r: &Img2ImgRequest) -> Result<ImageBatch> {
-        if !(r.guidance.is_finite() && r.guidance >= 0.0) {
-            return Err(Error::invalid("guidance", format!("{}", r.guidance)));
-        }
+        let timesteps = self.dims.check_img2img(r, &self.spec.scheduler)?;
         let n = r.images.len();
         let z0 = self.latents(&r.images)?;
-        let shape = self.latent_shape(n);
+        let shape = self.dims.latent_shape(n);
         let noise = match &r.noise {
-            Some(noise) => {
-                noise.expect_shape("img2img noise", &shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())?;
-                to_candle(noise, &self.device)?
-            }
+            Some(noise) => to_candle(noise, &self.device)?,
             None => to_candle(&Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?, &self.device)?,
         };
-        let timesteps = self.spec.scheduler.img2img_timesteps(r.steps, r.strength)?;
         let step = self.spec.scheduler.ddim_step(r.steps);
         let Some(&first) = timesteps.first() else {
             return self.vae_decode(&from_candle(&z0)?);
         };
         let mut latents = self.schedule.add_noise(&z0, &noise, first).map_err(err)?;
-        let prompts: Vec<Prompt> = std::iter::repeat(r.negative_prompt.clone()).take(n).chain(std::iter::repeat(r.prompt.clone()).take(n)).collect();
-        let cond = self.condition(&prompts, None)?;
+        let cond = self.condition(&r.guidance_prompts(n), None)?;
         for &t in &timesteps {
             let input = candle_core::Tensor::cat(&[&latents, &latents], 0).map_err(err)?;
             let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond).map_err(err)?;

@@ -4,7 +4,7 @@ use crate::open_clip::OpenClip;
 use adp_api::preprocess::clip_preprocess;
 use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
-use adp_api::{ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
+use adp_api::{checks, ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
 use candle_core::{DType, D};
 use candle_nn::VarBuilder;
 
@@ -27,17 +27,12 @@ impl CandleEncoder {
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
-        if images.is_empty() {
-            return Err(Error::EmptySupportSet);
-        }
+        checks::images(images)?;
         to_candle(&clip_preprocess(images, self.dims.image_size), &self.device)
     }
 
     fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
-        if prompts.is_empty() {
-            return Err(Error::invalid("prompts", "no prompt given"));
-        }
-        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
+        self.tokenizer.encode_all(prompts, self.dims.context_length)
     }
 }
 
@@ -56,44 +51,36 @@ impl TextImageEncoder for CandleEncoder {
 
     fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
         let x = self.pixels(images)?;
-        let windows = window_sizes
-            .iter()
-            .map(|&size| {
-                if size == 0 || size > self.dims.grid {
-                    return Err(Error::invalid("window size", format!("{size} on a {0}×{0} patch grid", self.dims.grid)));
-                }
-                let embeddings = from_candle(&self.model.visual.window_embeddings(&x, size).map_err(err)?)?;
-                Ok(WindowFeatures { size, embeddings })
-            })
-            .collect::<Result<_>>()?;
-        let patch_tokens = from_candle(&self.model.visual.penultimate_tokens(&x).map_err(err)?)?;
-        Ok(DenseFeatures { grid: self.dims.grid, patch_tokens, windows })
+        let visual = &self.model.visual;
+        DenseFeatures::gather(
+            self.dims.grid,
+            window_sizes,
+            |size| from_candle(&visual.window_embeddings(&x, size).map_err(err)?),
+            || from_candle(&visual.penultimate_tokens(&x).map_err(err)?),
+        )
     }
 
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
         let tokens = self.tokens(prompts)?;
-        from_candle(&self.model.text.encode(&tokens, &concept_slots(prompts, self.dims.text_width, None, &self.device)?).map_err(err)?)
+        let slots = concept_slots(prompts, self.dims.text_width, None, &self.device)?;
+        from_candle(&self.model.text.encode(&tokens, &slots)?)
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        let ids = self.tokenizer.encode_text(word);
-        let [id] = ids[..] else {
-            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
-        };
-        let row = self.model.text.token_embedding.get(id as usize).map_err(err)?;
+        let id = self.tokenizer.single_token(word, self.model.text.token_embedding.dim(0).map_err(err)?)?;
+        let row = self.model.text.token_embedding.get(id).map_err(err)?;
         row.to_vec1::<f32>().map_err(err)
     }
 
     fn state_probability(&self, r: &StateProbabilityRequest) -> Result<StateProbability> {
-        if !(r.temperature > 0.0) {
-            return Err(Error::invalid("temperature", format!("{} must be positive", r.temperature)));
-        }
+        checks::temperature(r.temperature)?;
         let f = normalize(&self.model.visual.embed(&self.pixels(&r.images)?).map_err(err)?).map_err(err)?;
         let prompts = [r.normal.clone(), r.anomalous.clone()];
         let var = trainable_var(&[&r.normal, &r.anomalous], r.gradient_of.as_ref(), &self.device)?;
         let trainable = r.gradient_of.as_deref().zip(var.as_ref());
         let tokens = self.tokens(&prompts)?;
-        let g = normalize(&self.model.text.encode(&tokens, &concept_slots(&prompts, self.dims.text_width, trainable, &self.device)?).map_err(err)?).map_err(err)?;
+        let slots = concept_slots(&prompts, self.dims.text_width, trainable, &self.device)?;
+        let g = normalize(&self.model.text.encode(&tokens, &slots)?).map_err(err)?;
         let logits = (f.matmul(&g.t().map_err(err)?).map_err(err)? / r.temperature as f64).map_err(err)?;
         let p_normal = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
         let grad = match &var {

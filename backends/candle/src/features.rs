@@ -4,13 +4,11 @@ use crate::efficientnet::EfficientNet;
 use adp_api::config::efficientnet::FEATURE_GROUPS;
 use adp_api::preprocess::{backbone_input, bilinear_matrix};
 use adp_api::requests::{BackboneOutputs, FeatureDims};
-use adp_api::{BackboneCheckpoint, EfficientNetConfig, Error, FeatureExtractor, ImageBatch, Result, Tensor};
+use adp_api::layout::{chunks, BACKBONE_CHUNK};
+use adp_api::{checks, BackboneCheckpoint, EfficientNetConfig, Error, FeatureExtractor, ImageBatch, Result, Tensor};
 use candle_core::DType;
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
-
-/// Images per forward pass: bounds the activations' memory whatever the batch.
-const CHUNK: usize = 8;
 
 pub struct CandleFeatures {
     model: EfficientNet,
@@ -33,14 +31,11 @@ impl CandleFeatures {
         Ok(Self { model, dims: backbone.config.feature_dims(), config: backbone.config.clone(), device })
     }
 
-    /// The normalised inputs on the device, in chunks of at most [`CHUNK`] images.
+    /// The normalised inputs on the device, in chunks of at most [`BACKBONE_CHUNK`] images.
     fn inputs(&self, images: &ImageBatch) -> Result<Vec<candle_core::Tensor>> {
-        if images.is_empty() {
-            return Err(Error::invalid("image batch", "it is empty: there is no image to extract features from"));
-        }
-        let x = backbone_input(images, &self.config);
-        let x = to_candle(&x, &self.device)?;
-        (0..images.len()).step_by(CHUNK).map(|start| x.narrow(0, start, CHUNK.min(images.len() - start)).map_err(err)).collect()
+        checks::backbone_images(images)?;
+        let x = to_candle(&backbone_input(images, &self.config), &self.device)?;
+        chunks(images.len(), BACKBONE_CHUNK).map(|(start, len)| x.narrow(0, start, len).map_err(err)).collect()
     }
 
     /// `[n, G², dim]` patch features of one chunk of normalised images.
@@ -76,27 +71,23 @@ fn local_mean(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tenso
     x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.avg_pool2d_with_stride(3, 1)?.broadcast_mul(&scale)
 }
 
-fn cat(parts: &[candle_core::Tensor]) -> Result<Tensor> {
-    from_candle(&candle_core::Tensor::cat(parts, 0).map_err(err)?)
-}
-
 impl FeatureExtractor for CandleFeatures {
     fn dims(&self) -> FeatureDims {
         self.dims.clone()
     }
 
     fn patch_features(&self, images: &ImageBatch) -> Result<Tensor> {
-        let parts = self.inputs(images)?.iter().map(|x| self.patch_chunk(x).map_err(err)).collect::<Result<Vec<_>>>()?;
-        cat(&parts)
+        let chunk = |x: &candle_core::Tensor| from_candle(&self.patch_chunk(x).map_err(err)?);
+        let parts = self.inputs(images)?.iter().map(chunk).collect::<Result<Vec<_>>>()?;
+        Tensor::concat(&parts)
     }
 
     fn backbone_outputs(&self, images: &ImageBatch) -> Result<BackboneOutputs> {
-        let outs = self.inputs(images)?.iter().map(|x| self.model.forward(x).map_err(err)).collect::<Result<Vec<_>>>()?;
-        let stages = (0..outs[0].stages.len())
-            .map(|g| cat(&outs.iter().map(|o| o.stages[g].clone()).collect::<Vec<_>>()))
-            .collect::<Result<_>>()?;
-        let head = cat(&outs.iter().map(|o| o.head.clone()).collect::<Vec<_>>())?;
-        let logits = cat(&outs.iter().map(|o| o.logits.clone()).collect::<Vec<_>>())?;
-        Ok(BackboneOutputs { stages, head, logits })
+        let chunk = |x: &candle_core::Tensor| -> Result<BackboneOutputs> {
+            let o = self.model.forward(x).map_err(err)?;
+            let stages = o.stages.iter().map(from_candle).collect::<Result<_>>()?;
+            Ok(BackboneOutputs { stages, head: from_candle(&o.head)?, logits: from_candle(&o.logits)? })
+        };
+        BackboneOutputs::concat(&self.inputs(images)?.iter().map(chunk).collect::<Result<Vec<_>>>()?)
     }
 }

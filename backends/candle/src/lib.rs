@@ -8,11 +8,14 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod nn;
-mod optimizer;
 pub mod open_clip;
 mod scorer;
 
-use adp_api::{BackboneCheckpoint, Backend, BackendInfo, Capability, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
+use adp_api::learning::Learner;
+use adp_api::{
+    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device,
+    DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder,
+};
 
 pub const NAME: &str = "candle";
 
@@ -36,13 +39,7 @@ fn devices() -> Vec<Device> {
 
 impl Backend for CandleBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            runtime: "candle-core 0.11".into(),
-            devices: devices(),
-            provides: Capability::ALL.to_vec(),
-        }
+        BackendInfo::complete(NAME, env!("CARGO_PKG_VERSION"), "candle-core 0.11", devices())
     }
 
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
@@ -55,7 +52,8 @@ impl Backend for CandleBackend {
 
     fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn ConceptOptimizer>> {
         let device = convert::device(device)?;
-        Ok(Box::new(optimizer::CandleOptimizer {
+        Ok(Box::new(Learner {
+            backend: NAME,
             encoder: encoder::CandleEncoder::load(clip, device.clone())?,
             diffuser: diffuser::CandleDiffuser::load(sd, device)?,
         }))

@@ -2,7 +2,8 @@
 //! that memory stays bounded (`chunk × memory rows` distances at a time).
 use crate::convert::{err, from_candle, to_candle};
 use adp_api::requests::{FeatureKind, ReferenceMemory};
-use adp_api::{Error, Result, Scorer, Tensor};
+use adp_api::layout::chunks;
+use adp_api::{checks, Result, Scorer, Tensor};
 use candle_core::D;
 
 pub struct CandleScorer {
@@ -17,27 +18,17 @@ fn unit_rows(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor
 
 impl Scorer for CandleScorer {
     fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory> {
-        let rank = support.shape().len();
-        let d = support.shape().last().copied().unwrap_or(0);
-        if !(2..=3).contains(&rank) || support.is_empty() || d == 0 {
-            return Err(Error::shape("support features", "[K, P, D] or [M, D], non-empty", support.shape()));
-        }
-        support.check_finite("support features")?;
-        let rows = support.len() / d;
+        let (rows, d) = checks::support_features(support)?;
         let t = to_candle(support, &self.device)?.reshape((rows, d)).map_err(err)?;
         Ok(ReferenceMemory { kind, features: from_candle(&unit_rows(&t).map_err(err)?)? })
     }
 
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor> {
-        let d = memory.features.shape()[1];
-        test.expect_shape("test features", &[None, None, Some(d)])?;
-        test.check_finite("test features")?;
-        let (n, p) = (test.shape()[0], test.shape()[1]);
+        let (n, p, d) = checks::association(memory, test)?;
         let mem_t = to_candle(&memory.features, &self.device)?.t().map_err(err)?.contiguous().map_err(err)?;
         let queries = to_candle(test, &self.device)?.reshape((n * p, d)).map_err(err)?;
         let mut out = Vec::with_capacity(n * p);
-        for start in (0..n * p).step_by(self.chunk.max(1)) {
-            let len = self.chunk.min(n * p - start);
+        for (start, len) in chunks(n * p, self.chunk) {
             let q = unit_rows(&queries.narrow(0, start, len).map_err(err)?).map_err(err)?;
             let best = q.matmul(&mem_t).and_then(|s| s.max(D::Minus1)).map_err(err)?;
             out.extend(best.to_vec1::<f32>().map_err(err)?.into_iter().map(|s| 0.5 * (1.0 - s)));

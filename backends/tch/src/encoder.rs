@@ -1,10 +1,11 @@
 //! `TextImageEncoder` on an OpenCLIP checkpoint.
-use crate::convert::{concept_slots, err, vector, from_tch, to_tch, to_vec};
-use crate::open_clip::{OpenClip, Weights};
+use crate::convert::{concept_slots, err, from_tch, to_tch, to_vec, trainable_leaf};
+use crate::nn::Weights;
+use crate::open_clip::OpenClip;
 use adp_api::preprocess::clip_preprocess;
 use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
-use adp_api::{ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
+use adp_api::{checks, ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
 use tch::{Kind, TchError};
 
 pub struct TchEncoder {
@@ -25,17 +26,12 @@ impl TchEncoder {
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
-        if images.is_empty() {
-            return Err(Error::EmptySupportSet);
-        }
+        checks::images(images)?;
         to_tch(&clip_preprocess(images, self.dims.image_size), self.device)
     }
 
     fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
-        if prompts.is_empty() {
-            return Err(Error::invalid("prompts", "no prompt given"));
-        }
-        prompts.iter().map(|p| self.tokenizer.encode(p, self.dims.context_length)).collect()
+        self.tokenizer.encode_all(prompts, self.dims.context_length)
     }
 
     /// Unit-normalised image embeddings, without gradients.
@@ -61,19 +57,14 @@ impl TextImageEncoder for TchEncoder {
 
     fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
         let x = self.pixels(images)?;
+        let visual = &self.model.visual;
         tch::no_grad(|| {
-            let windows = window_sizes
-                .iter()
-                .map(|&size| {
-                    if size == 0 || size > self.dims.grid {
-                        return Err(Error::invalid("window size", format!("{size} on a {0}×{0} patch grid", self.dims.grid)));
-                    }
-                    let embeddings = from_tch(&self.model.visual.window_embeddings(&x, size)?)?;
-                    Ok(WindowFeatures { size, embeddings })
-                })
-                .collect::<Result<_>>()?;
-            let patch_tokens = from_tch(&self.model.visual.penultimate_tokens(&x).map_err(err)?)?;
-            Ok(DenseFeatures { grid: self.dims.grid, patch_tokens, windows })
+            DenseFeatures::gather(
+                self.dims.grid,
+                window_sizes,
+                |size| from_tch(&visual.window_embeddings(&x, size)?),
+                || from_tch(&visual.penultimate_tokens(&x).map_err(err)?),
+            )
         })
     }
 
@@ -84,25 +75,15 @@ impl TextImageEncoder for TchEncoder {
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        let ids = self.tokenizer.encode_text(word);
-        let [id] = ids[..] else {
-            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
-        };
-        to_vec(&self.model.text.token_row(id as usize)?)
+        let id = self.tokenizer.single_token(word, self.model.text.token_embedding.size()[0] as usize)?;
+        to_vec(&self.model.text.token_row(id)?)
     }
 
     fn state_probability(&self, r: &StateProbabilityRequest) -> Result<StateProbability> {
-        if !(r.temperature > 0.0) {
-            return Err(Error::invalid("temperature", format!("{} must be positive", r.temperature)));
-        }
+        checks::temperature(r.temperature)?;
         let f = self.unit_image_embeddings(&r.images)?;
         let prompts = [r.normal.clone(), r.anomalous.clone()];
-        let start = prompts.iter().flat_map(|p| &p.concepts).find(|c| Some(&c.placeholder) == r.gradient_of.as_ref());
-        let leaf = match (&r.gradient_of, start) {
-            (Some(name), None) => return Err(Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}"))),
-            (_, Some(c)) => Some(vector(&c.vector, self.device)?.f_set_requires_grad(true).map_err(err)?),
-            (None, None) => None,
-        };
+        let leaf = trainable_leaf(&[&r.normal, &r.anomalous], r.gradient_of.as_ref(), self.device)?;
         let trainable = r.gradient_of.as_deref().zip(leaf.as_ref());
         let tokens = self.tokens(&prompts)?;
         let slots = concept_slots(&prompts, self.dims.text_width, trainable, self.device)?;

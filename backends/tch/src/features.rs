@@ -1,15 +1,13 @@
 //! `FeatureExtractor` on EfficientNet-Lite: multi-scale patch features for reference association.
 use crate::convert::{err, from_tch, to_tch};
 use crate::efficientnet::EfficientNet;
-use crate::open_clip::Weights;
+use crate::nn::Weights;
 use adp_api::config::efficientnet::FEATURE_GROUPS;
 use adp_api::preprocess::backbone_input;
 use adp_api::requests::{BackboneOutputs, FeatureDims};
-use adp_api::{BackboneCheckpoint, EfficientNetConfig, Error, FeatureExtractor, ImageBatch, Result, Tensor};
+use adp_api::layout::{chunks, BACKBONE_CHUNK};
+use adp_api::{checks, BackboneCheckpoint, EfficientNetConfig, FeatureExtractor, ImageBatch, Result, Tensor};
 use tch::TchError;
-
-/// Images per forward pass: bounds the activations' memory whatever the batch.
-const CHUNK: usize = 8;
 
 pub struct TchFeatures {
     model: EfficientNet,
@@ -31,14 +29,12 @@ impl TchFeatures {
         Ok(Self { model, dims: backbone.config.feature_dims(), config: backbone.config.clone(), device })
     }
 
-    /// The normalised inputs on the device, in chunks of at most [`CHUNK`] images.
+    /// The normalised inputs on the device, in chunks of at most [`BACKBONE_CHUNK`] images.
     fn inputs(&self, images: &ImageBatch) -> Result<Vec<tch::Tensor>> {
-        if images.is_empty() {
-            return Err(Error::invalid("image batch", "it is empty: there is no image to extract features from"));
-        }
+        checks::backbone_images(images)?;
         let x = to_tch(&backbone_input(images, &self.config), self.device)?;
-        let n = images.len() as i64;
-        (0..n).step_by(CHUNK).map(|start| x.f_narrow(0, start, (CHUNK as i64).min(n - start)).map_err(err)).collect()
+        let chunk = |(start, len): (usize, usize)| x.f_narrow(0, start as i64, len as i64).map_err(err);
+        chunks(images.len(), BACKBONE_CHUNK).map(chunk).collect()
     }
 
     /// `[n, G², dim]` patch features of one chunk of normalised images: libtorch's own
@@ -65,10 +61,6 @@ impl TchFeatures {
     }
 }
 
-fn cat(parts: &[tch::Tensor]) -> Result<Tensor> {
-    from_tch(&tch::Tensor::f_cat(parts, 0).map_err(err)?)
-}
-
 impl FeatureExtractor for TchFeatures {
     fn dims(&self) -> FeatureDims {
         self.dims.clone()
@@ -77,21 +69,21 @@ impl FeatureExtractor for TchFeatures {
     fn patch_features(&self, images: &ImageBatch) -> Result<Tensor> {
         let inputs = self.inputs(images)?;
         tch::no_grad(|| {
-            let parts = inputs.iter().map(|x| self.patch_chunk(x).map_err(err)).collect::<Result<Vec<_>>>()?;
-            cat(&parts)
+            let chunk = |x: &tch::Tensor| from_tch(&self.patch_chunk(x).map_err(err)?);
+            let parts = inputs.iter().map(chunk).collect::<Result<Vec<_>>>()?;
+            Tensor::concat(&parts)
         })
     }
 
     fn backbone_outputs(&self, images: &ImageBatch) -> Result<BackboneOutputs> {
         let inputs = self.inputs(images)?;
         tch::no_grad(|| {
-            let outs = inputs.iter().map(|x| self.model.forward(x).map_err(err)).collect::<Result<Vec<_>>>()?;
-            let stages = (0..outs[0].stages.len())
-                .map(|g| cat(&outs.iter().map(|o| o.stages[g].shallow_clone()).collect::<Vec<_>>()))
-                .collect::<Result<_>>()?;
-            let head = cat(&outs.iter().map(|o| o.head.shallow_clone()).collect::<Vec<_>>())?;
-            let logits = cat(&outs.iter().map(|o| o.logits.shallow_clone()).collect::<Vec<_>>())?;
-            Ok(BackboneOutputs { stages, head, logits })
+            let chunk = |x: &tch::Tensor| -> Result<BackboneOutputs> {
+                let o = self.model.forward(x).map_err(err)?;
+                let stages = o.stages.iter().map(from_tch).collect::<Result<_>>()?;
+                Ok(BackboneOutputs { stages, head: from_tch(&o.head)?, logits: from_tch(&o.logits)? })
+            };
+            BackboneOutputs::concat(&inputs.iter().map(chunk).collect::<Result<Vec<_>>>()?)
         })
     }
 }

@@ -2,7 +2,8 @@
 //! that memory stays bounded (`chunk × memory rows` similarities at a time).
 use crate::convert::{err, from_tch, to_tch, to_vec};
 use adp_api::requests::{FeatureKind, ReferenceMemory};
-use adp_api::{Error, Result, Scorer, Tensor};
+use adp_api::layout::chunks;
+use adp_api::{checks, Result, Scorer, Tensor};
 use tch::{Kind, TchError};
 
 pub struct TchScorer {
@@ -17,31 +18,18 @@ fn unit_rows(t: &tch::Tensor) -> std::result::Result<tch::Tensor, TchError> {
 
 impl Scorer for TchScorer {
     fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory> {
-        let rank = support.shape().len();
-        let d = support.shape().last().copied().unwrap_or(0);
-        if !(2..=3).contains(&rank) || support.is_empty() || d == 0 {
-            return Err(Error::shape("support features", "[K, P, D] or [M, D], non-empty", support.shape()));
-        }
-        support.check_finite("support features")?;
-        let rows = support.len() / d;
+        let (rows, d) = checks::support_features(support)?;
         let t = to_tch(support, self.device)?.f_reshape([rows as i64, d as i64]).map_err(err)?;
         tch::no_grad(|| Ok(ReferenceMemory { kind, features: from_tch(&unit_rows(&t).map_err(err)?)? }))
     }
 
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor> {
-        let d = match memory.features.shape() {
-            &[rows, d] if rows > 0 && d > 0 => d,
-            other => return Err(Error::shape("reference memory", "[M, D], non-empty", other)),
-        };
-        test.expect_shape("test features", &[None, None, Some(d)])?;
-        test.check_finite("test features")?;
-        let (n, p) = (test.shape()[0], test.shape()[1]);
+        let (n, p, d) = checks::association(memory, test)?;
         tch::no_grad(|| {
             let mem_t = to_tch(&memory.features, self.device)?.f_tr().and_then(|t| t.f_contiguous()).map_err(err)?;
             let queries = to_tch(test, self.device)?.f_reshape([(n * p) as i64, d as i64]).map_err(err)?;
             let mut out = Vec::with_capacity(n * p);
-            for start in (0..n * p).step_by(self.chunk.max(1)) {
-                let len = self.chunk.max(1).min(n * p - start);
+            for (start, len) in chunks(n * p, self.chunk) {
                 let best = queries
                     .f_narrow(0, start as i64, len as i64)
                     .and_then(|q| unit_rows(&q))

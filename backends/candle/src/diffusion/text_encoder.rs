@@ -4,7 +4,9 @@
 use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::tokenizer::Tokens;
 use candle_core::{Device, Module, Result, Tensor, D};
-use crate::nn::{layer_norm, LayerNorm};
+use crate::convert::err;
+use crate::nn::{layer_norm, substitute, LayerNorm};
+use adp_api::layout::{causal_mask, Substitution};
 use candle_nn::{linear, Linear, VarBuilder};
 
 struct EncoderLayer {
@@ -66,35 +68,26 @@ impl TextEncoder {
     pub fn new(vb: VarBuilder, c: &TextEncoderConfig, device: &Device) -> Result<Self> {
         let vb = vb.pp("text_model");
         let n = c.max_position_embeddings;
-        let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
         Ok(Self {
             token_embedding: vb.get((c.vocab_size, c.hidden_size), "embeddings.token_embedding.weight")?,
             position_embedding: vb.get((n, c.hidden_size), "embeddings.position_embedding.weight")?,
             layers: (0..c.num_hidden_layers).map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), c)).collect::<Result<_>>()?,
             final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
-            mask: Tensor::from_vec(mask, (n, n), device)?,
+            mask: Tensor::from_vec(causal_mask(n), (n, n), device)?,
             vocab: c.vocab_size,
         })
     }
 
     /// `[P, C, W]` hidden states; `slots[p][k]` is prompt p's concept k as a `[W]` tensor.
-    pub fn forward(&self, tokens: &[Tokens], slots: &[Vec<Tensor>]) -> Result<Tensor> {
-        let device = self.token_embedding.device();
-        let (p, c) = (tokens.len(), tokens[0].ids.len());
-        let ids: Vec<u32> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { i } else { 0 })).collect();
-        let keep: Vec<f32> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { 1.0 } else { 0.0 })).collect();
-        let mut x = self.token_embedding.index_select(&Tensor::new(ids, device)?, 0)?.broadcast_mul(&Tensor::from_vec(keep, (p * c, 1), device)?)?;
-        let (mut rows, mut vectors) = (Vec::new(), Vec::new());
-        for (i, t) in tokens.iter().enumerate() {
-            for &(pos, k) in &t.concepts {
-                rows.push((i * c + pos) as u32);
-                vectors.push(slots[i][k].clone());
-            }
-        }
-        if !rows.is_empty() {
-            x = x.index_add(&Tensor::new(rows, device)?, &Tensor::stack(&vectors, 0)?, 0)?;
-        }
-        let mut x = x.reshape((p, c, ()))?.broadcast_add(&self.position_embedding.narrow(0, 0, c)?)?;
+    pub fn forward(&self, tokens: &[Tokens], slots: &[Vec<Tensor>]) -> adp_api::Result<Tensor> {
+        let s = Substitution::new(tokens, self.vocab, self.position_embedding.dim(0).map_err(err)?)?;
+        self.run(&s, slots).map_err(err)
+    }
+
+    fn run(&self, s: &Substitution, slots: &[Vec<Tensor>]) -> Result<Tensor> {
+        let (p, c) = (s.prompts, s.context);
+        let x = substitute(&self.token_embedding, s, slots)?.reshape((p, c, ()))?;
+        let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, c)?)?;
         let mask = self.mask.narrow(0, 0, c)?.narrow(D::Minus1, 0, c)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;

@@ -3,6 +3,7 @@
 //! cross-attention (candle-transformers uses a softmax without a backward pass there), and
 //! because every sample of a batch needs its own timestep.
 use adp_api::config::diffusion::UnetConfig;
+use adp_api::layout;
 use candle_core::{Module, Result, Tensor, D};
 use crate::nn::{layer_norm, LayerNorm};
 use candle_nn::{conv2d, group_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
@@ -153,9 +154,7 @@ pub struct UNet {
     up: Vec<Block>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
-    channels0: usize,
-    flip_sin_to_cos: bool,
-    freq_shift: f64,
+    config: UnetConfig,
 }
 
 impl UNet {
@@ -213,26 +212,14 @@ impl UNet {
             up,
             conv_norm_out: group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: conv3(vb.pp("conv_out"), ch[0], c.out_channels, 1)?,
-            channels0: ch[0],
-            flip_sin_to_cos: c.flip_sin_to_cos,
-            freq_shift: c.freq_shift as f64,
+            config: c.clone(),
         })
     }
 
     /// diffusers' `get_timestep_embedding`, one timestep per sample.
     fn timestep_embedding(&self, timesteps: &[f64], device: &candle_core::Device) -> Result<Tensor> {
-        let half = self.channels0 / 2;
-        let mut data: Vec<f32> = Vec::with_capacity(timesteps.len() * self.channels0);
-        for &t in timesteps {
-            let args: Vec<f64> = (0..half).map(|i| t * (-(10000f64.ln()) * i as f64 / (half as f64 - self.freq_shift)).exp()).collect();
-            let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
-            if self.flip_sin_to_cos {
-                data.extend(cos.iter().chain(&sin));
-            } else {
-                data.extend(sin.iter().chain(&cos));
-            }
-        }
-        Tensor::from_vec(data, (timesteps.len(), self.channels0), device)
+        let data = layout::timestep_embedding(&self.config, timesteps);
+        Tensor::from_vec(data, (timesteps.len(), self.config.block_out_channels[0] / 2 * 2), device)
     }
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.

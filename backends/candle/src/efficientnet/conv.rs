@@ -1,6 +1,7 @@
 //! A convolution with its batch norm folded in (`adp_api::fold`) and TensorFlow's "SAME" padding,
 //! computed from the actual input: output side `ceil(i / s)`, the odd pixel of padding at the
 //! bottom / right (asymmetric for stride 2).
+use adp_api::layout::same_padding;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -15,13 +16,6 @@ pub struct SameConv {
     kernel: usize,
     stride: usize,
     groups: usize,
-}
-
-/// TF "SAME" padding of one axis: (before, after).
-pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = input.div_ceil(stride);
-    let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(input);
-    (total / 2, total - total / 2)
 }
 
 impl SameConv {
@@ -158,14 +152,5 @@ mod tests {
                 assert!(diff < 1e-5, "{how}: k {k} s {s} {h}×{w}: {diff}");
             }
         }
-    }
-
-    #[test]
-    fn same_padding_is_tensorflows() {
-        assert_eq!(same_padding(224, 3, 2), (0, 1));
-        assert_eq!(same_padding(112, 3, 1), (1, 1));
-        assert_eq!(same_padding(65, 5, 2), (2, 2));
-        assert_eq!(same_padding(56, 5, 2), (1, 2));
-        assert_eq!(same_padding(7, 1, 1), (0, 0));
     }
 }

@@ -1,5 +1,6 @@
 //! open_clip's `VisionTransformer` (`visual.*`), with the dense features WinCLIP needs.
 use super::transformer::Transformer;
+use adp_api::layout::window_positions;
 use adp_api::ClipConfig;
 use candle_core::{Module, Result, Tensor, D};
 use crate::nn::{layer_norm, LayerNorm};
@@ -72,18 +73,8 @@ impl VisionTransformer {
     /// WinCLIP window embeddings for `size`×`size` windows at stride 1, row-major: every window
     /// of every image goes through the tower in one batch of `[N·windows, 1 + size², W]`.
     pub fn window_embeddings(&self, images: &Tensor, size: usize) -> Result<Tensor> {
-        let g = self.grid;
-        let per_side = g + 1 - size;
-        let mut index = Vec::with_capacity(per_side * per_side * size * size);
-        for wy in 0..per_side {
-            for wx in 0..per_side {
-                for dy in 0..size {
-                    for dx in 0..size {
-                        index.push(((wy + dy) * g + wx + dx) as u32);
-                    }
-                }
-            }
-        }
+        let per_side = self.grid + 1 - size;
+        let index: Vec<u32> = window_positions(self.grid, size).into_iter().map(|i| i as u32).collect();
         let patches = self.patches(images)?;
         let (n, _, w) = patches.dims3()?;
         let index = Tensor::new(index, patches.device())?;

@@ -1,9 +1,9 @@
 //! transformers' `CLIPTextModel` (`text_model.*`), fed token embeddings so that a concept vector
 //! can be substituted and differentiated. Returns `last_hidden_state` (final layer norm applied),
 //! which Stable Diffusion's UNet cross-attends to. Mirrors the candle backend's text encoder.
-use super::{split_heads, LayerNorm, Linear, TchResult};
-use crate::convert::{err, index};
-use crate::open_clip::Weights;
+use crate::convert::{err, to_tch};
+use crate::nn::{split_heads, substitute, LayerNorm, Linear, Prefixed, TchResult, Weights};
+use adp_api::layout::{causal_mask, Substitution};
 use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::tokenizer::Tokens;
 use adp_api::Result;
@@ -23,7 +23,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(w: crate::open_clip::Prefixed, c: &TextEncoderConfig) -> Result<Self> {
+    fn new(w: Prefixed, c: &TextEncoderConfig) -> Result<Self> {
         let (width, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let a = w.pp("self_attn");
         Ok(Self {
@@ -71,8 +71,7 @@ impl TextEncoder {
         let n = c.max_position_embeddings;
         let token_embedding = w.get("embeddings.token_embedding.weight", &[c.vocab_size, c.hidden_size])?;
         let device = token_embedding.device();
-        let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::f_from_slice(&mask).and_then(|t| t.f_reshape([n as i64, n as i64])).and_then(|t| t.f_to_device(device)).map_err(err)?;
+        let mask = to_tch(&adp_api::Tensor::new(vec![n, n], causal_mask(n))?, device)?;
         Ok(Self {
             token_embedding,
             position_embedding: w.get("embeddings.position_embedding.weight", &[n, c.hidden_size])?,
@@ -86,29 +85,10 @@ impl TextEncoder {
 
     /// `[P, C, W]` hidden states; `slots[p][k]` is prompt p's concept k as a `[W]` tensor.
     pub fn forward(&self, tokens: &[Tokens], slots: &[Vec<Tensor>]) -> Result<Tensor> {
-        let device = self.token_embedding.device();
-        let (p, c) = (tokens.len(), tokens.first().map_or(0, |t| t.ids.len()));
-        if c > self.positions || tokens.iter().any(|t| t.ids.len() != c) {
-            return Err(adp_api::Error::invalid("tokens", format!("{c} tokens per prompt for {} positions", self.positions)));
-        }
-        let ids: Vec<usize> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { i as usize } else { 0 })).collect();
-        let keep: Vec<f32> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| if (i as usize) < self.vocab { 1.0 } else { 0.0 })).collect();
-        let (mut rows, mut vectors) = (Vec::new(), Vec::new());
-        for (i, t) in tokens.iter().enumerate() {
-            for &(pos, k) in &t.concepts {
-                rows.push(i * c + pos);
-                vectors.push(&slots[i][k]);
-            }
-        }
-        let ids = index(&ids, device)?;
-        let rows = index(&rows, device)?;
-        let (p, c) = (p as i64, c as i64);
+        let s = Substitution::new(tokens, self.vocab, self.positions)?;
+        let x = substitute(&self.token_embedding, &s, slots)?;
+        let (p, c) = (s.prompts as i64, s.context as i64);
         let run = || -> TchResult<Tensor> {
-            let keep = Tensor::f_from_slice(&keep)?.f_reshape([p * c, 1])?.f_to_device(device)?;
-            let mut x = self.token_embedding.f_index_select(0, &ids)?.f_mul(&keep)?;
-            if !vectors.is_empty() {
-                x = x.f_index_add(0, &rows, &Tensor::f_stack(&vectors, 0)?)?;
-            }
             let mut x = x.f_reshape([p, c, -1])?.f_add(&self.position_embedding.f_narrow(0, 0, c)?)?;
             let mask = self.mask.f_narrow(0, 0, c)?.f_narrow(1, 0, c)?;
             for layer in &self.layers {

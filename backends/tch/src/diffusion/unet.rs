@@ -1,9 +1,9 @@
 //! diffusers' `UNet2DConditionModel` (names as in its state dict), ported from the candle
 //! backend's UNet: every sample of a batch has its own timestep, and the concept's gradient flows
 //! back through cross-attention.
-use super::{attend, split_heads, Conv2d, GroupNorm, LayerNorm, Linear, TchResult};
-use crate::open_clip::{Prefixed, Weights};
+use crate::nn::{attend, split_heads, Conv2d, GroupNorm, LayerNorm, Linear, Prefixed, TchResult, Weights};
 use adp_api::config::diffusion::UnetConfig;
+use adp_api::layout;
 use adp_api::Result;
 use tch::Tensor;
 
@@ -145,18 +145,14 @@ pub struct UNet {
     up: Vec<Block>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
-    channels0: usize,
-    flip_sin_to_cos: bool,
-    freq_shift: f64,
+    config: UnetConfig,
 }
 
 impl UNet {
     pub fn new(w: &Weights, c: &UnetConfig) -> Result<Self> {
         let ch = &c.block_out_channels;
+        // `DiffusionSpec::check_supported` has made sure of at least one block.
         let n = ch.len();
-        if n == 0 {
-            return Err(adp_api::Error::invalid("block_out_channels", "empty"));
-        }
         let temb = ch[0] * 4;
         let cross = |t: &String| t.starts_with("CrossAttn");
         let layer = |w: &Prefixed, j: usize, cin: usize, cout: usize, attn: bool, heads: usize| -> Result<Layer> {
@@ -208,26 +204,15 @@ impl UNet {
             up,
             conv_norm_out: GroupNorm::new(w.pp("conv_norm_out"), c.norm_num_groups, ch[0], c.norm_eps)?,
             conv_out: Conv2d::k3(w.pp("conv_out"), ch[0], c.out_channels, 1)?,
-            channels0: ch[0],
-            flip_sin_to_cos: c.flip_sin_to_cos,
-            freq_shift: c.freq_shift as f64,
+            config: c.clone(),
         })
     }
 
     /// diffusers' `get_timestep_embedding`, one timestep per sample.
     fn timestep_embedding(&self, timesteps: &[f64], device: tch::Device) -> TchResult<Tensor> {
-        let half = self.channels0 / 2;
-        let mut data: Vec<f32> = Vec::with_capacity(timesteps.len() * self.channels0);
-        for &t in timesteps {
-            let args: Vec<f64> = (0..half).map(|i| t * (-(10000f64.ln()) * i as f64 / (half as f64 - self.freq_shift)).exp()).collect();
-            let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
-            if self.flip_sin_to_cos {
-                data.extend(cos.iter().chain(&sin));
-            } else {
-                data.extend(sin.iter().chain(&cos));
-            }
-        }
-        Tensor::f_from_slice(&data)?.f_reshape([timesteps.len() as i64, (2 * half) as i64])?.f_to_device(device)
+        let data = layout::timestep_embedding(&self.config, timesteps);
+        let width = (self.config.block_out_channels[0] / 2 * 2) as i64;
+        Tensor::f_from_slice(&data)?.f_reshape([timesteps.len() as i64, width])?.f_to_device(device)
     }
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.

@@ -1,7 +1,6 @@
 //! diffusers' `AutoencoderKL` (names as in its state dict): the encoder to the posterior's mean
 //! and the decoder. GroupNorm eps 1e-6 and SiLU throughout, as diffusers builds them.
-use super::{attend, split_heads, Conv2d, GroupNorm, Linear, TchResult};
-use crate::open_clip::{Prefixed, Weights};
+use crate::nn::{attend, split_heads, Conv2d, GroupNorm, Linear, Prefixed, TchResult, Weights};
 use adp_api::config::diffusion::VaeConfig;
 use adp_api::Result;
 use tch::Tensor;
@@ -114,10 +113,8 @@ pub struct Vae {
 impl Vae {
     pub fn new(w: &Weights, c: &VaeConfig) -> Result<Self> {
         let ch = &c.block_out_channels;
+        // `DiffusionSpec::check_supported` has made sure of at least one block.
         let n = ch.len();
-        if n == 0 {
-            return Err(adp_api::Error::invalid("vae block_out_channels", "empty"));
-        }
         let (g, lc, last) = (c.norm_num_groups, c.latent_channels, ch[n - 1]);
         let e = w.pp("encoder");
         let mut enc_down = Vec::new();

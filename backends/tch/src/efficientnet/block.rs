@@ -2,7 +2,7 @@
 //! ratio is not 1), depthwise k×k + ReLU6, project 1×1 (linear), plus the input when the shape is
 //! kept. No squeeze-excitation in the Lite models; batch norms are folded into the convolutions.
 use super::conv::{relu6, SameConv};
-use crate::open_clip::Prefixed;
+use crate::nn::Prefixed;
 use adp_api::config::efficientnet::BlockSpec;
 use adp_api::Result;
 use tch::{TchError, Tensor};

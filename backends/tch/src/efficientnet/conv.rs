@@ -1,7 +1,7 @@
 //! A convolution with its batch norm folded in (`adp_api::fold`) and TensorFlow's "SAME" padding,
 //! computed from the actual input: output side `ceil(i / s)`, the odd pixel of padding at the
 //! bottom / right (asymmetric for stride 2).
-use crate::open_clip::Prefixed;
+use crate::nn::Prefixed;
 use adp_api::Result;
 use tch::{TchError, Tensor};
 
@@ -13,11 +13,10 @@ pub struct SameConv {
     groups: i64,
 }
 
-/// TF "SAME" padding of one axis: (before, after).
-pub fn same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
-    let out = (input + stride - 1) / stride;
-    let total = ((out.max(1) - 1) * stride + kernel - input).max(0);
-    (total / 2, total - total / 2)
+/// TF "SAME" padding of one axis, `(before, after)`, as libtorch sizes.
+fn same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
+    let (before, after) = adp_api::layout::same_padding(input as usize, kernel as usize, stride as usize);
+    (before as i64, after as i64)
 }
 
 impl SameConv {
@@ -50,18 +49,4 @@ impl SameConv {
 /// ReLU6, the Lite models' activation.
 pub fn relu6(x: &Tensor) -> std::result::Result<Tensor, TchError> {
     x.f_clamp(0.0, 6.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_padding;
-
-    #[test]
-    fn same_padding_is_tensorflows() {
-        assert_eq!(same_padding(224, 3, 2), (0, 1));
-        assert_eq!(same_padding(112, 3, 1), (1, 1));
-        assert_eq!(same_padding(65, 5, 2), (2, 2));
-        assert_eq!(same_padding(56, 5, 2), (1, 2));
-        assert_eq!(same_padding(7, 1, 1), (0, 0));
-    }
 }

@@ -5,7 +5,7 @@
 pub mod block;
 pub mod conv;
 
-use crate::open_clip::Weights;
+use crate::nn::Weights;
 use adp_api::config::efficientnet::{EfficientNetConfig, HEAD_WIDTH, STEM_WIDTH};
 use adp_api::Result;
 use block::MbConv;

@@ -1,43 +1,7 @@
 //! open_clip's `Transformer`: `resblocks.N.{ln_1, attn, ln_2, mlp}`, pre-norm, batch first.
-use super::Prefixed;
+use crate::nn::{LayerNorm, Linear, Prefixed, TchResult};
 use adp_api::Result;
-use tch::{Kind, TchError, Tensor};
-
-type TchResult<T> = std::result::Result<T, TchError>;
-
-/// `nn.LayerNorm` (eps 1e-5).
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    width: i64,
-}
-
-impl LayerNorm {
-    pub fn new(w: Prefixed, width: usize) -> Result<Self> {
-        Ok(Self { weight: w.get("weight", &[width])?, bias: w.get("bias", &[width])?, width: width as i64 })
-    }
-    pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_layer_norm([self.width], Some(&self.weight), Some(&self.bias), 1e-5, true)
-    }
-}
-
-/// `nn.Linear`: `x Wᵀ + b`.
-pub struct Linear {
-    weight_t: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    pub fn new(w: Prefixed, out: usize, inp: usize) -> Result<Self> {
-        let weight = w.get("weight", &[out, inp])?;
-        // A transposed view of the loaded weight, not a copy.
-        let weight_t = weight.f_tr().map_err(crate::convert::err)?;
-        Ok(Self { weight_t, bias: w.get("bias", &[out])? })
-    }
-    pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_matmul(&self.weight_t)?.f_add(&self.bias)
-    }
-}
+use tch::{Kind, Tensor};
 
 /// `nn.MultiheadAttention` with its packed `in_proj_weight` / `in_proj_bias`.
 pub struct Attention {
@@ -48,12 +12,8 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(w: Prefixed, width: usize, heads: usize) -> Result<Self> {
-        let in_proj_weight = w.get("in_proj_weight", &[3 * width, width])?;
-        let in_proj = Linear {
-            weight_t: in_proj_weight.f_tr().map_err(crate::convert::err)?,
-            bias: w.get("in_proj_bias", &[3 * width])?,
-        };
-        Ok(Self { in_proj, out_proj: Linear::new(w.pp("out_proj"), width, width)?, heads: heads as i64 })
+        let in_proj = Linear::named(&w, "in_proj_weight", Some("in_proj_bias"), width, 3 * width)?;
+        Ok(Self { in_proj, out_proj: Linear::new(w.pp("out_proj"), width, width, true)?, heads: heads as i64 })
     }
 
     /// `x`: `[B, T, W]`; `mask`: additive `[T, T]`.
@@ -86,11 +46,11 @@ impl ResidualAttentionBlock {
     pub fn new(w: Prefixed, width: usize, heads: usize, mlp_ratio: f32, quick_gelu: bool) -> Result<Self> {
         let hidden = (width as f32 * mlp_ratio) as usize;
         Ok(Self {
-            ln_1: LayerNorm::new(w.pp("ln_1"), width)?,
+            ln_1: LayerNorm::new(w.pp("ln_1"), width, 1e-5)?,
             attn: Attention::new(w.pp("attn"), width, heads)?,
-            ln_2: LayerNorm::new(w.pp("ln_2"), width)?,
-            c_fc: Linear::new(w.pp("mlp.c_fc"), hidden, width)?,
-            c_proj: Linear::new(w.pp("mlp.c_proj"), width, hidden)?,
+            ln_2: LayerNorm::new(w.pp("ln_2"), width, 1e-5)?,
+            c_fc: Linear::new(w.pp("mlp.c_fc"), width, hidden, true)?,
+            c_proj: Linear::new(w.pp("mlp.c_proj"), hidden, width, true)?,
             quick_gelu,
         })
     }

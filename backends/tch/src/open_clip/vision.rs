@@ -1,7 +1,8 @@
 //! open_clip's `VisionTransformer` (`visual.*`), with the dense features WinCLIP needs.
-use super::transformer::{LayerNorm, Transformer};
-use super::Prefixed;
-use crate::convert::{err, index};
+use super::transformer::Transformer;
+use crate::convert::err;
+use crate::nn::{index, LayerNorm, Prefixed};
+use adp_api::layout::window_positions;
 use adp_api::{ClipConfig, Result};
 use tch::{TchError, Tensor};
 
@@ -27,9 +28,9 @@ impl VisionTransformer {
             conv1: w.get("conv1.weight", &[v.width, 3, v.patch_size, v.patch_size])?,
             class_embedding: w.get("class_embedding", &[v.width])?,
             positional_embedding: w.get("positional_embedding", &[grid * grid + 1, v.width])?,
-            ln_pre: LayerNorm::new(w.pp("ln_pre"), v.width)?,
+            ln_pre: LayerNorm::new(w.pp("ln_pre"), v.width, 1e-5)?,
             transformer: Transformer::new(w.pp("transformer"), v.width, v.layers, cfg.vision_heads(), v.mlp_ratio, cfg.quick_gelu)?,
-            ln_post: LayerNorm::new(w.pp("ln_post"), v.width)?,
+            ln_post: LayerNorm::new(w.pp("ln_post"), v.width, 1e-5)?,
             proj: w.get("proj", &[v.width, cfg.embed_dim])?,
             grid,
             patch: v.patch_size as i64,
@@ -78,18 +79,8 @@ impl VisionTransformer {
     /// of every image goes through the tower in one batch of `[N·windows, 1 + size², W]`.
     /// `size` must be in `1..=grid` (the encoder checks).
     pub fn window_embeddings(&self, images: &Tensor, size: usize) -> Result<Tensor> {
-        let g = self.grid;
-        let per_side = g + 1 - size;
-        let mut positions = Vec::with_capacity(per_side * per_side * size * size);
-        for wy in 0..per_side {
-            for wx in 0..per_side {
-                for dy in 0..size {
-                    for dx in 0..size {
-                        positions.push((wy + dy) * g + wx + dx);
-                    }
-                }
-            }
-        }
+        let per_side = self.grid + 1 - size;
+        let positions: Vec<u32> = window_positions(self.grid, size).into_iter().map(|i| i as u32).collect();
         let patches = self.patches(images).map_err(err)?;
         let positions = index(&positions, patches.device())?;
         let windows = (per_side * per_side) as i64;
