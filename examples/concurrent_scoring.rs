@@ -27,7 +27,12 @@ fn parse() -> anyhow::Result<Args> {
     let (mut tasks, mut options) = (4, ServiceOptions { workers: 2, queue: 4 });
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut number = |name: &str| -> anyhow::Result<usize> { it.next().with_context(|| format!("{name} needs a number"))?.parse().with_context(|| format!("{name} needs a number")) };
+        let mut number = |name: &str| -> anyhow::Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a number"))?
+                .parse()
+                .with_context(|| format!("{name} needs a number"))
+        };
         match a.as_str() {
             "--tasks" => tasks = number("--tasks")?,
             "--workers" => options.workers = number("--workers")?,
@@ -39,7 +44,13 @@ fn parse() -> anyhow::Result<Args> {
         bail!("usage: concurrent_scoring PLUGIN DETECTOR IMAGE... [--tasks N] [--workers N] [--queue N]");
     }
     let (plugin, detector) = (positional.remove(0), positional.remove(0));
-    Ok(Args { plugin, detector, images: positional, tasks: tasks.max(1), options })
+    Ok(Args {
+        plugin,
+        detector,
+        images: positional,
+        tasks: tasks.max(1),
+        options,
+    })
 }
 
 /// A plugin file, or the plugin in `dir` whose backend is `backend`.
@@ -62,8 +73,22 @@ async fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let header = adp_host::detect::DetectorFile::load(&args.detector)?.header;
     let backend = Arc::new(plugin(&args.plugin, &header.backend)?);
-    let detector = Arc::new(Detector::open(backend, &args.detector, None, None, adp_api::Device::Cpu, args.options)?);
-    eprintln!("{}: method {}, {} worker(s), queue {}, {} task(s)", args.detector.display(), header.method, args.options.workers, args.options.queue, args.tasks);
+    let detector = Arc::new(Detector::open(
+        backend,
+        &args.detector,
+        None,
+        None,
+        adp_api::Device::Cpu,
+        args.options,
+    )?);
+    eprintln!(
+        "{}: method {}, {} worker(s), queue {}, {} task(s)",
+        args.detector.display(),
+        header.method,
+        args.options.workers,
+        args.options.queue,
+        args.tasks
+    );
 
     // Task t scores images t, t + tasks, t + 2·tasks, …; `score().await` waits while the queue is full.
     let images = Arc::new(args.images);

@@ -17,7 +17,10 @@ pub fn images(images: &ImageBatch) -> Result<()> {
 /// Backbone inputs: at least one image.
 pub fn backbone_images(images: &ImageBatch) -> Result<()> {
     if images.is_empty() {
-        return Err(Error::invalid("image batch", "it is empty: there is no image to extract features from"));
+        return Err(Error::invalid(
+            "image batch",
+            "it is empty: there is no image to extract features from",
+        ));
     }
     Ok(())
 }
@@ -25,7 +28,10 @@ pub fn backbone_images(images: &ImageBatch) -> Result<()> {
 /// A WinCLIP window must fit the patch grid.
 pub fn window_size(size: usize, grid: usize) -> Result<()> {
     if size == 0 || size > grid {
-        return Err(Error::invalid("window size", format!("{size} on a {grid}×{grid} patch grid")));
+        return Err(Error::invalid(
+            "window size",
+            format!("{size} on a {grid}×{grid} patch grid"),
+        ));
     }
     Ok(())
 }
@@ -40,8 +46,16 @@ pub fn temperature(t: f32) -> Result<()> {
 
 /// Every concept vector of every prompt has the text width.
 pub fn concept_widths(prompts: &[Prompt], width: usize) -> Result<()> {
-    match prompts.iter().flat_map(|p| &p.concepts).find(|c| c.vector.len() != width) {
-        Some(c) => Err(Error::shape(format!("concept {}", c.placeholder), format!("[{width}]"), &[c.vector.len()])),
+    match prompts
+        .iter()
+        .flat_map(|p| &p.concepts)
+        .find(|c| c.vector.len() != width)
+    {
+        Some(c) => Err(Error::shape(
+            format!("concept {}", c.placeholder),
+            format!("[{width}]"),
+            &[c.vector.len()],
+        )),
         None => Ok(()),
     }
 }
@@ -50,8 +64,13 @@ pub fn concept_widths(prompts: &[Prompt], width: usize) -> Result<()> {
 /// prompt must use; `None` without `gradient_of`.
 pub fn trainable_concept<'a>(prompts: &[&'a Prompt], gradient_of: Option<&String>) -> Result<Option<&'a ConceptSlot>> {
     let Some(name) = gradient_of else { return Ok(None) };
-    let found = prompts.iter().flat_map(|p| &p.concepts).find(|c| &c.placeholder == name);
-    found.map(Some).ok_or_else(|| Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}")))
+    let found = prompts
+        .iter()
+        .flat_map(|p| &p.concepts)
+        .find(|c| &c.placeholder == name);
+    found
+        .map(Some)
+        .ok_or_else(|| Error::invalid("gradient_of", format!("no prompt uses the concept {name:?}")))
 }
 
 /// Support features `[K, P, D]` or `[M, D]`, non-empty and finite: `(rows, D)` of the memory.
@@ -59,7 +78,11 @@ pub fn support_features(support: &Tensor) -> Result<(usize, usize)> {
     let rank = support.shape().len();
     let d = support.shape().last().copied().unwrap_or(0);
     if !(2..=3).contains(&rank) || support.is_empty() || d == 0 {
-        return Err(Error::shape("support features", "[K, P, D] or [M, D], non-empty", support.shape()));
+        return Err(Error::shape(
+            "support features",
+            "[K, P, D] or [M, D], non-empty",
+            support.shape(),
+        ));
     }
     support.check_finite("support features")?;
     Ok((support.len() / d, d))
@@ -88,25 +111,58 @@ mod tests {
 
     #[test]
     fn each_check_names_what_is_wrong() {
-        fails(images(&ImageBatch::new(Tensor::zeros(vec![0, 3, 2, 2])).unwrap()), "empty support set");
-        fails(backbone_images(&ImageBatch::new(Tensor::zeros(vec![0, 3, 2, 2])).unwrap()), "image batch");
+        fails(
+            images(&ImageBatch::new(Tensor::zeros(vec![0, 3, 2, 2])).unwrap()),
+            "empty support set",
+        );
+        fails(
+            backbone_images(&ImageBatch::new(Tensor::zeros(vec![0, 3, 2, 2])).unwrap()),
+            "image batch",
+        );
         fails(window_size(0, 7), "0 on a 7×7 patch grid");
         fails(window_size(8, 7), "8 on a 7×7 patch grid");
         window_size(7, 7).unwrap();
         fails(temperature(f32::NAN), "temperature");
         fails(temperature(0.0), "0 must be positive");
         let p = Prompt::with_concept("a <c>", "<c>", &[1.0, 2.0]);
-        fails(concept_widths(std::slice::from_ref(&p), 3), "concept <c>: expected shape [3], got [2]");
-        fails(trainable_concept(&[&p], Some(&"<d>".to_string())), "no prompt uses the concept \"<d>\"");
-        assert_eq!(trainable_concept(&[&p], Some(&"<c>".to_string())).unwrap().unwrap().vector, [1.0, 2.0]);
-        fails(support_features(&Tensor::zeros(vec![4])), "support features: expected shape [K, P, D]");
+        fails(
+            concept_widths(std::slice::from_ref(&p), 3),
+            "concept <c>: expected shape [3], got [2]",
+        );
+        fails(
+            trainable_concept(&[&p], Some(&"<d>".to_string())),
+            "no prompt uses the concept \"<d>\"",
+        );
+        assert_eq!(
+            trainable_concept(&[&p], Some(&"<c>".to_string()))
+                .unwrap()
+                .unwrap()
+                .vector,
+            [1.0, 2.0]
+        );
+        fails(
+            support_features(&Tensor::zeros(vec![4])),
+            "support features: expected shape [K, P, D]",
+        );
         let nan = Tensor::new(vec![1, 2], vec![0.0, f32::NAN]).unwrap();
         fails(support_features(&nan), "support features: non-finite");
         assert_eq!(support_features(&Tensor::zeros(vec![2, 3, 4])).unwrap(), (6, 4));
-        let memory = |shape| ReferenceMemory { kind: FeatureKind::PatchTokens, features: Tensor::zeros(shape) };
-        fails(association(&memory(vec![0, 4]), &Tensor::zeros(vec![1, 1, 4])), "reference memory");
+        let memory = |shape| ReferenceMemory {
+            kind: FeatureKind::PatchTokens,
+            features: Tensor::zeros(shape),
+        };
+        fails(
+            association(&memory(vec![0, 4]), &Tensor::zeros(vec![1, 1, 4])),
+            "reference memory",
+        );
         let wrong_width = Tensor::zeros(vec![1, 1, 3]);
-        fails(association(&memory(vec![2, 4]), &wrong_width), "test features: expected shape [_, _, 4]");
-        assert_eq!(association(&memory(vec![2, 4]), &Tensor::zeros(vec![1, 5, 4])).unwrap(), (1, 5, 4));
+        fails(
+            association(&memory(vec![2, 4]), &wrong_width),
+            "test features: expected shape [_, _, 4]",
+        );
+        assert_eq!(
+            association(&memory(vec![2, 4]), &Tensor::zeros(vec![1, 5, 4])).unwrap(),
+            (1, 5, 4)
+        );
     }
 }

@@ -86,7 +86,10 @@ impl Concept {
             .ok_or_else(|| bad(format!("no `{META_KEY}` metadata: not an adp concept file")))?;
         let header: Header = serde_json::from_str(header).map_err(|e| bad(format!("concept metadata: {e}")))?;
         if header.format != CONCEPT_FORMAT {
-            return Err(bad(format!("format {:?}, this build reads {CONCEPT_FORMAT:?}", header.format)));
+            return Err(bad(format!(
+                "format {:?}, this build reads {CONCEPT_FORMAT:?}",
+                header.format
+            )));
         }
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let vector = crate::config::st::read_f32(&st, VECTOR_TENSOR, origin)?;
@@ -106,11 +109,29 @@ mod tests {
     use super::*;
 
     fn sample() -> Concept {
-        let mut provenance = Provenance { seed: 7, backend: "candle".into(), steps: 3, ..Default::default() };
+        let mut provenance = Provenance {
+            seed: 7,
+            backend: "candle".into(),
+            steps: 3,
+            ..Default::default()
+        };
         provenance.checkpoints.insert("clip".into(), "sha256:abc".into());
-        provenance.hyperparameters.insert("alpha".into(), serde_json::json!(0.003));
-        provenance.loss_history.push(LossRecord { step: 1, loss: 0.5, diffusion_loss: 0.4, clip_normal: 0.9, clip_anomaly: 0.0 });
-        Concept { name: "c_n".into(), placeholder: "<c_n>".into(), vector: vec![0.25, -1.0, 3.5], provenance }
+        provenance
+            .hyperparameters
+            .insert("alpha".into(), serde_json::json!(0.003));
+        provenance.loss_history.push(LossRecord {
+            step: 1,
+            loss: 0.5,
+            diffusion_loss: 0.4,
+            clip_normal: 0.9,
+            clip_anomaly: 0.0,
+        });
+        Concept {
+            name: "c_n".into(),
+            placeholder: "<c_n>".into(),
+            vector: vec![0.25, -1.0, 3.5],
+            provenance,
+        }
     }
 
     #[test]
@@ -128,7 +149,9 @@ mod tests {
         assert!(e.to_string().starts_with("cut.safetensors:"), "{e}");
         let view = TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap();
         let plain = safetensors::serialize([("x", view)], None).unwrap();
-        let e = Concept::from_bytes(&plain, Path::new("plain.safetensors")).unwrap_err().to_string();
+        let e = Concept::from_bytes(&plain, Path::new("plain.safetensors"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an adp concept file"), "{e}");
     }
 

@@ -12,7 +12,11 @@ pub enum Error {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("{what}: expected shape {expected}, got {got:?}")]
-    Shape { what: String, expected: String, got: Vec<usize> },
+    Shape {
+        what: String,
+        expected: String,
+        got: Vec<usize>,
+    },
     #[error("{what}: non-finite value (NaN or infinity) at flat index {index}")]
     NonFinite { what: String, index: usize },
     #[error("empty support set: at least one normal image is needed")]
@@ -22,13 +26,27 @@ pub enum Error {
     #[error("checkpoint {file}: missing tensor `{tensor}`")]
     MissingTensor { file: PathBuf, tensor: String },
     #[error("checkpoint {file}: tensor `{tensor}` has shape {got:?}, the config implies {expected:?}")]
-    TensorShape { file: PathBuf, tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    TensorShape {
+        file: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("checkpoint {file}: tensor `{tensor}` has dtype {dtype}, expected {expected}")]
-    TensorDtype { file: PathBuf, tensor: String, dtype: String, expected: String },
+    TensorDtype {
+        file: PathBuf,
+        tensor: String,
+        dtype: String,
+        expected: String,
+    },
     #[error("{file}: {message}")]
     Config { file: PathBuf, message: String },
     #[error("prompt {prompt:?} has {tokens} tokens; the context holds {context}")]
-    PromptTooLong { prompt: String, tokens: usize, context: usize },
+    PromptTooLong {
+        prompt: String,
+        tokens: usize,
+        context: usize,
+    },
     #[error("backend `{backend}` does not provide {capability}")]
     Unsupported { backend: String, capability: String },
     #[error("device {device} is not available to backend `{backend}`")]
@@ -53,15 +71,28 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
-        Error::Io { path: path.into(), message: err.to_string() }
+        Error::Io {
+            path: path.into(),
+            message: err.to_string(),
+        }
     }
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Invalid { what: what.into(), message: message.into() }
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
+        }
     }
     pub fn config(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Config { file: file.into(), message: message.into() }
+        Error::Config {
+            file: file.into(),
+            message: message.into(),
+        }
     }
     pub fn shape(what: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
-        Error::Shape { what: what.into(), expected: expected.into(), got: got.to_vec() }
+        Error::Shape {
+            what: what.into(),
+            expected: expected.into(),
+            got: got.to_vec(),
+        }
     }
 }

@@ -21,9 +21,18 @@ pub struct BatchNorm<'a> {
 /// The scale is computed in f64 and each product rounded once to f32.
 pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
     let c = weight.shape().first().copied().unwrap_or(0);
-    for (what, t) in [("weight", bn.weight), ("bias", bn.bias), ("running_mean", bn.running_mean), ("running_var", bn.running_var)] {
+    for (what, t) in [
+        ("weight", bn.weight),
+        ("bias", bn.bias),
+        ("running_mean", bn.running_mean),
+        ("running_var", bn.running_var),
+    ] {
         if t.shape() != [c] {
-            return Err(Error::shape(format!("batch norm {what}"), format!("[{c}] (the convolution's outputs)"), t.shape()));
+            return Err(Error::shape(
+                format!("batch norm {what}"),
+                format!("[{c}] (the convolution's outputs)"),
+                t.shape(),
+            ));
         }
     }
     let per_channel = weight.len().checked_div(c).unwrap_or(0);
@@ -32,22 +41,49 @@ pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tenso
     for o in 0..c {
         let var = bn.running_var.data()[o] as f64 + bn.eps;
         if var.is_nan() || var <= 0.0 {
-            return Err(Error::invalid("batch norm", format!("running_var[{o}] + eps = {var} is not positive")));
+            return Err(Error::invalid(
+                "batch norm",
+                format!("running_var[{o}] + eps = {var} is not positive"),
+            ));
         }
         let scale = bn.weight.data()[o] as f64 / var.sqrt();
-        w.extend(weight.data()[o * per_channel..(o + 1) * per_channel].iter().map(|&v| (v as f64 * scale) as f32));
+        w.extend(
+            weight.data()[o * per_channel..(o + 1) * per_channel]
+                .iter()
+                .map(|&v| (v as f64 * scale) as f32),
+        );
         b.push((bn.bias.data()[o] as f64 - bn.running_mean.data()[o] as f64 * scale) as f32);
     }
     Ok((Tensor::new(weight.shape().to_vec(), w)?, Tensor::new(vec![c], b)?))
 }
 
 /// Reads a convolution and the batch norm after it from the file and folds them.
-fn read_folded(st: &safetensors::SafeTensors<'_>, file: &Path, conv: &str, shape: &[usize], bn: &str) -> Result<(Tensor, Tensor)> {
+fn read_folded(
+    st: &safetensors::SafeTensors<'_>,
+    file: &Path,
+    conv: &str,
+    shape: &[usize],
+    bn: &str,
+) -> Result<(Tensor, Tensor)> {
     let weight = read_f32_shaped(st, &format!("{conv}.weight"), file, shape)?;
     let c = [shape[0]];
     let read = |p: &str| read_f32_shaped(st, &format!("{bn}.{p}"), file, &c);
-    let (g, b, m, v) = (read("weight")?, read("bias")?, read("running_mean")?, read("running_var")?);
-    fold_batch_norm(&weight, &BatchNorm { weight: &g, bias: &b, running_mean: &m, running_var: &v, eps: BN_EPS })
+    let (g, b, m, v) = (
+        read("weight")?,
+        read("bias")?,
+        read("running_mean")?,
+        read("running_var")?,
+    );
+    fold_batch_norm(
+        &weight,
+        &BatchNorm {
+            weight: &g,
+            bias: &b,
+            running_mean: &m,
+            running_var: &v,
+            eps: BN_EPS,
+        },
+    )
 }
 
 /// Every tensor an EfficientNet-Lite forward pass needs, batch norms folded: `{conv}.weight` and
@@ -58,7 +94,8 @@ fn read_folded(st: &safetensors::SafeTensors<'_>, file: &Path, conv: &str, shape
 pub fn efficientnet(checkpoint: &BackboneCheckpoint) -> Result<Vec<(String, Tensor)>> {
     let file = checkpoint.weights.as_path();
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::config(file, format!("unreadable safetensors: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::config(file, format!("unreadable safetensors: {e}")))?;
     let cfg = &checkpoint.config;
     let mut out = Vec::new();
     let mut conv = |conv: String, shape: &[usize], bn: String| -> Result<()> {
@@ -72,15 +109,33 @@ pub fn efficientnet(checkpoint: &BackboneCheckpoint) -> Result<Vec<(String, Tens
     for b in &blocks {
         let p = format!("_blocks.{}", b.index);
         if b.expand_ratio != 1 {
-            conv(format!("{p}._expand_conv"), &[b.expanded(), b.input, 1, 1], format!("{p}._bn0"))?;
+            conv(
+                format!("{p}._expand_conv"),
+                &[b.expanded(), b.input, 1, 1],
+                format!("{p}._bn0"),
+            )?;
         }
-        conv(format!("{p}._depthwise_conv"), &[b.expanded(), 1, b.kernel, b.kernel], format!("{p}._bn1"))?;
-        conv(format!("{p}._project_conv"), &[b.output, b.expanded(), 1, 1], format!("{p}._bn2"))?;
+        conv(
+            format!("{p}._depthwise_conv"),
+            &[b.expanded(), 1, b.kernel, b.kernel],
+            format!("{p}._bn1"),
+        )?;
+        conv(
+            format!("{p}._project_conv"),
+            &[b.output, b.expanded(), 1, 1],
+            format!("{p}._bn2"),
+        )?;
     }
     let last = blocks.last().map(|b| b.output).unwrap_or(0);
     conv("_conv_head".into(), &[HEAD_WIDTH, last, 1, 1], "_bn1".into())?;
-    out.push(("_fc.weight".into(), read_f32_shaped(&st, "_fc.weight", file, &[cfg.num_classes, HEAD_WIDTH])?));
-    out.push(("_fc.bias".into(), read_f32_shaped(&st, "_fc.bias", file, &[cfg.num_classes])?));
+    out.push((
+        "_fc.weight".into(),
+        read_f32_shaped(&st, "_fc.weight", file, &[cfg.num_classes, HEAD_WIDTH])?,
+    ));
+    out.push((
+        "_fc.bias".into(),
+        read_f32_shaped(&st, "_fc.bias", file, &[cfg.num_classes])?,
+    ));
     Ok(out)
 }
 
@@ -93,19 +148,37 @@ mod tests {
         // A 1×1 convolution of 2 inputs to 3 outputs on one pixel, then batch norm, by hand.
         let w = Tensor::new(vec![3, 2, 1, 1], vec![1.0, -2.0, 0.5, 0.25, 3.0, 1.0]).unwrap();
         let v = |x: [f32; 3]| Tensor::new(vec![3], x.to_vec()).unwrap();
-        let (g, beta, mean, var) = (v([2.0, 0.5, -1.0]), v([0.1, -0.2, 0.3]), v([0.4, 1.0, -2.0]), v([3.0, 0.25, 1.0]));
-        let bn = BatchNorm { weight: &g, bias: &beta, running_mean: &mean, running_var: &var, eps: 1e-3 };
+        let (g, beta, mean, var) = (
+            v([2.0, 0.5, -1.0]),
+            v([0.1, -0.2, 0.3]),
+            v([0.4, 1.0, -2.0]),
+            v([3.0, 0.25, 1.0]),
+        );
+        let bn = BatchNorm {
+            weight: &g,
+            bias: &beta,
+            running_mean: &mean,
+            running_var: &var,
+            eps: 1e-3,
+        };
         let (wf, bf) = fold_batch_norm(&w, &bn).unwrap();
         let x = [0.7f64, -1.3];
         for o in 0..3 {
             let conv: f64 = (0..2).map(|i| w.data()[o * 2 + i] as f64 * x[i]).sum();
-            let want = (conv - mean.data()[o] as f64) / (var.data()[o] as f64 + 1e-3).sqrt() * g.data()[o] as f64 + beta.data()[o] as f64;
+            let want = (conv - mean.data()[o] as f64) / (var.data()[o] as f64 + 1e-3).sqrt() * g.data()[o] as f64
+                + beta.data()[o] as f64;
             let got: f64 = (0..2).map(|i| wf.data()[o * 2 + i] as f64 * x[i]).sum::<f64>() + bf.data()[o] as f64;
             assert!((got - want).abs() < 1e-6, "channel {o}: {got} vs {want}");
         }
         let short = v([1.0, 1.0, 1.0]).reshape(vec![3]).unwrap();
         let two = Tensor::new(vec![2], vec![1.0, 1.0]).unwrap();
-        let bad = BatchNorm { weight: &two, bias: &short, running_mean: &short, running_var: &short, eps: 1e-3 };
+        let bad = BatchNorm {
+            weight: &two,
+            bias: &short,
+            running_mean: &short,
+            running_var: &short,
+            eps: 1e-3,
+        };
         assert!(matches!(fold_batch_norm(&w, &bad), Err(Error::Shape { .. })));
     }
 }

@@ -82,7 +82,8 @@ impl ImageBatch {
 
     /// Fails unless the images are `size`×`size`, naming the shape found.
     pub fn expect_size(&self, what: &str, height: usize, width: usize) -> Result<()> {
-        self.pixels.expect_shape(what, &[None, Some(3), Some(height), Some(width)])
+        self.pixels
+            .expect_shape(what, &[None, Some(3), Some(height), Some(width)])
     }
 
     pub fn non_empty(self) -> Result<Self> {
@@ -113,7 +114,9 @@ mod tests {
 
     #[test]
     fn rejects_wrong_channels_and_nan() {
-        let e = ImageBatch::new(Tensor::zeros(vec![1, 4, 2, 2])).unwrap_err().to_string();
+        let e = ImageBatch::new(Tensor::zeros(vec![1, 4, 2, 2]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("(N, 3, H, W)") && e.contains("[1, 4, 2, 2]"), "{e}");
         let mut t = Tensor::zeros(vec![1, 3, 2, 2]);
         t.data_mut()[5] = f32::NAN;

@@ -12,7 +12,9 @@ pub const BACKBONE_CHUNK: usize = 8;
 /// `(start, len)` of consecutive chunks of at most `size` (at least 1) covering `0..total`.
 pub fn chunks(total: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
     let size = size.max(1);
-    (0..total).step_by(size).map(move |start| (start, size.min(total - start)))
+    (0..total)
+        .step_by(size)
+        .map(move |start| (start, size.min(total - start)))
 }
 
 /// Patch positions of every `size`×`size` window at stride 1 on a `grid`×`grid` patch grid,
@@ -35,7 +37,9 @@ pub fn window_positions(grid: usize, size: usize) -> Vec<usize> {
 
 /// Additive causal mask `[n, n]`, row-major: −∞ above the diagonal, 0 elsewhere.
 pub fn causal_mask(n: usize) -> Vec<f32> {
-    (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect()
+    (0..n * n)
+        .map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 })
+        .collect()
 }
 
 /// How a batch of prompts' token embeddings are built: `ids` (placeholders, outside the
@@ -57,10 +61,21 @@ impl Substitution {
     pub fn new(tokens: &[Tokens], vocab: usize, positions: usize) -> Result<Self> {
         let c = tokens.first().map_or(0, |t| t.ids.len());
         if c > positions || tokens.iter().any(|t| t.ids.len() != c) {
-            return Err(Error::invalid("tokens", format!("{c} tokens per prompt for {positions} positions")));
+            return Err(Error::invalid(
+                "tokens",
+                format!("{c} tokens per prompt for {positions} positions"),
+            ));
         }
-        let ids = tokens.iter().flat_map(|t| &t.ids).map(|&i| if (i as usize) < vocab { i } else { 0 }).collect();
-        let keep = tokens.iter().flat_map(|t| &t.ids).map(|&i| if (i as usize) < vocab { 1.0 } else { 0.0 }).collect();
+        let ids = tokens
+            .iter()
+            .flat_map(|t| &t.ids)
+            .map(|&i| if (i as usize) < vocab { i } else { 0 })
+            .collect();
+        let keep = tokens
+            .iter()
+            .flat_map(|t| &t.ids)
+            .map(|&i| if (i as usize) < vocab { 1.0 } else { 0.0 })
+            .collect();
         let (mut rows, mut slots) = (Vec::new(), Vec::new());
         for (i, t) in tokens.iter().enumerate() {
             for &(pos, k) in &t.concepts {
@@ -68,12 +83,23 @@ impl Substitution {
                 slots.push((i, k));
             }
         }
-        Ok(Self { prompts: tokens.len(), context: c, ids, keep, rows, slots })
+        Ok(Self {
+            prompts: tokens.len(),
+            context: c,
+            ids,
+            keep,
+            rows,
+            slots,
+        })
     }
 
     /// Flat rows of each prompt's first end token, where text features are pooled.
     pub fn ends(&self, tokens: &[Tokens]) -> Vec<u32> {
-        tokens.iter().enumerate().map(|(i, t)| (i * self.context + t.end) as u32).collect()
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i * self.context + t.end) as u32)
+            .collect()
     }
 }
 
@@ -95,8 +121,9 @@ pub fn timestep_embedding(c: &UnetConfig, timesteps: &[f64]) -> Vec<f32> {
     let shift = c.freq_shift as f64;
     let mut data: Vec<f32> = Vec::with_capacity(timesteps.len() * 2 * half);
     for &t in timesteps {
-        let args: Vec<f64> =
-            (0..half).map(|i| t * (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp()).collect();
+        let args: Vec<f64> = (0..half)
+            .map(|i| t * (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp())
+            .collect();
         let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
         if c.flip_sin_to_cos {
             data.extend(cos.iter().chain(&sin));
@@ -135,11 +162,18 @@ mod tests {
     fn substitution_places_concepts_and_refuses_ragged_tokens() {
         let t = |ids: Vec<u32>, concepts| Tokens { ids, end: 2, concepts };
         let s = Substitution::new(&[t(vec![1, 9, 2], vec![]), t(vec![1, 10, 2], vec![(1, 0)])], 10, 3).unwrap();
-        assert_eq!((s.ids, s.rows, s.slots), (vec![1, 9, 2, 1, 0, 2], vec![4], vec![(1, 0)]));
+        assert_eq!(
+            (s.ids, s.rows, s.slots),
+            (vec![1, 9, 2, 1, 0, 2], vec![4], vec![(1, 0)])
+        );
         assert_eq!(s.keep, [1.0, 1.0, 1.0, 1.0, 0.0, 1.0]);
-        let e = Substitution::new(&[t(vec![1, 2], vec![]), t(vec![1], vec![])], 10, 3).unwrap_err().to_string();
+        let e = Substitution::new(&[t(vec![1, 2], vec![]), t(vec![1], vec![])], 10, 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid tokens: 2 tokens per prompt for 3 positions"), "{e}");
-        let e = Substitution::new(&[t(vec![1, 2, 3, 4], vec![])], 10, 3).unwrap_err().to_string();
+        let e = Substitution::new(&[t(vec![1, 2, 3, 4], vec![])], 10, 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("4 tokens per prompt for 3 positions"), "{e}");
     }
 

@@ -6,8 +6,8 @@ use crate::atomic::write_atomic;
 use crate::preprocess::resize;
 use crate::requests::*;
 use crate::rng::{normals, SplitMix64};
-use crate::{ConceptOptimizer, Concept, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor};
 use crate::TextImageEncoder;
+use crate::{Concept, ConceptOptimizer, Error, ImageBatch, LatentDiffuser, LossRecord, Provenance, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -40,12 +40,24 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(lr: f32, weight_decay: f32, dim: usize) -> Self {
-        Self { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, m: vec![0.0; dim], v: vec![0.0; dim], t: 0 }
+        Self {
+            lr,
+            weight_decay,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            m: vec![0.0; dim],
+            v: vec![0.0; dim],
+            t: 0,
+        }
     }
 
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
         self.t += 1;
-        let (c1, c2) = (1.0 - self.beta1.powi(self.t as i32), 1.0 - self.beta2.powi(self.t as i32));
+        let (c1, c2) = (
+            1.0 - self.beta1.powi(self.t as i32),
+            1.0 - self.beta2.powi(self.t as i32),
+        );
         for i in 0..params.len() {
             params[i] *= 1.0 - self.lr * self.weight_decay;
             self.m[i] = self.beta1 * self.m[i] + (1.0 - self.beta1) * grad[i];
@@ -69,7 +81,12 @@ fn fingerprint(r: &LearnRequest) -> String {
     let mut r = r.clone();
     r.steps = 0;
     r.checkpoint = None;
-    let pixels = |b: &ImageBatch| b.pixels().data().iter().fold(0u64, |h, v| h.rotate_left(5) ^ v.to_bits() as u64);
+    let pixels = |b: &ImageBatch| {
+        b.pixels()
+            .data()
+            .iter()
+            .fold(0u64, |h, v| h.rotate_left(5) ^ v.to_bits() as u64)
+    };
     let summary = (pixels(&r.support), r.pseudo_anomalies.as_ref().map(pixels));
     r.support = ImageBatch::new(Tensor::zeros(vec![0, 3, 1, 1])).expect("empty batch");
     r.pseudo_anomalies = None;
@@ -77,7 +94,11 @@ fn fingerprint(r: &LearnRequest) -> String {
 }
 
 fn state_prompt(template: &str, state: &str, placeholder: &str, v: &[f32]) -> Prompt {
-    Prompt::with_concept(template.replace("{}", &format!("{state} {placeholder}")), placeholder, v)
+    Prompt::with_concept(
+        template.replace("{}", &format!("{state} {placeholder}")),
+        placeholder,
+        v,
+    )
 }
 
 fn pick(images: &ImageBatch, idx: &[usize]) -> Result<ImageBatch> {
@@ -91,27 +112,50 @@ fn validate(r: &LearnRequest, text_width: usize) -> Result<()> {
         return Err(Error::EmptySupportSet);
     }
     if r.init.len() != text_width {
-        return Err(Error::shape("initial concept vector", format!("[{text_width}]"), &[r.init.len()]));
+        return Err(Error::shape(
+            "initial concept vector",
+            format!("[{text_width}]"),
+            &[r.init.len()],
+        ));
     }
     crate::tensor::check_finite("initial concept vector", &r.init)?;
     if r.templates.is_empty() || r.templates.iter().any(|t| !t.contains("{}")) {
-        return Err(Error::invalid("templates", "need at least one, each with `{}` for the state prompt"));
+        return Err(Error::invalid(
+            "templates",
+            "need at least one, each with `{}` for the state prompt",
+        ));
     }
     if r.batch_size == 0 || r.learning_rate.is_nan() || r.learning_rate <= 0.0 {
-        return Err(Error::invalid("learn request", "batch size and learning rate must be positive"));
+        return Err(Error::invalid(
+            "learn request",
+            "batch size and learning rate must be positive",
+        ));
     }
-    if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().is_none_or(|p| p.is_empty()) {
-        return Err(Error::invalid("learn request", "the anomaly-aware objective (eq. 4) needs pseudo-anomalies"));
+    if matches!(r.objective, Objective::AnomalyAware { .. }) && r.pseudo_anomalies.as_ref().is_none_or(|p| p.is_empty())
+    {
+        return Err(Error::invalid(
+            "learn request",
+            "the anomaly-aware objective (eq. 4) needs pseudo-anomalies",
+        ));
     }
     Ok(())
 }
 
 /// `α · mean_i P(S_n | x_i, T_i)` and its gradient, grouping the images by template.
-fn clip_term(enc: &dyn TextImageEncoder, images: &ImageBatch, templates: &[usize], r: &LearnRequest, v: &[f32]) -> Result<(f32, Vec<f32>)> {
+fn clip_term(
+    enc: &dyn TextImageEncoder,
+    images: &ImageBatch,
+    templates: &[usize],
+    r: &LearnRequest,
+    v: &[f32],
+) -> Result<(f32, Vec<f32>)> {
     let n = images.len() as f32;
     let (mut value, mut grad) = (0.0, vec![0.0; v.len()]);
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    templates.iter().enumerate().for_each(|(i, &t)| groups.entry(t).or_default().push(i));
+    templates
+        .iter()
+        .enumerate()
+        .for_each(|(i, &t)| groups.entry(t).or_default().push(i));
     for (t, idx) in groups {
         let tpl = &r.templates[t];
         let req = StateProbabilityRequest {
@@ -124,13 +168,22 @@ fn clip_term(enc: &dyn TextImageEncoder, images: &ImageBatch, templates: &[usize
         let p = enc.state_probability(&req)?;
         let k = idx.len() as f32;
         value += p.normal.iter().sum::<f32>() / n;
-        grad.iter_mut().zip(p.grad.unwrap_or_default()).for_each(|(g, d)| *g += d * k / n);
+        grad.iter_mut()
+            .zip(p.grad.unwrap_or_default())
+            .for_each(|(g, d)| *g += d * k / n);
     }
     Ok((value, grad))
 }
 
 /// `Σ_j max(P(S_n | x̃_j, T) − γ, 0)` over a batch of pseudo-anomalies, and its gradient.
-fn hinge_term(enc: &dyn TextImageEncoder, images: &ImageBatch, template: &str, r: &LearnRequest, v: &[f32], gamma: f32) -> Result<(f32, Vec<f32>)> {
+fn hinge_term(
+    enc: &dyn TextImageEncoder,
+    images: &ImageBatch,
+    template: &str,
+    r: &LearnRequest,
+    v: &[f32],
+    gamma: f32,
+) -> Result<(f32, Vec<f32>)> {
     let mut req = StateProbabilityRequest {
         images: images.clone(),
         normal: state_prompt(template, "flawless", &r.placeholder, v),
@@ -165,7 +218,13 @@ pub fn learn(
     let latent = size / dims.vae_downsampling;
     let lr = r.learning_rate * if r.scale_lr_by_batch { r.batch_size as f32 } else { 1.0 };
     let key = fingerprint(r);
-    let mut state = Checkpoint { fingerprint: key.clone(), step: 0, vector: r.init.clone(), optimizer: AdamW::new(lr, r.weight_decay, r.init.len()), history: Vec::new() };
+    let mut state = Checkpoint {
+        fingerprint: key.clone(),
+        step: 0,
+        vector: r.init.clone(),
+        optimizer: AdamW::new(lr, r.weight_decay, r.init.len()),
+        history: Vec::new(),
+    };
     if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.resume && c.path.exists()) {
         let text = std::fs::read_to_string(&cp.path).map_err(|e| Error::io(&cp.path, e))?;
         let saved: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::config(&cp.path, e.to_string()))?;
@@ -180,11 +239,23 @@ pub fn learn(
         let idx: Vec<usize> = (0..b).map(|_| rng.below(support.len() as u64) as usize).collect();
         let tpl: Vec<usize> = (0..b).map(|_| rng.below(r.templates.len() as u64) as usize).collect();
         let timesteps: Vec<u32> = (0..b).map(|_| rng.below(dims.train_timesteps as u64) as u32).collect();
-        let noise = Tensor::new(vec![b, dims.latent_channels, latent, latent], normals(rng.next_u64(), b * dims.latent_channels * latent * latent))?;
+        let noise = Tensor::new(
+            vec![b, dims.latent_channels, latent, latent],
+            normals(rng.next_u64(), b * dims.latent_channels * latent * latent),
+        )?;
         let images = pick(&support, &idx)?;
         let v = state.vector.clone();
-        let prompts = tpl.iter().map(|&t| state_prompt(&r.templates[t], "flawless", &r.placeholder, &v)).collect();
-        let diff = dif.denoising_loss(&DenoisingLossRequest { images: images.clone(), prompts, timesteps, noise, gradient_of: Some(r.placeholder.clone()) })?;
+        let prompts = tpl
+            .iter()
+            .map(|&t| state_prompt(&r.templates[t], "flawless", &r.placeholder, &v))
+            .collect();
+        let diff = dif.denoising_loss(&DenoisingLossRequest {
+            images: images.clone(),
+            prompts,
+            timesteps,
+            noise,
+            gradient_of: Some(r.placeholder.clone()),
+        })?;
         let mut grad = diff.grad.unwrap_or_default();
         let (mut clip_normal, mut clip_anomaly, mut loss) = (0.0, 0.0, diff.value);
         if let Objective::NormalAware { alpha } | Objective::AnomalyAware { alpha, .. } = r.objective {
@@ -204,12 +275,29 @@ pub fn learn(
         crate::tensor::check_finite("concept gradient", &grad)?;
         state.optimizer.step(&mut state.vector, &grad);
         state.step += 1;
-        let record = LossRecord { step: state.step, loss, diffusion_loss: diff.value, clip_normal, clip_anomaly };
+        let record = LossRecord {
+            step: state.step,
+            loss,
+            diffusion_loss: diff.value,
+            clip_normal,
+            clip_anomaly,
+        };
         state.history.push(record);
-        if let Some(cp) = r.checkpoint.as_ref().filter(|c| c.every > 0 && state.step.is_multiple_of(c.every)) {
+        if let Some(cp) = r
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.every > 0 && state.step.is_multiple_of(c.every))
+        {
             write_atomic(&cp.path, serde_json::to_string(&state).expect("json").as_bytes())?;
         }
-        let p = Progress { step: state.step, total_steps: r.steps, loss, diffusion_loss: diff.value, clip_normal, clip_anomaly };
+        let p = Progress {
+            step: state.step,
+            total_steps: r.steps,
+            loss,
+            diffusion_loss: diff.value,
+            clip_normal,
+            clip_anomaly,
+        };
         if progress(&p) == Flow::Cancel {
             return Err(Error::Cancelled { step: state.step });
         }
@@ -222,8 +310,20 @@ pub fn learn(
     hyper.insert("weight_decay".into(), serde_json::json!(r.weight_decay));
     hyper.insert("batch_size".into(), serde_json::json!(r.batch_size));
     hyper.insert("templates".into(), serde_json::json!(r.templates));
-    let provenance = Provenance { checkpoints: BTreeMap::new(), hyperparameters: hyper, seed: r.seed, backend: backend.into(), steps: state.step, loss_history: state.history };
-    Ok(Concept { name: r.name.clone(), placeholder: r.placeholder.clone(), vector: state.vector, provenance })
+    let provenance = Provenance {
+        checkpoints: BTreeMap::new(),
+        hyperparameters: hyper,
+        seed: r.seed,
+        backend: backend.into(),
+        steps: state.step,
+        loss_history: state.history,
+    };
+    Ok(Concept {
+        name: r.name.clone(),
+        placeholder: r.placeholder.clone(),
+        vector: state.vector,
+        provenance,
+    })
 }
 
 #[cfg(test)]
@@ -238,6 +338,9 @@ mod tests {
         opt.step(&mut p, &[0.5, 0.5]);
         assert!((p[0] - 0.899).abs() < 1e-6 && (p[1] - (-2.098)).abs() < 1e-6, "{p:?}");
         opt.step(&mut p, &[-1.0, 2.0]);
-        assert!((p[0] - 0.934_711_4).abs() < 1e-5 && (p[1] - (-2.184_339_5)).abs() < 1e-5, "{p:?}");
+        assert!(
+            (p[0] - 0.934_711_4).abs() < 1e-5 && (p[1] - (-2.184_339_5)).abs() < 1e-5,
+            "{p:?}"
+        );
     }
 }

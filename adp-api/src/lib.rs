@@ -33,8 +33,7 @@ pub use image::ImageBatch;
 pub use requests::*;
 pub use tensor::Tensor;
 pub use traits::{
-    Backend, BackendInfo, Capability, ConceptOptimizer, FeatureExtractor, LatentDiffuser, Scorer,
-    TextImageEncoder,
+    Backend, BackendInfo, Capability, ConceptOptimizer, FeatureExtractor, LatentDiffuser, Scorer, TextImageEncoder,
 };
 
 /// The version of this crate; plugins report the one they were built with.

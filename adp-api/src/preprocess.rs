@@ -36,7 +36,9 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<i64>)> {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) / filterscale)).collect();
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) / filterscale))
+                .collect();
             let total: f64 = w.iter().sum();
             let fixed = w
                 .iter()
@@ -63,7 +65,11 @@ fn resize_plane(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<u8>
         let mut out = vec![0u8; h * ow];
         for y in 0..h {
             for (x, (start, k)) in c.iter().enumerate() {
-                let s: i64 = k.iter().enumerate().map(|(i, k)| src[y * w + start + i] as i64 * k).sum();
+                let s: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| src[y * w + start + i] as i64 * k)
+                    .sum();
                 out[y * ow + x] = clip8(round + s);
             }
         }
@@ -78,7 +84,11 @@ fn resize_plane(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<u8>
     let mut out = vec![0u8; oh * ow];
     for (y, (start, k)) in c.iter().enumerate() {
         for x in 0..ow {
-            let s: i64 = k.iter().enumerate().map(|(i, k)| horizontal[(start + i) * ow + x] as i64 * k).sum();
+            let s: i64 = k
+                .iter()
+                .enumerate()
+                .map(|(i, k)| horizontal[(start + i) * ow + x] as i64 * k)
+                .sum();
             out[y * ow + x] = clip8(round + s);
         }
     }
@@ -95,8 +105,15 @@ pub fn resize(images: &ImageBatch, height: usize, width: usize) -> ImageBatch {
     let px = images.pixels().data();
     let mut out = Vec::with_capacity(n * 3 * height * width);
     for plane in px.chunks(h * w) {
-        let bytes: Vec<u8> = plane.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-        out.extend(resize_plane(&bytes, h, w, height, width).into_iter().map(|b| b as f32 / 255.0));
+        let bytes: Vec<u8> = plane
+            .iter()
+            .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        out.extend(
+            resize_plane(&bytes, h, w, height, width)
+                .into_iter()
+                .map(|b| b as f32 / 255.0),
+        );
     }
     ImageBatch::new(Tensor::new(vec![n, 3, height, width], out).expect("resized size")).expect("finite pixels")
 }
@@ -111,7 +128,10 @@ pub fn clip_preprocess(images: &ImageBatch, size: usize) -> Tensor {
     } else {
         ((size as f64 * h as f64 / w as f64) as usize, size)
     };
-    let (top, left) = (((oh - size) as f64 / 2.0).round() as usize, ((ow - size) as f64 / 2.0).round() as usize);
+    let (top, left) = (
+        ((oh - size) as f64 / 2.0).round() as usize,
+        ((ow - size) as f64 / 2.0).round() as usize,
+    );
     let px = images.pixels().data();
     let mut out = Vec::with_capacity(n * 3 * size * size);
     for i in 0..n {
@@ -120,11 +140,21 @@ pub fn clip_preprocess(images: &ImageBatch, size: usize) -> Tensor {
             let resized: Vec<f32> = if (oh, ow) == (h, w) {
                 plane.to_vec()
             } else {
-                let bytes: Vec<u8> = plane.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-                resize_plane(&bytes, h, w, oh, ow).into_iter().map(|b| b as f32 / 255.0).collect()
+                let bytes: Vec<u8> = plane
+                    .iter()
+                    .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .collect();
+                resize_plane(&bytes, h, w, oh, ow)
+                    .into_iter()
+                    .map(|b| b as f32 / 255.0)
+                    .collect()
             };
             for y in top..top + size {
-                out.extend(resized[y * ow + left..y * ow + left + size].iter().map(|v| (v - CLIP_MEAN[c]) / CLIP_STD[c]));
+                out.extend(
+                    resized[y * ow + left..y * ow + left + size]
+                        .iter()
+                        .map(|v| (v - CLIP_MEAN[c]) / CLIP_STD[c]),
+                );
             }
         }
     }

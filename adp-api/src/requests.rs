@@ -20,11 +20,20 @@ pub struct Prompt {
 
 impl Prompt {
     pub fn plain(text: impl Into<String>) -> Self {
-        Self { text: text.into(), concepts: Vec::new() }
+        Self {
+            text: text.into(),
+            concepts: Vec::new(),
+        }
     }
     pub fn with_concept(text: impl Into<String>, placeholder: &str, vector: &[f32]) -> Self {
-        let slot = ConceptSlot { placeholder: placeholder.into(), vector: vector.to_vec() };
-        Self { text: text.into(), concepts: vec![slot] }
+        let slot = ConceptSlot {
+            placeholder: placeholder.into(),
+            vector: vector.to_vec(),
+        };
+        Self {
+            text: text.into(),
+            concepts: vec![slot],
+        }
     }
 }
 
@@ -102,7 +111,9 @@ impl BackboneOutputs {
             Tensor::concat(&parts.iter().map(|p| f(p).clone()).collect::<Vec<_>>())
         };
         Ok(Self {
-            stages: (0..stages).map(|g| cat(&|p| &p.stages[g])).collect::<crate::Result<_>>()?,
+            stages: (0..stages)
+                .map(|g| cat(&|p| &p.stages[g]))
+                .collect::<crate::Result<_>>()?,
             head: cat(&|p| &p.head)?,
             logits: cat(&|p| &p.logits)?,
         })
@@ -118,12 +129,23 @@ impl DenseFeatures {
         mut window: impl FnMut(usize) -> crate::Result<Tensor>,
         patch_tokens: impl FnOnce() -> crate::Result<Tensor>,
     ) -> crate::Result<Self> {
-        window_sizes.iter().try_for_each(|&size| crate::checks::window_size(size, grid))?;
+        window_sizes
+            .iter()
+            .try_for_each(|&size| crate::checks::window_size(size, grid))?;
         let windows = window_sizes
             .iter()
-            .map(|&size| Ok(WindowFeatures { size, embeddings: window(size)? }))
+            .map(|&size| {
+                Ok(WindowFeatures {
+                    size,
+                    embeddings: window(size)?,
+                })
+            })
             .collect::<crate::Result<_>>()?;
-        Ok(Self { grid, patch_tokens: patch_tokens()?, windows })
+        Ok(Self {
+            grid,
+            patch_tokens: patch_tokens()?,
+            windows,
+        })
     }
 }
 
@@ -227,7 +249,9 @@ impl Img2ImgRequest {
     /// The classifier-free guidance batch for `n` images: the negative prompt `n` times, then the
     /// prompt `n` times (unconditional half first, as the UNet output is split).
     pub fn guidance_prompts(&self, n: usize) -> Vec<Prompt> {
-        std::iter::repeat_n(self.negative_prompt.clone(), n).chain(std::iter::repeat_n(self.prompt.clone(), n)).collect()
+        std::iter::repeat_n(self.negative_prompt.clone(), n)
+            .chain(std::iter::repeat_n(self.prompt.clone(), n))
+            .collect()
     }
 }
 

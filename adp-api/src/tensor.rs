@@ -23,12 +23,18 @@ impl Tensor {
 
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Self { shape, data: vec![0.0; n] }
+        Self {
+            shape,
+            data: vec![0.0; n],
+        }
     }
 
     pub fn from_fn(shape: Vec<usize>, f: impl FnMut(usize) -> f32) -> Self {
         let n = shape.iter().product();
-        Self { shape, data: (0..n).map(f).collect() }
+        Self {
+            shape,
+            data: (0..n).map(f).collect(),
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -62,8 +68,10 @@ impl Tensor {
         if ok {
             return Ok(());
         }
-        let pattern: Vec<String> =
-            expected.iter().map(|e| e.map_or("_".to_string(), |v| v.to_string())).collect();
+        let pattern: Vec<String> = expected
+            .iter()
+            .map(|e| e.map_or("_".to_string(), |v| v.to_string()))
+            .collect();
         Err(Error::shape(what, format!("[{}]", pattern.join(", ")), &self.shape))
     }
 
@@ -81,16 +89,26 @@ impl Tensor {
     /// Largest absolute difference to `other`; `None` when the shapes differ.
     pub fn max_abs_diff(&self, other: &Tensor) -> Option<f32> {
         (self.shape == other.shape).then(|| {
-            self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+            self.data
+                .iter()
+                .zip(&other.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
         })
     }
 
     /// The parts stacked along the leading dimension: the same trailing shape, at least one part.
     pub fn concat(parts: &[Tensor]) -> Result<Self> {
-        let Some(first) = parts.first() else { return Err(Error::invalid("concatenation", "no tensor given")) };
+        let Some(first) = parts.first() else {
+            return Err(Error::invalid("concatenation", "no tensor given"));
+        };
         let tail = first.shape.get(1..).unwrap_or_default();
         if let Some(bad) = parts.iter().find(|p| p.shape.is_empty() || &p.shape[1..] != tail) {
-            return Err(Error::shape("concatenated part", format!("[_, {tail:?}] like the first"), &bad.shape));
+            return Err(Error::shape(
+                "concatenated part",
+                format!("[_, {tail:?}] like the first"),
+                &bad.shape,
+            ));
         }
         let mut shape = first.shape.clone();
         shape[0] = parts.iter().map(|p| p.shape[0]).sum();
@@ -104,7 +122,10 @@ impl Tensor {
 
 pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(Error::NonFinite { what: what.into(), index }),
+        Some(index) => Err(Error::NonFinite {
+            what: what.into(),
+            index,
+        }),
         None => Ok(()),
     }
 }
@@ -132,15 +153,27 @@ mod tests {
     fn concat_stacks_rows_of_one_shape() {
         let a = Tensor::new(vec![1, 2], vec![1.0, 2.0]).unwrap();
         let b = Tensor::new(vec![2, 2], vec![3.0, 4.0, 5.0, 6.0]).unwrap();
-        assert_eq!(Tensor::concat(&[a.clone(), b]).unwrap().data(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(
+            Tensor::concat(&[a.clone(), b]).unwrap().data(),
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
         let e = Tensor::concat(&[a, Tensor::zeros(vec![1, 3])]).unwrap_err().to_string();
-        assert!(e.contains("concatenated part: expected shape [_, [2]] like the first, got [1, 3]"), "{e}");
+        assert!(
+            e.contains("concatenated part: expected shape [_, [2]] like the first, got [1, 3]"),
+            "{e}"
+        );
         assert!(Tensor::concat(&[]).is_err());
     }
 
     #[test]
     fn finds_nan() {
         let t = Tensor::new(vec![3], vec![1.0, f32::NAN, 0.0]).unwrap();
-        assert_eq!(t.check_finite("t").unwrap_err(), Error::NonFinite { what: "t".into(), index: 1 });
+        assert_eq!(
+            t.check_finite("t").unwrap_err(),
+            Error::NonFinite {
+                what: "t".into(),
+                index: 1
+            }
+        );
     }
 }

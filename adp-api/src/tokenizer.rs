@@ -19,7 +19,9 @@ static BPE_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
 /// The merge list (`"#version: 0.2"` header, then one `a b` rule per line), decompressed.
 pub fn bpe_merges_text() -> String {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(BPE_GZ).read_to_string(&mut text).expect("bundled BPE vocabulary");
+    flate2::read::GzDecoder::new(BPE_GZ)
+        .read_to_string(&mut text)
+        .expect("bundled BPE vocabulary");
     text
 }
 
@@ -72,7 +74,11 @@ impl ClipTokenizer {
                 .concepts
                 .iter()
                 .enumerate()
-                .filter_map(|(k, c)| (!c.placeholder.is_empty()).then(|| rest.find(&c.placeholder).map(|at| (at, k))).flatten())
+                .filter_map(|(k, c)| {
+                    (!c.placeholder.is_empty())
+                        .then(|| rest.find(&c.placeholder).map(|at| (at, k)))
+                        .flatten()
+                })
                 .min();
             match next {
                 Some((at, k)) => {
@@ -89,12 +95,19 @@ impl ClipTokenizer {
         }
         for (k, c) in prompt.concepts.iter().enumerate() {
             if !concepts.iter().any(|&(_, s)| s == k) {
-                return Err(Error::invalid("prompt", format!("{:?} does not contain the placeholder {:?}", prompt.text, c.placeholder)));
+                return Err(Error::invalid(
+                    "prompt",
+                    format!("{:?} does not contain the placeholder {:?}", prompt.text, c.placeholder),
+                ));
             }
         }
         ids.push(END);
         if ids.len() > context_length {
-            return Err(Error::PromptTooLong { prompt: prompt.text.clone(), tokens: ids.len(), context: context_length });
+            return Err(Error::PromptTooLong {
+                prompt: prompt.text.clone(),
+                tokens: ids.len(),
+                context: context_length,
+            });
         }
         let end = ids.len() - 1;
         ids.resize(context_length, 0);
@@ -113,10 +126,16 @@ impl ClipTokenizer {
     pub fn single_token(&self, word: &str, vocab: usize) -> Result<usize> {
         let ids = self.encode_text(word);
         let [id] = ids[..] else {
-            return Err(Error::invalid("word", format!("{word:?} is {} tokens, not one", ids.len())));
+            return Err(Error::invalid(
+                "word",
+                format!("{word:?} is {} tokens, not one", ids.len()),
+            ));
         };
         if id as usize >= vocab {
-            return Err(Error::invalid("token", format!("id {id} is outside the vocabulary of {vocab}")));
+            return Err(Error::invalid(
+                "token",
+                format!("id {id} is outside the vocabulary of {vocab}"),
+            ));
         }
         Ok(id as usize)
     }
@@ -155,7 +174,11 @@ mod tests {
     #[test]
     fn batches_and_single_words_are_checked() {
         let t = ClipTokenizer::new();
-        assert!(t.encode_all(&[], 77).unwrap_err().to_string().contains("invalid prompts: no prompt given"));
+        assert!(t
+            .encode_all(&[], 77)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid prompts: no prompt given"));
         assert_eq!(t.single_token("photo", VOCAB_SIZE).unwrap(), 1125);
         let e = t.single_token("a photo", VOCAB_SIZE).unwrap_err().to_string();
         assert!(e.contains("\"a photo\" is 2 tokens, not one"), "{e}");
@@ -167,8 +190,19 @@ mod tests {
     fn too_long_and_missing_placeholder_are_errors() {
         let t = ClipTokenizer::new();
         let long = Prompt::plain("word ".repeat(80));
-        assert!(matches!(t.encode(&long, 77), Err(Error::PromptTooLong { tokens: 82, context: 77, .. })));
+        assert!(matches!(
+            t.encode(&long, 77),
+            Err(Error::PromptTooLong {
+                tokens: 82,
+                context: 77,
+                ..
+            })
+        ));
         let p = Prompt::with_concept("a photo of a thing", "<c>", &[0.0]);
-        assert!(t.encode(&p, 77).unwrap_err().to_string().contains("does not contain the placeholder"));
+        assert!(t
+            .encode(&p, 77)
+            .unwrap_err()
+            .to_string()
+            .contains("does not contain the placeholder"));
     }
 }

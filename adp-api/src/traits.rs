@@ -16,7 +16,13 @@ pub enum Capability {
 
 impl Capability {
     /// Every part, in pipeline order: what a complete backend declares.
-    pub const ALL: [Capability; 5] = [Self::TextImageEncoder, Self::LatentDiffuser, Self::ConceptOptimizer, Self::Scorer, Self::FeatureExtractor];
+    pub const ALL: [Capability; 5] = [
+        Self::TextImageEncoder,
+        Self::LatentDiffuser,
+        Self::ConceptOptimizer,
+        Self::Scorer,
+        Self::FeatureExtractor,
+    ];
 }
 
 impl fmt::Display for Capability {
@@ -40,17 +46,29 @@ impl BackendInfo {
     /// A backend that provides every part ([`Capability::ALL`]).
     pub fn complete(name: &str, version: &str, runtime: &str, devices: Vec<Device>) -> Self {
         let provides = Capability::ALL.to_vec();
-        Self { name: name.into(), version: version.into(), runtime: runtime.into(), devices, provides }
+        Self {
+            name: name.into(),
+            version: version.into(),
+            runtime: runtime.into(),
+            devices,
+            provides,
+        }
     }
     pub fn check_device(&self, device: Device) -> Result<()> {
         if self.devices.contains(&device) {
             Ok(())
         } else {
-            Err(Error::DeviceUnavailable { backend: self.name.clone(), device: device.to_string() })
+            Err(Error::DeviceUnavailable {
+                backend: self.name.clone(),
+                device: device.to_string(),
+            })
         }
     }
     pub fn unsupported(&self, capability: Capability) -> Error {
-        Error::Unsupported { backend: self.name.clone(), capability: capability.to_string() }
+        Error::Unsupported {
+            backend: self.name.clone(),
+            capability: capability.to_string(),
+        }
     }
 }
 

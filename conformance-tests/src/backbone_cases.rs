@@ -14,15 +14,30 @@ use adp_api::{BackboneCheckpoint, Backend, Device, EfficientNetConfig, Error, Fe
 /// fails the case (CI provisions it).
 pub fn pretrained(model: &str) -> BackboneCheckpoint {
     let path = default_weights_dir().join(format!("efficientnet-{model}.safetensors"));
-    let how = if model == "lite0" { "scripts/setup-weights.sh".to_string() } else { format!("scripts/setup-weights.sh --model {model}") };
-    assert!(path.is_file(), "{} is missing: run {how} (CI does) to provision the pretrained EfficientNet-Lite weights", path.display());
+    let how = if model == "lite0" {
+        "scripts/setup-weights.sh".to_string()
+    } else {
+        format!("scripts/setup-weights.sh --model {model}")
+    };
+    assert!(
+        path.is_file(),
+        "{} is missing: run {how} (CI does) to provision the pretrained EfficientNet-Lite weights",
+        path.display()
+    );
     let ckpt = BackboneCheckpoint::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ckpt.config, EfficientNetConfig::from_preset(model).unwrap(), "{}: not {model}", path.display());
+    assert_eq!(
+        ckpt.config,
+        EfficientNetConfig::from_preset(model).unwrap(),
+        "{}: not {model}",
+        path.display()
+    );
     ckpt
 }
 
 fn extractor(backend: &dyn Backend, ckpt: &BackboneCheckpoint) -> Box<dyn FeatureExtractor> {
-    backend.feature_extractor(ckpt, Device::Cpu).unwrap_or_else(|e| panic!("opening {}: {e}", ckpt.weights.display()))
+    backend
+        .feature_extractor(ckpt, Device::Cpu)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", ckpt.weights.display()))
 }
 
 fn golden_name(model: &str) -> String {
@@ -38,7 +53,12 @@ fn golden_pixels(g: &Golden) -> ImageBatch {
 fn golden_photos(g: &Golden) -> Option<Vec<ImageBatch>> {
     let root = crate::shared_data("", "checking the original photos of the backbone goldens")?;
     let files: Vec<String> = serde_json::from_value(g.meta_json("images")).expect("images list");
-    Some(files.iter().map(|f| ImageBatch::read_files(&[root.join(f)]).unwrap_or_else(|e| panic!("{e}"))).collect())
+    Some(
+        files
+            .iter()
+            .map(|f| ImageBatch::read_files(&[root.join(f)]).unwrap_or_else(|e| panic!("{e}")))
+            .collect(),
+    )
 }
 
 /// `(x·255 − 127) / 128`, the golden's normalisation, in its order of operations.
@@ -56,17 +76,40 @@ pub fn preprocessing_matches_the_reference(backend: &dyn Backend) {
     let size = ckpt.config.image_size;
     assert_eq!(g.meta_json("image_size"), serde_json::json!(size));
     let at_size = backbone_input(&golden_pixels(&g), &ckpt.config);
-    assert_close("backbone input of the golden pixels", &at_size, &golden_input(&pixels), 1e-6);
+    assert_close(
+        "backbone input of the golden pixels",
+        &at_size,
+        &golden_input(&pixels),
+        1e-6,
+    );
     let Some(photos) = golden_photos(&g) else { return };
     let ex = extractor(backend, &ckpt);
     let golden_features = g.f32("patch_features");
     for (i, photo) in photos.iter().enumerate() {
-        assert_ne!((photo.height(), photo.width()), (size, size), "photo {i} would not exercise the resize");
+        assert_ne!(
+            (photo.height(), photo.width()),
+            (size, size),
+            "photo {i} would not exercise the resize"
+        );
         let resized = resize(photo, size, size);
-        assert_eq!(resized.pixels().data(), row(&pixels, i).data(), "photo {i}: Pillow's bicubic resize to {size}×{size} differs from the golden pixels_01");
-        assert_close(&format!("photo {i}: backbone input"), &backbone_input(photo, &ckpt.config), &golden_input(&row(&pixels, i)), 1e-6);
+        assert_eq!(
+            resized.pixels().data(),
+            row(&pixels, i).data(),
+            "photo {i}: Pillow's bicubic resize to {size}×{size} differs from the golden pixels_01"
+        );
+        assert_close(
+            &format!("photo {i}: backbone input"),
+            &backbone_input(photo, &ckpt.config),
+            &golden_input(&row(&pixels, i)),
+            1e-6,
+        );
         let f = ex.patch_features(photo).unwrap();
-        assert_close(&format!("photo {i} ({}×{}): patch features", photo.height(), photo.width()), &f, &row(&golden_features, i), FORWARD);
+        assert_close(
+            &format!("photo {i} ({}×{}): patch features", photo.height(), photo.width()),
+            &f,
+            &row(&golden_features, i),
+            FORWARD,
+        );
     }
 }
 
@@ -84,26 +127,53 @@ fn outputs_match(backend: &dyn Backend, model: &str) {
     let blocks = cfg.blocks();
     let (ends, grids) = (cfg.group_ends(), cfg.group_grids());
     let stored: Vec<usize> = serde_json::from_value(g.meta_json("stages_stored")).expect("stages_stored");
-    assert_eq!(serde_json::from_value::<Vec<usize>>(g.meta_json("stage_block_indices")).unwrap(), ends, "group ends");
+    assert_eq!(
+        serde_json::from_value::<Vec<usize>>(g.meta_json("stage_block_indices")).unwrap(),
+        ends,
+        "group ends"
+    );
     assert_eq!(out.stages.len(), ends.len(), "one output per block group");
     for (k, s) in out.stages.iter().enumerate() {
-        assert_eq!(s.shape(), &[n, blocks[ends[k]].output, grids[k], grids[k]], "stage {k} shape");
+        assert_eq!(
+            s.shape(),
+            &[n, blocks[ends[k]].output, grids[k], grids[k]],
+            "stage {k} shape"
+        );
         s.check_finite(&format!("stage {k}")).unwrap();
     }
-    assert!(stored.iter().all(|s| FEATURE_GROUPS.contains(s)) && !stored.is_empty(), "stored stages {stored:?}");
+    assert!(
+        stored.iter().all(|s| FEATURE_GROUPS.contains(s)) && !stored.is_empty(),
+        "stored stages {stored:?}"
+    );
     for k in stored {
-        assert_close(&format!("{model} stage {k}"), &out.stages[k], &g.f32(&format!("stage.{k}")), FORWARD);
+        assert_close(
+            &format!("{model} stage {k}"),
+            &out.stages[k],
+            &g.f32(&format!("stage.{k}")),
+            FORWARD,
+        );
     }
-    assert!(g.has("head") || model != "lite0", "the lite0 golden stores the head features");
+    assert!(
+        g.has("head") || model != "lite0",
+        "the lite0 golden stores the head features"
+    );
     if g.has("head") {
         assert_close(&format!("{model} head"), &out.head, &g.f32("head"), FORWARD);
     }
-    assert_eq!(out.head.shape(), &[n, adp_api::config::efficientnet::HEAD_WIDTH, grids[6], grids[6]]);
+    assert_eq!(
+        out.head.shape(),
+        &[n, adp_api::config::efficientnet::HEAD_WIDTH, grids[6], grids[6]]
+    );
     assert_close(&format!("{model} logits"), &out.logits, &g.f32("logits"), FORWARD);
     let f = ex.patch_features(&images).unwrap();
     let d = cfg.feature_dims();
     assert_eq!(f.shape(), &[n, d.grid * d.grid, d.dim]);
-    assert_close(&format!("{model} patch features"), &f, &g.f32("patch_features"), FORWARD);
+    assert_close(
+        &format!("{model} patch features"),
+        &f,
+        &g.f32("patch_features"),
+        FORWARD,
+    );
 }
 
 pub fn lite0_matches_the_reference(backend: &dyn Backend) {
@@ -132,10 +202,16 @@ pub fn extractor_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn 
     let data: Vec<f32> = order.iter().flat_map(|&i| images.pixels().row(i).to_vec()).collect();
     let mut shape = images.pixels().shape().to_vec();
     shape[0] = order.len();
-    let long = ex.patch_features(&ImageBatch::new(Tensor::new(shape, data).unwrap()).unwrap()).unwrap();
+    let long = ex
+        .patch_features(&ImageBatch::new(Tensor::new(shape, data).unwrap()).unwrap())
+        .unwrap();
     assert_eq!(long.shape()[0], order.len());
     for (k, &i) in order.iter().enumerate() {
-        assert_reordered(&format!("image {k} of a 9-image batch"), &row(&long, k), &row(&batch, i));
+        assert_reordered(
+            &format!("image {k} of a 9-image batch"),
+            &row(&long, k),
+            &row(&batch, i),
+        );
     }
 }
 
@@ -156,24 +232,47 @@ fn edited(edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) -> (tempfile::
     edit(&mut tensors);
     let views: Vec<_> = tensors
         .iter()
-        .map(|(n, s, b)| (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.as_str(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("efficientnet-lite0.safetensors");
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    (dir, BackboneCheckpoint { config: src.config, weights: path })
+    (
+        dir,
+        BackboneCheckpoint {
+            config: src.config,
+            weights: path,
+        },
+    )
 }
 
 fn open_err(backend: &dyn Backend, ckpt: &BackboneCheckpoint) -> Error {
-    backend.feature_extractor(ckpt, Device::Cpu).err().expect("a broken backbone file was accepted")
+    backend
+        .feature_extractor(ckpt, Device::Cpu)
+        .err()
+        .expect("a broken backbone file was accepted")
 }
 
 pub fn extractor_rejects_bad_checkpoints(backend: &dyn Backend) {
     let missing = "_blocks.7._bn1.running_var";
     let (_d, ckpt) = edited(|t| t.retain(|(n, _, _)| n != missing));
     let err = open_err(backend, &ckpt);
-    assert_eq!(err, Error::MissingTensor { file: ckpt.weights.clone(), tensor: missing.into() });
-    assert!(err.to_string().contains(&ckpt.weights.display().to_string()) && err.to_string().contains(missing), "{err}");
+    assert_eq!(
+        err,
+        Error::MissingTensor {
+            file: ckpt.weights.clone(),
+            tensor: missing.into()
+        }
+    );
+    assert!(
+        err.to_string().contains(&ckpt.weights.display().to_string()) && err.to_string().contains(missing),
+        "{err}"
+    );
 
     let wrong = "_blocks.3._depthwise_conv.weight";
     let (_d, ckpt) = edited(|t| {
@@ -183,16 +282,33 @@ pub fn extractor_rejects_bad_checkpoints(backend: &dyn Backend) {
         e.2.truncate(144 * 9 * 4);
     });
     let err = open_err(backend, &ckpt);
-    assert_eq!(err, Error::TensorShape { file: ckpt.weights.clone(), tensor: wrong.into(), expected: vec![144, 1, 5, 5], got: vec![144, 1, 3, 3] });
-    assert!(err.to_string().contains(&ckpt.weights.display().to_string()) && err.to_string().contains(wrong), "{err}");
+    assert_eq!(
+        err,
+        Error::TensorShape {
+            file: ckpt.weights.clone(),
+            tensor: wrong.into(),
+            expected: vec![144, 1, 5, 5],
+            got: vec![144, 1, 3, 3]
+        }
+    );
+    assert!(
+        err.to_string().contains(&ckpt.weights.display().to_string()) && err.to_string().contains(wrong),
+        "{err}"
+    );
 
     let (_d, ckpt) = edited(|_| {});
     let bytes = std::fs::read(&ckpt.weights).unwrap();
     std::fs::write(&ckpt.weights, &bytes[..bytes.len() / 2]).unwrap();
     let err = open_err(backend, &ckpt).to_string();
-    assert!(err.contains("truncated") && err.contains(&ckpt.weights.display().to_string()), "{err}");
+    assert!(
+        err.contains("truncated") && err.contains(&ckpt.weights.display().to_string()),
+        "{err}"
+    );
 
-    let gone = BackboneCheckpoint { config: EfficientNetConfig::lite0(), weights: ckpt.weights.with_file_name("absent.safetensors") };
+    let gone = BackboneCheckpoint {
+        config: EfficientNetConfig::lite0(),
+        weights: ckpt.weights.with_file_name("absent.safetensors"),
+    };
     let err = open_err(backend, &gone).to_string();
     assert!(err.contains("absent.safetensors"), "{err}");
 }
@@ -200,8 +316,14 @@ pub fn extractor_rejects_bad_checkpoints(backend: &dyn Backend) {
 pub fn extractor_rejects_bad_inputs(backend: &dyn Backend) {
     let ex = extractor(backend, &pretrained("lite0"));
     let empty = ImageBatch::new(Tensor::zeros(vec![0, 3, 224, 224])).unwrap();
-    for (what, err) in [("patch_features", ex.patch_features(&empty).unwrap_err()), ("backbone_outputs", ex.backbone_outputs(&empty).err().unwrap())] {
-        assert!(matches!(&err, Error::Invalid { what, .. } if what == "image batch"), "{what} of an empty batch: {err}");
+    for (what, err) in [
+        ("patch_features", ex.patch_features(&empty).unwrap_err()),
+        ("backbone_outputs", ex.backbone_outputs(&empty).err().unwrap()),
+    ] {
+        assert!(
+            matches!(&err, Error::Invalid { what, .. } if what == "image batch"),
+            "{what} of an empty batch: {err}"
+        );
         assert!(err.to_string().contains("empty"), "{err}");
     }
     // Any size is resized to the input size; a flat grey image gives finite features.
@@ -217,12 +339,23 @@ pub fn extractor_rejects_bad_inputs(backend: &dyn Backend) {
 pub fn extractors_agree(a: &dyn Backend, b: &dyn Backend) {
     let ckpt = pretrained("lite0");
     let (ea, eb) = (extractor(a, &ckpt), extractor(b, &ckpt));
-    let images = ImageBatch::new(Tensor::from_fn(vec![2, 3, 240, 200], |i| ((i * 2654435761usize) % 1000) as f32 / 1000.0)).unwrap();
-    let (oa, ob) = (ea.backbone_outputs(&images).unwrap(), eb.backbone_outputs(&images).unwrap());
+    let images = ImageBatch::new(Tensor::from_fn(vec![2, 3, 240, 200], |i| {
+        ((i * 2654435761usize) % 1000) as f32 / 1000.0
+    }))
+    .unwrap();
+    let (oa, ob) = (
+        ea.backbone_outputs(&images).unwrap(),
+        eb.backbone_outputs(&images).unwrap(),
+    );
     for (k, (sa, sb)) in oa.stages.iter().zip(&ob.stages).enumerate() {
         assert_close(&format!("stage {k} across backends"), sb, sa, FORWARD);
     }
     assert_close("head across backends", &ob.head, &oa.head, FORWARD);
     assert_close("logits across backends", &ob.logits, &oa.logits, FORWARD);
-    assert_close("patch features across backends", &eb.patch_features(&images).unwrap(), &ea.patch_features(&images).unwrap(), FORWARD);
+    assert_close(
+        "patch features across backends",
+        &eb.patch_features(&images).unwrap(),
+        &ea.patch_features(&images).unwrap(),
+        FORWARD,
+    );
 }

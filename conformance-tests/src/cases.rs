@@ -1,6 +1,6 @@
 //! The cases. Each panics with a message naming what broke.
-use adp_api::requests::FeatureKind;
 use crate::tolerance::assert_reordered;
+use adp_api::requests::FeatureKind;
 use adp_api::{BackboneCheckpoint, Backend, Capability, Device, EfficientNetConfig, Error, ImageBatch, Tensor};
 
 /// Runs `case` when the backend declares `capability`; a backend is held to what it declares.
@@ -16,10 +16,20 @@ pub fn info_is_consistent(backend: &dyn Backend) {
     let info = backend.info();
     assert!(!info.name.is_empty(), "backend name is empty");
     assert!(!info.version.is_empty(), "{}: empty version", info.name);
-    assert_eq!(info.devices.first(), Some(&Device::Cpu), "{}: every backend runs on the CPU, listed first", info.name);
+    assert_eq!(
+        info.devices.first(),
+        Some(&Device::Cpu),
+        "{}: every backend runs on the CPU, listed first",
+        info.name
+    );
     let mut provides = info.provides.clone();
     provides.dedup();
-    assert_eq!(provides.len(), info.provides.len(), "{}: capability listed twice", info.name);
+    assert_eq!(
+        provides.len(),
+        info.provides.len(),
+        "{}: capability listed twice",
+        info.name
+    );
 }
 
 /// Opens `capability`'s part of `backend` with placeholder checkpoints that name no real file.
@@ -32,7 +42,10 @@ fn open_part(backend: &dyn Backend, capability: Capability) -> adp_api::Result<(
         Capability::Scorer => backend.scorer(Device::Cpu).map(drop),
         Capability::FeatureExtractor => {
             let weights = "none.safetensors".into();
-            let backbone = BackboneCheckpoint { config: EfficientNetConfig::lite0(), weights };
+            let backbone = BackboneCheckpoint {
+                config: EfficientNetConfig::lite0(),
+                weights,
+            };
             backend.feature_extractor(&backbone, Device::Cpu).map(drop)
         }
     }
@@ -42,8 +55,13 @@ fn open_part(backend: &dyn Backend, capability: Capability) -> adp_api::Result<(
 pub fn undeclared_parts_are_refused(backend: &dyn Backend) {
     let info = backend.info();
     for capability in Capability::ALL.into_iter().filter(|c| !info.provides.contains(c)) {
-        let err = open_part(backend, capability).err().unwrap_or_else(|| panic!("undeclared {capability} was created"));
-        assert!(matches!(err, Error::Unsupported { .. }), "undeclared {capability}: {err}");
+        let err = open_part(backend, capability)
+            .err()
+            .unwrap_or_else(|| panic!("undeclared {capability} was created"));
+        assert!(
+            matches!(err, Error::Unsupported { .. }),
+            "undeclared {capability}: {err}"
+        );
     }
 }
 
@@ -108,7 +126,11 @@ pub fn assert_gradient_matches_finite_differences(
         down[k] -= h;
         let fd = (f(&up) - f(&down)) / (2.0 * h as f64);
         let diff = (fd - grad[k] as f64).abs();
-        assert!(diff <= rel * scale + abs, "component {k}: autograd {} vs finite differences {fd}", grad[k]);
+        assert!(
+            diff <= rel * scale + abs,
+            "component {k}: autograd {} vs finite differences {fd}",
+            grad[k]
+        );
         worst = worst.max(diff);
     }
     eprintln!("gradient vs finite differences: max |diff| {worst:.3e}, max |grad| {scale:.3e}");
@@ -137,12 +159,17 @@ fn nearest_by_definition(memory: &Tensor, test: &Tensor) -> Vec<f32> {
 pub fn scorer_matches_the_definition(backend: &dyn Backend) {
     let scorer = backend.scorer(Device::Cpu).expect("scorer");
     let support = features(vec![3, 5, 8], 1);
-    let memory = scorer.build_memory(FeatureKind::PatchTokens, &support).expect("build_memory");
+    let memory = scorer
+        .build_memory(FeatureKind::PatchTokens, &support)
+        .expect("build_memory");
     assert_eq!(memory.kind, FeatureKind::PatchTokens);
     assert_eq!(memory.features.shape(), &[15, 8], "memory rows");
     for row in memory.features.data().chunks(8) {
         let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "memory rows are unit vectors, got norm {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "memory rows are unit vectors, got norm {norm}"
+        );
     }
     let test = features(vec![2, 4, 8], 2);
     let got = scorer.associate(&memory, &test).expect("associate");
@@ -154,28 +181,47 @@ pub fn scorer_matches_the_definition(backend: &dyn Backend) {
     // A support feature is at distance 0 from itself.
     let own = Tensor::new(vec![1, 5, 8], support.row(0).to_vec()).unwrap();
     let zero = scorer.associate(&memory, &own).expect("associate");
-    assert!(zero.max_abs() < 1e-5, "a support feature's own distance is {}", zero.max_abs());
+    assert!(
+        zero.max_abs() < 1e-5,
+        "a support feature's own distance is {}",
+        zero.max_abs()
+    );
 }
 
 pub fn scorer_rejects_bad_features(backend: &dyn Backend) {
     let scorer = backend.scorer(Device::Cpu).expect("scorer");
-    let memory = scorer.build_memory(FeatureKind::Window(2), &features(vec![2, 3, 4], 3)).expect("memory");
-    let err = scorer.associate(&memory, &features(vec![1, 3, 5], 4)).expect_err("width 5 against a width-4 memory");
+    let memory = scorer
+        .build_memory(FeatureKind::Window(2), &features(vec![2, 3, 4], 3))
+        .expect("memory");
+    let err = scorer
+        .associate(&memory, &features(vec![1, 3, 5], 4))
+        .expect_err("width 5 against a width-4 memory");
     assert!(matches!(err, Error::Shape { .. }), "wrong width: {err}");
     let mut nan = features(vec![1, 2, 4], 5);
     nan.data_mut()[3] = f32::NAN;
     let err = scorer.associate(&memory, &nan).expect_err("NaN test features");
     assert!(matches!(err, Error::NonFinite { index: 3, .. }), "NaN: {err}");
-    let err = scorer.build_memory(FeatureKind::PatchTokens, &Tensor::zeros(vec![0, 4])).expect_err("empty support");
-    assert!(matches!(err, Error::Shape { .. } | Error::EmptySupportSet), "empty support: {err}");
+    let err = scorer
+        .build_memory(FeatureKind::PatchTokens, &Tensor::zeros(vec![0, 4]))
+        .expect_err("empty support");
+    assert!(
+        matches!(err, Error::Shape { .. } | Error::EmptySupportSet),
+        "empty support: {err}"
+    );
 }
 
 pub fn scorer_is_batch_invariant_and_thread_safe(backend: &dyn Backend) {
     let scorer = backend.scorer(Device::Cpu).expect("scorer");
-    let memory = scorer.build_memory(FeatureKind::PatchTokens, &features(vec![4, 6, 8], 6)).expect("memory");
+    let memory = scorer
+        .build_memory(FeatureKind::PatchTokens, &features(vec![4, 6, 8], 6))
+        .expect("memory");
     let batch = features(vec![4, 6, 8], 7);
     let whole = scorer.associate(&memory, &batch).expect("batch");
-    assert_eq!(whole, scorer.associate(&memory, &batch).expect("batch"), "two identical calls differ");
+    assert_eq!(
+        whole,
+        scorer.associate(&memory, &batch).expect("batch"),
+        "two identical calls differ"
+    );
     let alone = |i| scorer.associate(&memory, &row(&batch, i)).expect("single");
     alone_in_threads_matches_batch("distances", &whole, 4, alone);
 }

@@ -8,12 +8,23 @@ use adp_api::requests::*;
 use adp_api::{Backend, Device, Error, ImageBatch, LatentDiffuser, Tensor};
 
 fn diffuser(backend: &dyn Backend, v_prediction: bool) -> Box<dyn LatentDiffuser> {
-    backend.latent_diffuser(&diffusion_spec(v_prediction), Device::Cpu).expect("open the fixture diffusers folder")
+    backend
+        .latent_diffuser(&diffusion_spec(v_prediction), Device::Cpu)
+        .expect("open the fixture diffusers folder")
 }
 
 fn prompts(g: &Golden, key: &str, concept: &[f32]) -> Vec<Prompt> {
     let texts: Vec<String> = serde_json::from_value(g.meta_json(key)).expect("prompt list");
-    texts.iter().map(|t| if t.contains("<c>") { Prompt::with_concept(t.as_str(), "<c>", concept) } else { Prompt::plain(t.as_str()) }).collect()
+    texts
+        .iter()
+        .map(|t| {
+            if t.contains("<c>") {
+                Prompt::with_concept(t.as_str(), "<c>", concept)
+            } else {
+                Prompt::plain(t.as_str())
+            }
+        })
+        .collect()
 }
 
 fn timesteps(g: &Golden, name: &str) -> Vec<u32> {
@@ -24,7 +35,12 @@ pub fn vae_matches_diffusers(backend: &dyn Backend) {
     let g = Golden::open("sd");
     let d = diffuser(backend, false);
     let images = ImageBatch::new(g.f32("vae_images")).unwrap();
-    assert_close("VAE latents", &d.vae_encode(&images).unwrap(), &g.f32("vae_latents"), FORWARD);
+    assert_close(
+        "VAE latents",
+        &d.vae_encode(&images).unwrap(),
+        &g.f32("vae_latents"),
+        FORWARD,
+    );
     let decoded = d.vae_decode(&g.f32("vae_latents")).unwrap();
     assert_close("VAE decoded image", decoded.pixels(), &g.f32("vae_decoded"), FORWARD);
 }
@@ -35,8 +51,17 @@ pub fn conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
     let concept = g.f32("concept").into_data();
     let cond = d.text_conditioning(&prompts(&g, "cond_prompts", &concept)).unwrap();
     assert_close("text conditioning", &cond, &g.f32("conditioning"), FORWARD);
-    let request = UnetRequest { latents: g.f32("unet_latents"), timesteps: timesteps(&g, "unet_timesteps"), conditioning: g.f32("conditioning") };
-    assert_close("UNet prediction", &d.unet_prediction(&request).unwrap(), &g.f32("unet_prediction"), FORWARD);
+    let request = UnetRequest {
+        latents: g.f32("unet_latents"),
+        timesteps: timesteps(&g, "unet_timesteps"),
+        conditioning: g.f32("conditioning"),
+    };
+    assert_close(
+        "UNet prediction",
+        &d.unet_prediction(&request).unwrap(),
+        &g.f32("unet_prediction"),
+        FORWARD,
+    );
 }
 
 fn loss_request(g: &Golden, concept: &[f32]) -> DenoisingLossRequest {
@@ -54,7 +79,12 @@ fn loss_matches(backend: &dyn Backend, v_prediction: bool) {
     let d = diffuser(backend, v_prediction);
     let concept = g.f32("concept").into_data();
     let got = d.denoising_loss(&loss_request(&g, &concept)).unwrap();
-    assert_close("textual-inversion loss", &Tensor::new(vec![1], vec![got.value]).unwrap(), &g.f32("loss"), FORWARD);
+    assert_close(
+        "textual-inversion loss",
+        &Tensor::new(vec![1], vec![got.value]).unwrap(),
+        &g.f32("loss"),
+        FORWARD,
+    );
     let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
     assert_close("d loss / d concept", &grad, &g.f32("loss_grad"), GRADIENT);
 }
@@ -73,7 +103,14 @@ pub fn denoising_loss_gradient_matches_finite_differences(backend: &dyn Backend)
     let d = diffuser(backend, false);
     let concept = g.f32("concept").into_data();
     let grad = d.denoising_loss(&loss_request(&g, &concept)).unwrap().grad.unwrap();
-    let value = |v: &[f32]| d.denoising_loss(&DenoisingLossRequest { gradient_of: None, ..loss_request(&g, v) }).unwrap().value as f64;
+    let value = |v: &[f32]| {
+        d.denoising_loss(&DenoisingLossRequest {
+            gradient_of: None,
+            ..loss_request(&g, v)
+        })
+        .unwrap()
+        .value as f64
+    };
     assert_gradient_matches_finite_differences(&grad, &concept, [0, 11, concept.len() - 1], 5e-2, (0.05, 1e-5), value);
 }
 
@@ -108,15 +145,31 @@ pub fn img2img_is_deterministic_under_a_seed(backend: &dyn Backend) {
 pub fn diffuser_rejects_bad_inputs(backend: &dyn Backend) {
     let d = diffuser(backend, false);
     let wrong = ImageBatch::new(Tensor::zeros(vec![1, 3, 24, 32])).unwrap();
-    assert!(matches!(d.vae_encode(&wrong), Err(Error::Shape { .. })), "wrong image size");
+    assert!(
+        matches!(d.vae_encode(&wrong), Err(Error::Shape { .. })),
+        "wrong image size"
+    );
     let empty = ImageBatch::new(Tensor::zeros(vec![0, 3, 32, 32])).unwrap();
     assert_eq!(d.vae_encode(&empty).unwrap_err(), Error::EmptySupportSet);
     let g = Golden::open("sd");
-    let mut r = UnetRequest { latents: g.f32("unet_latents"), timesteps: vec![1000, 3], conditioning: g.f32("conditioning") };
-    assert!(matches!(d.unet_prediction(&r), Err(Error::Invalid { .. })), "timestep past the schedule");
+    let mut r = UnetRequest {
+        latents: g.f32("unet_latents"),
+        timesteps: vec![1000, 3],
+        conditioning: g.f32("conditioning"),
+    };
+    assert!(
+        matches!(d.unet_prediction(&r), Err(Error::Invalid { .. })),
+        "timestep past the schedule"
+    );
     r.timesteps = vec![1];
     assert!(d.unet_prediction(&r).is_err(), "one timestep for two latents");
-    assert!(matches!(d.vae_decode(&Tensor::zeros(vec![1, 3, 16, 16])), Err(Error::Shape { .. })), "3 latent channels");
+    assert!(
+        matches!(
+            d.vae_decode(&Tensor::zeros(vec![1, 3, 16, 16])),
+            Err(Error::Shape { .. })
+        ),
+        "3 latent channels"
+    );
     let long = Prompt::plain("scratch ".repeat(80));
     assert!(matches!(d.text_conditioning(&[long]), Err(Error::PromptTooLong { .. })));
 }
@@ -126,8 +179,16 @@ pub fn diffusers_agree(a: &dyn Backend, b: &dyn Backend) {
     let g = Golden::open("ti_v");
     let (da, db) = (diffuser(a, true), diffuser(b, true));
     let concept = g.f32("concept").into_data();
-    let (la, lb) = (da.denoising_loss(&loss_request(&g, &concept)).unwrap(), db.denoising_loss(&loss_request(&g, &concept)).unwrap());
-    assert_close("loss across backends", &Tensor::new(vec![1], vec![lb.value]).unwrap(), &Tensor::new(vec![1], vec![la.value]).unwrap(), FORWARD);
+    let (la, lb) = (
+        da.denoising_loss(&loss_request(&g, &concept)).unwrap(),
+        db.denoising_loss(&loss_request(&g, &concept)).unwrap(),
+    );
+    assert_close(
+        "loss across backends",
+        &Tensor::new(vec![1], vec![lb.value]).unwrap(),
+        &Tensor::new(vec![1], vec![la.value]).unwrap(),
+        FORWARD,
+    );
     let grad = |v: ValueAndGrad| Tensor::new(vec![concept.len()], v.grad.unwrap()).unwrap();
     assert_close("loss gradient across backends", &grad(lb), &grad(la), GRADIENT);
 }

@@ -7,7 +7,9 @@ use adp_api::requests::*;
 use adp_api::{Backend, ClipCheckpoint, Device, Error, ImageBatch, Tensor, TextImageEncoder};
 
 fn encoder(backend: &dyn Backend) -> Box<dyn TextImageEncoder> {
-    backend.text_image_encoder(&clip_checkpoint(), Device::Cpu).expect("open the fixture CLIP")
+    backend
+        .text_image_encoder(&clip_checkpoint(), Device::Cpu)
+        .expect("open the fixture CLIP")
 }
 
 fn golden_images(g: &Golden) -> ImageBatch {
@@ -27,13 +29,33 @@ pub fn image_features_match_open_clip(backend: &dyn Backend) {
     let g = Golden::open("clip");
     let enc = encoder(backend);
     let images = golden_images(&g);
-    assert_close("image embeddings", &enc.image_embeddings(&images).unwrap(), &g.f32("image_embeddings"), FORWARD);
+    assert_close(
+        "image embeddings",
+        &enc.image_embeddings(&images).unwrap(),
+        &g.f32("image_embeddings"),
+        FORWARD,
+    );
     let dense = enc.dense_features(&images, &[2, 3]).unwrap();
     assert_eq!(dense.grid, 4);
-    assert_close("penultimate patch tokens", &dense.patch_tokens, &g.f32("patch_tokens"), FORWARD);
+    assert_close(
+        "penultimate patch tokens",
+        &dense.patch_tokens,
+        &g.f32("patch_tokens"),
+        FORWARD,
+    );
     assert_eq!((dense.windows[0].size, dense.windows[1].size), (2, 3));
-    assert_close("2×2 window embeddings", &dense.windows[0].embeddings, &g.f32("window_2"), FORWARD);
-    assert_close("3×3 window embeddings", &dense.windows[1].embeddings, &g.f32("window_3"), FORWARD);
+    assert_close(
+        "2×2 window embeddings",
+        &dense.windows[0].embeddings,
+        &g.f32("window_2"),
+        FORWARD,
+    );
+    assert_close(
+        "3×3 window embeddings",
+        &dense.windows[1].embeddings,
+        &g.f32("window_3"),
+        FORWARD,
+    );
 }
 
 pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
@@ -47,10 +69,18 @@ pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
     let tokenizer = adp_api::tokenizer::ClipTokenizer::new();
     for (i, p) in prompts.iter().enumerate() {
         let ours = tokenizer.encode(p, 77).unwrap().ids;
-        let theirs: Vec<u32> = ids[i * shape[1]..(i + 1) * shape[1]].iter().map(|&v| v as u32).collect();
+        let theirs: Vec<u32> = ids[i * shape[1]..(i + 1) * shape[1]]
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
         assert_eq!(ours, theirs, "token ids of {:?}", p.text);
     }
-    assert_close("text embeddings", &enc.text_embeddings(&prompts).unwrap(), &g.f32("text_embeddings"), FORWARD);
+    assert_close(
+        "text embeddings",
+        &enc.text_embeddings(&prompts).unwrap(),
+        &g.f32("text_embeddings"),
+        FORWARD,
+    );
 }
 
 fn state_request(g: &Golden, images: ImageBatch, concept: &[f32], temperature: f32) -> StateProbabilityRequest {
@@ -68,11 +98,18 @@ pub fn state_probability_matches_open_clip(backend: &dyn Backend) {
     let enc = encoder(backend);
     let concept = g.f32("concept").into_data();
     let tau: f32 = g.meta_str("tau").parse().expect("tau");
-    let got = enc.state_probability(&state_request(&g, golden_images(&g), &concept, tau)).unwrap();
+    let got = enc
+        .state_probability(&state_request(&g, golden_images(&g), &concept, tau))
+        .unwrap();
     let p = Tensor::new(vec![got.normal.len()], got.normal).unwrap();
     assert_close("P_CLIP(S_n | x)", &p, &g.f32("state_probability"), FORWARD);
     let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
-    assert_close("d mean P_CLIP / d concept", &grad, &g.f32("state_probability_grad"), GRADIENT);
+    assert_close(
+        "d mean P_CLIP / d concept",
+        &grad,
+        &g.f32("state_probability_grad"),
+        GRADIENT,
+    );
 }
 
 /// The concept gradient against central finite differences (temperature 1, where P is not
@@ -82,10 +119,19 @@ pub fn state_probability_gradient_matches_finite_differences(backend: &dyn Backe
     let enc = encoder(backend);
     let concept = g.f32("concept").into_data();
     let mean_p = |v: &[f32]| {
-        let r = enc.state_probability(&StateProbabilityRequest { gradient_of: None, ..state_request(&g, golden_images(&g), v, 1.0) }).unwrap();
+        let r = enc
+            .state_probability(&StateProbabilityRequest {
+                gradient_of: None,
+                ..state_request(&g, golden_images(&g), v, 1.0)
+            })
+            .unwrap();
         r.normal.iter().map(|&p| p as f64).sum::<f64>() / r.normal.len() as f64
     };
-    let grad = enc.state_probability(&state_request(&g, golden_images(&g), &concept, 1.0)).unwrap().grad.unwrap();
+    let grad = enc
+        .state_probability(&state_request(&g, golden_images(&g), &concept, 1.0))
+        .unwrap()
+        .grad
+        .unwrap();
     let components = [0, 7, 19, concept.len() - 1];
     assert_gradient_matches_finite_differences(&grad, &concept, components, 1e-2, (0.02, 1e-6), mean_p);
 }
@@ -95,13 +141,20 @@ pub fn encoder_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn Ba
     let enc = encoder(backend);
     let images = golden_images(&g);
     let batch = enc.image_embeddings(&images).unwrap();
-    assert_eq!(batch, enc.image_embeddings(&images).unwrap(), "two identical calls differ");
+    assert_eq!(
+        batch,
+        enc.image_embeddings(&images).unwrap(),
+        "two identical calls differ"
+    );
     let alone = |i| enc.image_embeddings(&images.image(i)).unwrap();
     alone_in_threads_matches_batch("image embeddings", &batch, images.len(), alone);
 }
 
 /// A copy of the fixture CLIP folder whose weights `edit` rewrites (name → shape and values).
-fn edited_checkpoint(edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>), config: Option<adp_api::ClipConfig>) -> (tempfile::TempDir, ClipCheckpoint) {
+fn edited_checkpoint(
+    edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+    config: Option<adp_api::ClipConfig>,
+) -> (tempfile::TempDir, ClipCheckpoint) {
     let src = &fixtures().clip;
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(src.join("open_clip_model.safetensors")).unwrap();
@@ -115,9 +168,24 @@ fn edited_checkpoint(edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>), co
         })
         .collect();
     edit(&mut tensors);
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let views: Vec<_> = data.iter().map(|(n, s, b)| (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
-    std::fs::write(dir.path().join("open_clip_model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<_> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.as_str(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("open_clip_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     let mut ckpt = ClipCheckpoint::from_dir(src).unwrap();
     if let Some(c) = config {
         ckpt.config = c;
@@ -127,12 +195,21 @@ fn edited_checkpoint(edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>), co
 }
 
 fn open_err(backend: &dyn Backend, ckpt: &ClipCheckpoint) -> Error {
-    backend.text_image_encoder(ckpt, Device::Cpu).err().expect("a broken checkpoint was accepted")
+    backend
+        .text_image_encoder(ckpt, Device::Cpu)
+        .err()
+        .expect("a broken checkpoint was accepted")
 }
 
 pub fn encoder_rejects_bad_checkpoints(backend: &dyn Backend) {
     let (_d, ckpt) = edited_checkpoint(|t| t.retain(|(n, _, _)| n != "visual.proj"), None);
-    assert_eq!(open_err(backend, &ckpt), Error::MissingTensor { file: ckpt.weights.clone(), tensor: "visual.proj".into() });
+    assert_eq!(
+        open_err(backend, &ckpt),
+        Error::MissingTensor {
+            file: ckpt.weights.clone(),
+            tensor: "visual.proj".into()
+        }
+    );
 
     let (_d, ckpt) = edited_checkpoint(
         |t| {
@@ -142,31 +219,51 @@ pub fn encoder_rejects_bad_checkpoints(backend: &dyn Backend) {
         },
         None,
     );
-    assert_eq!(open_err(backend, &ckpt), Error::TensorShape { file: ckpt.weights.clone(), tensor: "ln_final.weight".into(), expected: vec![32], got: vec![16] });
+    assert_eq!(
+        open_err(backend, &ckpt),
+        Error::TensorShape {
+            file: ckpt.weights.clone(),
+            tensor: "ln_final.weight".into(),
+            expected: vec![32],
+            got: vec![16]
+        }
+    );
 
     let mut wider = clip_checkpoint().config;
     wider.embed_dim = 48;
     let (_d, ckpt) = edited_checkpoint(|_| {}, Some(wider));
-    assert!(matches!(open_err(backend, &ckpt), Error::TensorShape { expected, got, .. } if expected == vec![64, 48] && got == vec![64, 32]), "config contradicting the tensors");
+    assert!(
+        matches!(open_err(backend, &ckpt), Error::TensorShape { expected, got, .. } if expected == vec![64, 48] && got == vec![64, 32]),
+        "config contradicting the tensors"
+    );
 
     let (_d, ckpt) = edited_checkpoint(|_| {}, None);
     let bytes = std::fs::read(&ckpt.weights).unwrap();
     std::fs::write(&ckpt.weights, &bytes[..bytes.len() / 2]).unwrap();
     let err = open_err(backend, &ckpt);
-    assert!(err.to_string().contains("truncated") && err.to_string().contains(&ckpt.weights.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains("truncated") && err.to_string().contains(&ckpt.weights.display().to_string()),
+        "{err}"
+    );
 }
 
 pub fn encoder_rejects_bad_inputs(backend: &dyn Backend) {
     let enc = encoder(backend);
     let long = Prompt::plain("defect ".repeat(80));
-    assert!(matches!(enc.text_embeddings(&[long]), Err(Error::PromptTooLong { context: 77, .. })));
+    assert!(matches!(
+        enc.text_embeddings(&[long]),
+        Err(Error::PromptTooLong { context: 77, .. })
+    ));
     let wrong = Prompt::with_concept("a photo of a <c>", "<c>", &[0.0; 5]);
     assert!(matches!(enc.text_embeddings(&[wrong]), Err(Error::Shape { .. })));
     let empty = ImageBatch::new(Tensor::zeros(vec![0, 3, 32, 32])).unwrap();
     assert_eq!(enc.image_embeddings(&empty).unwrap_err(), Error::EmptySupportSet);
     let images = ImageBatch::new(Tensor::zeros(vec![1, 3, 32, 32])).unwrap();
     assert!(matches!(enc.dense_features(&images, &[5]), Err(Error::Invalid { .. })));
-    assert!(ImageBatch::new(Tensor::zeros(vec![1, 1, 32, 32])).is_err(), "one channel");
+    assert!(
+        ImageBatch::new(Tensor::zeros(vec![1, 1, 32, 32])).is_err(),
+        "one channel"
+    );
     let mut nan = Tensor::zeros(vec![1, 3, 32, 32]);
     nan.data_mut()[9] = f32::NAN;
     assert!(matches!(ImageBatch::new(nan), Err(Error::NonFinite { index: 9, .. })));
@@ -178,5 +275,10 @@ pub fn encoders_agree(a: &dyn Backend, b: &dyn Backend) {
     let (ea, eb) = (encoder(a), encoder(b));
     let images = golden_images(&g);
     let reference = ea.image_embeddings(&images).unwrap();
-    assert_close("image embeddings across backends", &eb.image_embeddings(&images).unwrap(), &reference, FORWARD);
+    assert_close(
+        "image embeddings across backends",
+        &eb.image_embeddings(&images).unwrap(),
+        &reference,
+        FORWARD,
+    );
 }

@@ -1,7 +1,7 @@
 //! Reading the golden files (`conformance-tests/goldens/*.safetensors`) written by
 //! `tools/golden/make_goldens.py` from open_clip and diffusers, and the fixture checkpoints they
 //! were computed on (regenerated here by `adp_host::fixtures`, seed 0).
-use adp_api::{Tensor, ClipCheckpoint, DiffusionSpec};
+use adp_api::{ClipCheckpoint, DiffusionSpec, Tensor};
 use adp_host::fixtures::FixturePaths;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -30,7 +30,11 @@ impl Golden {
             .into_iter()
             .map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v))))
             .collect();
-        Golden { name: name.into(), bytes, meta }
+        Golden {
+            name: name.into(),
+            bytes,
+            meta,
+        }
     }
 
     fn st(&self) -> SafeTensors<'_> {
@@ -49,9 +53,17 @@ impl Golden {
 
     pub fn i64(&self, tensor: &str) -> (Vec<usize>, Vec<i64>) {
         let st = self.st();
-        let v = st.tensor(tensor).unwrap_or_else(|_| panic!("golden {} lacks `{tensor}`", self.name));
+        let v = st
+            .tensor(tensor)
+            .unwrap_or_else(|_| panic!("golden {} lacks `{tensor}`", self.name));
         assert_eq!(v.dtype(), Dtype::I64, "{tensor}");
-        (v.shape().to_vec(), v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())
+        (
+            v.shape().to_vec(),
+            v.data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+        )
     }
 
     pub fn meta_str(&self, key: &str) -> String {
@@ -63,7 +75,10 @@ impl Golden {
     }
 
     pub fn meta_json(&self, key: &str) -> serde_json::Value {
-        self.meta.get(key).cloned().unwrap_or_else(|| panic!("golden {} has no metadata `{key}`", self.name))
+        self.meta
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("golden {} has no metadata `{key}`", self.name))
     }
 }
 

@@ -34,12 +34,21 @@ pub fn build_dir() -> PathBuf {
 
 /// The path of the plugin library built from crate `crate_name` (e.g. `adp_plugin_candle`).
 pub fn built_plugin_path(crate_name: &str) -> PathBuf {
-    let file = format!("{}{crate_name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let file = format!(
+        "{}{crate_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
     let dir = build_dir();
     [dir.join(&file), dir.join("deps").join(&file)]
         .into_iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{file} not found in {}: build the plugins first (`cargo build --workspace`)", dir.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{file} not found in {}: build the plugins first (`cargo build --workspace`)",
+                dir.display()
+            )
+        })
 }
 
 /// The plugin built from `crate_name`, loaded through the host.
@@ -52,7 +61,9 @@ pub fn plugin(crate_name: &str) -> Subject {
 /// run skips `what` loudly (`None`), and a CI run (`CI` set) fails: there the data is provided,
 /// so its absence is a broken setup, not a reason to pass.
 pub fn shared_data(sub: &str, what: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(sub);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(sub);
     if root.is_dir() {
         return Some(root);
     }
@@ -66,8 +77,10 @@ pub fn shared_data(sub: &str, what: &str) -> Option<PathBuf> {
 /// The first `n` PNG files of `dir`, by name.
 pub fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut v: Vec<PathBuf> =
-        entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let mut v: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
     v.sort();
     v.truncate(n);
     v
@@ -86,7 +99,10 @@ pub struct Case {
 impl Case {
     /// The case `group::name` of [`CASES`].
     pub fn named(group: &str, name: &str) -> &'static Case {
-        CASES.iter().find(|c| (c.group, c.name) == (group, name)).unwrap_or_else(|| panic!("no case {group}::{name}"))
+        CASES
+            .iter()
+            .find(|c| (c.group, c.name) == (group, name))
+            .unwrap_or_else(|| panic!("no case {group}::{name}"))
     }
 
     /// Runs the case on `backend`, which is held to it when it declares the capability

@@ -6,7 +6,9 @@ use adp_api::requests::*;
 use adp_api::{Backend, Concept, ConceptOptimizer, Device, Error, ImageBatch, Tensor};
 
 fn optimizer(backend: &dyn Backend) -> Box<dyn ConceptOptimizer> {
-    backend.concept_optimizer(&clip_checkpoint(), &diffusion_spec(false), Device::Cpu).expect("open the optimizer")
+    backend
+        .concept_optimizer(&clip_checkpoint(), &diffusion_spec(false), Device::Cpu)
+        .expect("open the optimizer")
 }
 
 fn images(n: usize, seed: u64, size: usize) -> ImageBatch {
@@ -38,13 +40,22 @@ pub fn learns_deterministically_with_progress(backend: &dyn Backend) {
     let opt = optimizer(backend);
     let r = request(backend, 4);
     let mut seen = Vec::new();
-    let a = opt.learn(&r, &mut |p| { seen.push(p.step); Flow::Continue }).unwrap();
+    let a = opt
+        .learn(&r, &mut |p| {
+            seen.push(p.step);
+            Flow::Continue
+        })
+        .unwrap();
     assert_eq!(seen, vec![1, 2, 3, 4]);
     assert_eq!(a.provenance.loss_history.len(), 4);
     assert_eq!((a.provenance.seed, a.provenance.steps), (3, 4));
     assert!(a.vector.iter().all(|v| v.is_finite()));
     assert_ne!(a.vector, r.init, "the concept did not move");
-    assert!(a.provenance.loss_history.iter().all(|l| l.clip_normal > 0.0 && l.diffusion_loss > 0.0));
+    assert!(a
+        .provenance
+        .loss_history
+        .iter()
+        .all(|l| l.clip_normal > 0.0 && l.diffusion_loss > 0.0));
     let b = opt.learn(&r, &mut |_| Flow::Continue).unwrap();
     assert_eq!(a.vector, b.vector, "same seed, different concept");
 }
@@ -52,8 +63,14 @@ pub fn learns_deterministically_with_progress(backend: &dyn Backend) {
 pub fn anomaly_aware_objective_runs(backend: &dyn Backend) {
     let opt = optimizer(backend);
     let mut r = request(backend, 2);
-    r.objective = Objective::AnomalyAware { alpha: 0.002, gamma: 0.0 };
-    assert!(matches!(opt.learn(&r, &mut |_| Flow::Continue), Err(Error::Invalid { .. })), "eq. 4 without pseudo-anomalies");
+    r.objective = Objective::AnomalyAware {
+        alpha: 0.002,
+        gamma: 0.0,
+    };
+    assert!(
+        matches!(opt.learn(&r, &mut |_| Flow::Continue), Err(Error::Invalid { .. })),
+        "eq. 4 without pseudo-anomalies"
+    );
     r.pseudo_anomalies = Some(images(3, 12, 32));
     let c = opt.learn(&r, &mut |_| Flow::Continue).unwrap();
     // γ = 0: every pseudo-anomaly's P(S_n) > 0 is penalised.
@@ -73,11 +90,22 @@ pub fn assert_killed_run_resumes(
     let dir = tempfile::tempdir().unwrap();
     let straight = opt.learn(request, &mut |_| Flow::Continue).unwrap();
     let mut r = request.clone();
-    r.checkpoint = Some(CheckpointPolicy { path: dir.path().join("run.ckpt"), every, resume: true });
-    let err = opt.learn(&r, &mut |p| if p.step == kill { Flow::Cancel } else { Flow::Continue }).unwrap_err();
+    r.checkpoint = Some(CheckpointPolicy {
+        path: dir.path().join("run.ckpt"),
+        every,
+        resume: true,
+    });
+    let err = opt
+        .learn(&r, &mut |p| if p.step == kill { Flow::Cancel } else { Flow::Continue })
+        .unwrap_err();
     assert_eq!(err, Error::Cancelled { step: kill });
     let mut first = None;
-    let resumed = opt.learn(&r, &mut |p| { first.get_or_insert(p.step); Flow::Continue }).unwrap();
+    let resumed = opt
+        .learn(&r, &mut |p| {
+            first.get_or_insert(p.step);
+            Flow::Continue
+        })
+        .unwrap();
     assert_eq!(first, Some(kill), "resumes after the step-{} checkpoint", kill - 1);
     assert_eq!(resumed.vector, straight.vector, "the resumed run ends elsewhere");
     (straight, resumed, r, dir)
@@ -96,12 +124,20 @@ pub fn optimizer_rejects_bad_requests(backend: &dyn Backend) {
     let opt = optimizer(backend);
     let mut r = request(backend, 1);
     r.support = ImageBatch::new(Tensor::zeros(vec![0, 3, 32, 32])).unwrap();
-    assert_eq!(opt.learn(&r, &mut |_| Flow::Continue).unwrap_err(), Error::EmptySupportSet);
+    assert_eq!(
+        opt.learn(&r, &mut |_| Flow::Continue).unwrap_err(),
+        Error::EmptySupportSet
+    );
     let mut r = request(backend, 1);
     r.init.truncate(5);
-    assert!(matches!(opt.learn(&r, &mut |_| Flow::Continue), Err(Error::Shape { .. })));
+    assert!(matches!(
+        opt.learn(&r, &mut |_| Flow::Continue),
+        Err(Error::Shape { .. })
+    ));
     let mut r = request(backend, 1);
     r.templates = vec!["no slot".into()];
-    assert!(matches!(opt.learn(&r, &mut |_| Flow::Continue), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        opt.learn(&r, &mut |_| Flow::Continue),
+        Err(Error::Invalid { .. })
+    ));
 }
-

@@ -26,8 +26,14 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     let diff = got.max_abs_diff(want).expect("same shape");
     let bound = rel * want.max_abs().max(1e-6);
-    eprintln!("{what}: max |diff| {diff:.3e}, max |reference| {:.3e} (bound {bound:.3e})", want.max_abs());
-    assert!(diff <= bound, "{what}: max |diff| {diff:e} exceeds {rel:e} × max |reference| = {bound:e}");
+    eprintln!(
+        "{what}: max |diff| {diff:.3e}, max |reference| {:.3e} (bound {bound:.3e})",
+        want.max_abs()
+    );
+    assert!(
+        diff <= bound,
+        "{what}: max |diff| {diff:e} exceeds {rel:e} × max |reference| = {bound:e}"
+    );
 }
 
 /// `got` is `want` up to the order of float operations ([`REORDERING`]).

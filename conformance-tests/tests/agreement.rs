@@ -17,7 +17,9 @@ fn vec_tensor(v: Vec<f32>) -> Tensor {
 
 /// Values in [`lo`, `hi`) spread over the tensor by a multiplicative hash.
 fn pattern(shape: Vec<usize>, seed: usize, lo: f32, hi: f32) -> Tensor {
-    Tensor::from_fn(shape, |i| lo + (hi - lo) * (((i + seed) * 2654435761usize) % 1000) as f32 / 1000.0)
+    Tensor::from_fn(shape, |i| {
+        lo + (hi - lo) * (((i + seed) * 2654435761usize) % 1000) as f32 / 1000.0
+    })
 }
 
 /// Both real plugins live in one process.
@@ -25,13 +27,19 @@ fn pattern(shape: Vec<usize>, seed: usize, lo: f32, hi: f32) -> Tensor {
 fn tch_and_candle_plugins_load_side_by_side() {
     let tch = adp_conformance::plugin("adp_plugin_tch");
     let candle = adp_conformance::plugin("adp_plugin_candle");
-    assert_eq!((tch.info().name, candle.info().name), ("tch".to_string(), "candle".to_string()));
+    assert_eq!(
+        (tch.info().name, candle.info().name),
+        ("tch".to_string(), "candle".to_string())
+    );
 }
 
 /// The two plugins agree with each other on the same inputs, for every trait both declare.
 #[test]
 fn tch_and_candle_plugins_agree() {
-    let (tch, candle) = (adp_conformance::plugin("adp_plugin_tch"), adp_conformance::plugin("adp_plugin_candle"));
+    let (tch, candle) = (
+        adp_conformance::plugin("adp_plugin_tch"),
+        adp_conformance::plugin("adp_plugin_candle"),
+    );
     let both = |c: Capability| tch.info().provides.contains(&c) && candle.info().provides.contains(&c);
     if both(Capability::TextImageEncoder) {
         adp_conformance::encoder_cases::encoders_agree(&*candle, &*tch);
@@ -56,23 +64,40 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
     // Two images of a size other than the input's, so preprocessing resizes and crops.
     let images = ImageBatch::new(pattern(vec![2, 3, 40, 36], 0, 0.0, 1.0)).unwrap();
     let batch = t.image_embeddings(&images).unwrap();
-    assert_close("image embeddings", &batch, &c.image_embeddings(&images).unwrap(), FORWARD);
+    assert_close(
+        "image embeddings",
+        &batch,
+        &c.image_embeddings(&images).unwrap(),
+        FORWARD,
+    );
     let alone = |i| t.image_embeddings(&images.image(i)).unwrap();
     alone_in_threads_matches_batch("tch image embeddings", &batch, 4, alone);
 
     let grid = t.dims().grid;
     let sizes = [1, 2, grid];
-    let (dc, dt) = (c.dense_features(&images, &sizes).unwrap(), t.dense_features(&images, &sizes).unwrap());
+    let (dc, dt) = (
+        c.dense_features(&images, &sizes).unwrap(),
+        t.dense_features(&images, &sizes).unwrap(),
+    );
     assert_eq!(dt.grid, dc.grid);
     assert_close("penultimate patch tokens", &dt.patch_tokens, &dc.patch_tokens, FORWARD);
     for (wt, wc) in dt.windows.iter().zip(&dc.windows) {
         assert_eq!(wt.size, wc.size);
-        assert_close(&format!("{0}×{0} windows", wt.size), &wt.embeddings, &wc.embeddings, FORWARD);
+        assert_close(
+            &format!("{0}×{0} windows", wt.size),
+            &wt.embeddings,
+            &wc.embeddings,
+            FORWARD,
+        );
     }
 
     let concept = t.token_embedding("object").unwrap();
     assert_eq!(concept, c.token_embedding("object").unwrap());
-    let concept: Vec<f32> = concept.iter().enumerate().map(|(i, v)| v + 0.05 * ((i % 7) as f32 - 3.0)).collect();
+    let concept: Vec<f32> = concept
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.05 * ((i % 7) as f32 - 3.0))
+        .collect();
     let prompts = [
         Prompt::plain("a photo of a damaged object"),
         Prompt::with_concept("a photo of a flawless <c>", "<c>", &concept),
@@ -91,7 +116,12 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
     for tau in [0.07f32, 1.0] {
         let pc = c.state_probability(&request(tau, &concept, None)).unwrap();
         let pt = t.state_probability(&request(tau, &concept, Some("<c>"))).unwrap();
-        assert_close(&format!("P(S_n|x) at τ={tau}"), &vec_tensor(pt.normal.clone()), &vec_tensor(pc.normal), FORWARD);
+        assert_close(
+            &format!("P(S_n|x) at τ={tau}"),
+            &vec_tensor(pt.normal.clone()),
+            &vec_tensor(pc.normal),
+            FORWARD,
+        );
         assert!(pt.grad.is_some());
         let plain = t.state_probability(&request(tau, &concept, None)).unwrap();
         assert!(plain.grad.is_none());
@@ -100,7 +130,11 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
 
     // The autograd gradient against central differences of candle's forward pass (candle's own
     // gradient cannot serve: its softmax has no backward pass), at τ = 1 where P is not saturated.
-    let grad = t.state_probability(&request(1.0, &concept, Some("<c>"))).unwrap().grad.unwrap();
+    let grad = t
+        .state_probability(&request(1.0, &concept, Some("<c>")))
+        .unwrap()
+        .grad
+        .unwrap();
     let mean_p = |v: &[f32]| {
         let p = c.state_probability(&request(1.0, v, None)).unwrap().normal;
         p.iter().map(|&x| x as f64).sum::<f64>() / p.len() as f64
@@ -112,12 +146,23 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
 fn tch_scorer_matches_candle() {
     let support = Tensor::from_fn(vec![3, 10, 8], |i| ((i * 7919) % 101) as f32 / 50.0 - 1.0);
     let test = Tensor::from_fn(vec![2, 10, 8], |i| ((i * 104729) % 97) as f32 / 48.0 - 1.0);
-    let (c, t) = (CandleBackend.scorer(Device::Cpu).unwrap(), TchBackend.scorer(Device::Cpu).unwrap());
+    let (c, t) = (
+        CandleBackend.scorer(Device::Cpu).unwrap(),
+        TchBackend.scorer(Device::Cpu).unwrap(),
+    );
     let kind = FeatureKind::Window(2);
-    let (mc, mt) = (c.build_memory(kind, &support).unwrap(), t.build_memory(kind, &support).unwrap());
+    let (mc, mt) = (
+        c.build_memory(kind, &support).unwrap(),
+        t.build_memory(kind, &support).unwrap(),
+    );
     assert_eq!(mt.kind, mc.kind);
     assert_close("memory", &mt.features, &mc.features, FORWARD);
-    assert_close("distances", &t.associate(&mt, &test).unwrap(), &c.associate(&mc, &test).unwrap(), FORWARD);
+    assert_close(
+        "distances",
+        &t.associate(&mt, &test).unwrap(),
+        &c.associate(&mc, &test).unwrap(),
+        FORWARD,
+    );
 }
 
 /// The tch diffuser against the candle one on one fixture diffusers folder: VAE both ways,
@@ -133,22 +178,50 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
     let images = ImageBatch::new(pattern(vec![2, 3, s, s], 1, 0.0, 1.0)).unwrap();
 
     let zt = t.vae_encode(&images).unwrap();
-    assert_close(&format!("{label} VAE latents"), &zt, &c.vae_encode(&images).unwrap(), FORWARD);
+    assert_close(
+        &format!("{label} VAE latents"),
+        &zt,
+        &c.vae_encode(&images).unwrap(),
+        FORWARD,
+    );
     let decoded = (t.vae_decode(&zt).unwrap(), c.vae_decode(&zt).unwrap());
-    assert_close(&format!("{label} VAE decoded"), decoded.0.pixels(), decoded.1.pixels(), FORWARD);
+    assert_close(
+        &format!("{label} VAE decoded"),
+        decoded.0.pixels(),
+        decoded.1.pixels(),
+        FORWARD,
+    );
     let alone = |i| t.vae_encode(&images.image(i)).unwrap();
     alone_in_threads_matches_batch(&format!("{label} tch latents"), &zt, 3, alone);
 
-    let concept: Vec<f32> = (0..dims.text_width).map(|i| ((i * 37 % 17) as f32 - 8.0) / 40.0).collect();
-    let prompts =
-        vec![Prompt::with_concept("a photo of a <c> with damage", "<c>", &concept), Prompt::plain("a flawless object")];
+    let concept: Vec<f32> = (0..dims.text_width)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 40.0)
+        .collect();
+    let prompts = vec![
+        Prompt::with_concept("a photo of a <c> with damage", "<c>", &concept),
+        Prompt::plain("a flawless object"),
+    ];
     let cond = t.text_conditioning(&prompts).unwrap();
-    assert_close(&format!("{label} text conditioning"), &cond, &c.text_conditioning(&prompts).unwrap(), FORWARD);
+    assert_close(
+        &format!("{label} text conditioning"),
+        &cond,
+        &c.text_conditioning(&prompts).unwrap(),
+        FORWARD,
+    );
 
     let latents = pattern(vec![2, dims.latent_channels, side, side], 3, -1.5, 1.5);
-    let unet = UnetRequest { latents, timesteps: vec![999, 17], conditioning: cond };
+    let unet = UnetRequest {
+        latents,
+        timesteps: vec![999, 17],
+        conditioning: cond,
+    };
     let prediction = t.unet_prediction(&unet).unwrap();
-    assert_close(&format!("{label} UNet"), &prediction, &c.unet_prediction(&unet).unwrap(), FORWARD);
+    assert_close(
+        &format!("{label} UNet"),
+        &prediction,
+        &c.unet_prediction(&unet).unwrap(),
+        FORWARD,
+    );
 
     let loss = DenoisingLossRequest {
         images: images.clone(),
@@ -158,30 +231,61 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
         gradient_of: Some("<c>".into()),
     };
     let (lt, lc) = (t.denoising_loss(&loss).unwrap(), c.denoising_loss(&loss).unwrap());
-    assert_close(&format!("{label} loss"), &vec_tensor(vec![lt.value]), &vec_tensor(vec![lc.value]), FORWARD);
+    assert_close(
+        &format!("{label} loss"),
+        &vec_tensor(vec![lt.value]),
+        &vec_tensor(vec![lc.value]),
+        FORWARD,
+    );
     let (gt, gc) = (vec_tensor(lt.grad.unwrap()), vec_tensor(lc.grad.unwrap()));
     assert_close(&format!("{label} d loss / d concept"), &gt, &gc, GRADIENT);
-    let no_grad = t.denoising_loss(&DenoisingLossRequest { gradient_of: None, ..loss.clone() }).unwrap();
-    assert_eq!((no_grad.value, no_grad.grad), (lt.value, None), "{label}: the loss without a gradient differs");
+    let no_grad = t
+        .denoising_loss(&DenoisingLossRequest {
+            gradient_of: None,
+            ..loss.clone()
+        })
+        .unwrap();
+    assert_eq!(
+        (no_grad.value, no_grad.grad),
+        (lt.value, None),
+        "{label}: the loss without a gradient differs"
+    );
 
     // Seeded noise (no noise given) follows adp_api::rng on both backends.
     let mut i2i = Img2ImgRequest::spec_defaults(images.clone(), prompts[0].clone(), 11);
     i2i.steps = 4;
     i2i.strength = 0.75;
     let sampled = (t.img2img(&i2i).unwrap(), c.img2img(&i2i).unwrap());
-    assert_close(&format!("{label} img2img"), sampled.0.pixels(), sampled.1.pixels(), SAMPLED);
+    assert_close(
+        &format!("{label} img2img"),
+        sampled.0.pixels(),
+        sampled.1.pixels(),
+        SAMPLED,
+    );
 
     // Bad inputs: the same error variants as candle.
     let bad_concept = vec![Prompt::with_concept("a <c>", "<c>", &[0.0; 3])];
     let kinds = |r: adp_api::Result<Tensor>| std::mem::discriminant(&r.unwrap_err());
-    assert_eq!(kinds(t.text_conditioning(&bad_concept)), kinds(c.text_conditioning(&bad_concept)));
+    assert_eq!(
+        kinds(t.text_conditioning(&bad_concept)),
+        kinds(c.text_conditioning(&bad_concept))
+    );
     assert!(matches!(t.text_conditioning(&[]), Err(Error::Invalid { .. })));
-    let past = UnetRequest { timesteps: vec![dims.train_timesteps as u32, 0], ..unet.clone() };
+    let past = UnetRequest {
+        timesteps: vec![dims.train_timesteps as u32, 0],
+        ..unet.clone()
+    };
     assert!(matches!(t.unet_prediction(&past), Err(Error::Invalid { .. })));
     let one_latent = vec![1, dims.latent_channels, side, side];
-    let short_noise = DenoisingLossRequest { noise: Tensor::zeros(one_latent.clone()), ..loss.clone() };
+    let short_noise = DenoisingLossRequest {
+        noise: Tensor::zeros(one_latent.clone()),
+        ..loss.clone()
+    };
     assert!(matches!(t.denoising_loss(&short_noise), Err(Error::Shape { .. })));
-    let unknown = DenoisingLossRequest { gradient_of: Some("<d>".into()), ..loss };
+    let unknown = DenoisingLossRequest {
+        gradient_of: Some("<d>".into()),
+        ..loss
+    };
     assert!(matches!(t.denoising_loss(&unknown), Err(Error::Invalid { .. })));
     let nan = Tensor::from_fn(one_latent, |_| f32::NAN);
     assert!(t.vae_decode(&nan).is_err(), "{label}: NaN latents were decoded");

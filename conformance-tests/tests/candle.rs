@@ -47,7 +47,9 @@ mod a_perturbed_backend_is_rejected {
             adp_backend_candle::CandleBackend.info()
         }
         fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
-            Ok(Box::new(Perturbed(adp_backend_candle::CandleBackend.text_image_encoder(clip, device)?)))
+            Ok(Box::new(Perturbed(
+                adp_backend_candle::CandleBackend.text_image_encoder(clip, device)?,
+            )))
         }
     }
 

@@ -25,13 +25,23 @@ fn run(args: &[&str]) -> Output {
 fn fails(args: &[&str], names: &[&str]) -> String {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "adp {args:?} succeeded; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "adp {args:?} succeeded; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_ne!(out.status.code(), Some(101), "adp {args:?} panicked: {err}");
-    assert!(out.status.code().is_some(), "adp {args:?} was killed by a signal: {err}");
+    assert!(
+        out.status.code().is_some(),
+        "adp {args:?} was killed by a signal: {err}"
+    );
     assert!(!err.contains("panicked at"), "adp {args:?} panicked: {err}");
     eprintln!("adp {}: {}", args[0], err.trim_end());
     for name in names {
-        assert!(err.contains(name), "adp {args:?}: the error does not name {name:?}:\n{err}");
+        assert!(
+            err.contains(name),
+            "adp {args:?}: the error does not name {name:?}:\n{err}"
+        );
     }
     err
 }
@@ -61,7 +71,22 @@ fn support(dir: &Path) -> PathBuf {
 
 /// `adp fit --method winclip` (no Stable Diffusion, fast) with `extra` arguments.
 fn fit_args<'a>(clip: &'a str, support: &'a str, output: &'a str, dir: &'a str) -> Vec<&'a str> {
-    vec!["fit", "--plugin", "candle", "--plugin-dir", dir, "--clip", clip, "--method", "winclip", "--quiet", "--support", support, "-o", output]
+    vec![
+        "fit",
+        "--plugin",
+        "candle",
+        "--plugin-dir",
+        dir,
+        "--clip",
+        clip,
+        "--method",
+        "winclip",
+        "--quiet",
+        "--support",
+        support,
+        "-o",
+        output,
+    ]
 }
 
 /// A detector fitted on the fixture CLIP, at `dir/d.adp`.
@@ -70,7 +95,11 @@ fn detector(dir: &Path) -> PathBuf {
     let path = dir.join("d.adp");
     let pd = plugin_dir();
     let out = run(&fit_args(s(&clip()), s(&support), s(&path), &pd));
-    assert!(out.status.success(), "fitting the test detector: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fitting the test detector: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
@@ -83,13 +112,28 @@ fn edited_clip(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u
     let bytes = std::fs::read(src.join("open_clip_model.safetensors")).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        tensors.iter().map(|(n, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
     let info: Option<HashMap<String, String>> = meta.metadata().clone();
-    std::fs::write(out.join("open_clip_model.safetensors"), safetensors::serialize(views, info).unwrap()).unwrap();
+    std::fs::write(
+        out.join("open_clip_model.safetensors"),
+        safetensors::serialize(views, info).unwrap(),
+    )
+    .unwrap();
     out
 }
 
@@ -107,13 +151,32 @@ fn a_corrupt_image_is_named() {
     fails(&fit_args(s(&c), s(&bad), s(&out), &pd), &[s(&bad)]);
     let folder = support(dir.path());
     std::fs::copy(&bad, folder.join("zzz.png")).unwrap();
-    fails(&fit_args(s(&c), s(&folder), s(&out), &pd), &[s(&folder.join("zzz.png"))]);
+    fails(
+        &fit_args(s(&c), s(&folder), s(&out), &pd),
+        &[s(&folder.join("zzz.png"))],
+    );
     assert!(!out.exists(), "a failed fit wrote a detector");
     // As an image to score.
     let d = detector(&dir.path().join("fit"));
-    fails(&["score", "--detector", s(&d), "--plugin-dir", &pd, "--quiet", s(&bad)], &[s(&bad)]);
-    fails(&["score", "--detector", s(&d), "--plugin-dir", &pd, s(&empty)], &[s(&empty)]);
-    fails(&["score", "--detector", s(&d), "--plugin-dir", &pd, s(&dir.path().join("missing.png"))], &[s(&dir.path().join("missing.png"))]);
+    fails(
+        &["score", "--detector", s(&d), "--plugin-dir", &pd, "--quiet", s(&bad)],
+        &[s(&bad)],
+    );
+    fails(
+        &["score", "--detector", s(&d), "--plugin-dir", &pd, s(&empty)],
+        &[s(&empty)],
+    );
+    fails(
+        &[
+            "score",
+            "--detector",
+            s(&d),
+            "--plugin-dir",
+            &pd,
+            s(&dir.path().join("missing.png")),
+        ],
+        &[s(&dir.path().join("missing.png"))],
+    );
 }
 
 #[test]
@@ -138,11 +201,26 @@ fn a_missing_checkpoint_tensor_is_named() {
     let support = support(dir.path());
     let pd = plugin_dir();
     let file = edited.join("open_clip_model.safetensors");
-    let err = fails(&fit_args(s(&edited), s(&support), s(&dir.path().join("x.adp")), &pd), &[s(&file), "visual.proj"]);
+    let err = fails(
+        &fit_args(s(&edited), s(&support), s(&dir.path().join("x.adp")), &pd),
+        &[s(&file), "visual.proj"],
+    );
     assert!(err.contains("missing tensor"), "{err}");
     // Scoring with it is refused before the tensors are read: it is not the detector's checkpoint.
     let d = detector(&dir.path().join("fit"));
-    fails(&["score", "--detector", s(&d), "--plugin-dir", &pd, "--clip", s(&edited), s(&support)], &[s(&file), "another CLIP checkpoint"]);
+    fails(
+        &[
+            "score",
+            "--detector",
+            s(&d),
+            "--plugin-dir",
+            &pd,
+            "--clip",
+            s(&edited),
+            s(&support),
+        ],
+        &[s(&file), "another CLIP checkpoint"],
+    );
 }
 
 #[test]
@@ -150,7 +228,10 @@ fn a_wrong_tensor_shape_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut shape = Vec::new();
     let edited = edited_clip(dir.path(), |t| {
-        let (_, s, data) = t.iter_mut().find(|(n, _, _)| n == "visual.proj").expect("visual.proj in the fixture");
+        let (_, s, data) = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "visual.proj")
+            .expect("visual.proj in the fixture");
         shape = s.clone();
         let row = data.len() / s[0];
         s[0] -= 1;
@@ -161,7 +242,10 @@ fn a_wrong_tensor_shape_is_named() {
     let file = edited.join("open_clip_model.safetensors");
     let mut wrong = shape.clone();
     wrong[0] -= 1;
-    fails(&fit_args(s(&edited), s(&support), s(&dir.path().join("x.adp")), &pd), &[s(&file), "visual.proj", &format!("{wrong:?}"), &format!("{shape:?}")]);
+    fails(
+        &fit_args(s(&edited), s(&support), s(&dir.path().join("x.adp")), &pd),
+        &[s(&file), "visual.proj", &format!("{wrong:?}"), &format!("{shape:?}")],
+    );
 }
 
 #[test]
@@ -172,22 +256,37 @@ fn a_checkpoint_folder_without_config_or_weights_is_named() {
     let out = dir.path().join("x.adp");
     let no_config = dir.path().join("clip-no-config");
     std::fs::create_dir_all(&no_config).unwrap();
-    std::fs::copy(clip().join("open_clip_model.safetensors"), no_config.join("open_clip_model.safetensors")).unwrap();
+    std::fs::copy(
+        clip().join("open_clip_model.safetensors"),
+        no_config.join("open_clip_model.safetensors"),
+    )
+    .unwrap();
     let err = fails(&fit_args(s(&no_config), s(&support), s(&out), &pd), &[s(&no_config)]);
     assert!(err.contains("open_clip_config.json"), "{err}");
     let no_weights = dir.path().join("clip-no-weights");
     std::fs::create_dir_all(&no_weights).unwrap();
-    std::fs::copy(clip().join("open_clip_config.json"), no_weights.join("open_clip_config.json")).unwrap();
+    std::fs::copy(
+        clip().join("open_clip_config.json"),
+        no_weights.join("open_clip_config.json"),
+    )
+    .unwrap();
     fails(&fit_args(s(&no_weights), s(&support), s(&out), &pd), &[s(&no_weights)]);
     let nowhere = dir.path().join("no-such-clip");
     fails(&fit_args(s(&nowhere), s(&support), s(&out), &pd), &[s(&nowhere)]);
     // A truncated weights file.
     let truncated = dir.path().join("clip-truncated");
     std::fs::create_dir_all(&truncated).unwrap();
-    std::fs::copy(clip().join("open_clip_config.json"), truncated.join("open_clip_config.json")).unwrap();
+    std::fs::copy(
+        clip().join("open_clip_config.json"),
+        truncated.join("open_clip_config.json"),
+    )
+    .unwrap();
     let bytes = std::fs::read(clip().join("open_clip_model.safetensors")).unwrap();
     std::fs::write(truncated.join("open_clip_model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    fails(&fit_args(s(&truncated), s(&support), s(&out), &pd), &[s(&truncated.join("open_clip_model.safetensors"))]);
+    fails(
+        &fit_args(s(&truncated), s(&support), s(&out), &pd),
+        &[s(&truncated.join("open_clip_model.safetensors"))],
+    );
 }
 
 #[test]
@@ -201,20 +300,32 @@ fn a_truncated_or_corrupt_detector_file_is_named() {
         ("head.adp", bytes[..7].to_vec()),
         ("header-cut.adp", bytes[..200.min(bytes.len() / 2)].to_vec()),
         ("half.adp", bytes[..bytes.len() / 2].to_vec()),
-        ("noise.adp", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect()),
+        (
+            "noise.adp",
+            (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect(),
+        ),
         ("empty.adp", Vec::new()),
     ];
     for (name, content) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
-        let err = fails(&["score", "--detector", s(&path), "--plugin-dir", &pd, s(&image)], &[s(&path)]);
+        let err = fails(
+            &["score", "--detector", s(&path), "--plugin-dir", &pd, s(&image)],
+            &[s(&path)],
+        );
         assert!(err.contains("detector"), "{name}: {err}");
     }
     // A valid safetensors file that is not a detector (the CLIP weights).
     let weights = clip().join("open_clip_model.safetensors");
-    fails(&["score", "--detector", s(&weights), "--plugin-dir", &pd, s(&image)], &[s(&weights), "not a detector file"]);
+    fails(
+        &["score", "--detector", s(&weights), "--plugin-dir", &pd, s(&image)],
+        &[s(&weights), "not a detector file"],
+    );
     let missing = dir.path().join("missing.adp");
-    fails(&["score", "--detector", s(&missing), "--plugin-dir", &pd, s(&image)], &[s(&missing)]);
+    fails(
+        &["score", "--detector", s(&missing), "--plugin-dir", &pd, s(&image)],
+        &[s(&missing)],
+    );
 }
 
 #[test]
@@ -227,7 +338,19 @@ fn a_detector_with_another_clip_checkpoint_is_refused() {
         data[0] ^= 0x40;
     });
     let image = support(dir.path()).join("000.png");
-    let err = fails(&["score", "--detector", s(&d), "--plugin-dir", &plugin_dir(), "--clip", s(&other), s(&image)], &[s(&other.join("open_clip_model.safetensors"))]);
+    let err = fails(
+        &[
+            "score",
+            "--detector",
+            s(&d),
+            "--plugin-dir",
+            &plugin_dir(),
+            "--clip",
+            s(&other),
+            s(&image),
+        ],
+        &[s(&other.join("open_clip_model.safetensors"))],
+    );
     assert!(err.contains("another CLIP checkpoint"), "{err}");
 }
 
@@ -237,7 +360,24 @@ fn a_file_that_is_not_a_plugin_is_named() {
     let dir = tmp.path().canonicalize().unwrap(); // the loader names plugins by their canonical path
     let support = support(&dir);
     let (c, out) = (clip(), dir.join("x.adp"));
-    let fit = |plugin: &str| vec!["fit", "--plugin", plugin, "--clip", s(&c), "--method", "winclip", "--support", s(&support), "-o", s(&out)].into_iter().map(String::from).collect::<Vec<_>>();
+    let fit = |plugin: &str| {
+        vec![
+            "fit",
+            "--plugin",
+            plugin,
+            "--clip",
+            s(&c),
+            "--method",
+            "winclip",
+            "--support",
+            s(&support),
+            "-o",
+            s(&out),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
     let check = |plugin: &Path, names: &[&str]| {
         let args = fit(s(plugin));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -250,15 +390,39 @@ fn a_file_that_is_not_a_plugin_is_named() {
     check(&text, &["not a loadable shared library"]);
     check(&dir.join("libadp_plugin_absent.so"), &["not found"]);
     // A shared library without the declaration symbol, and one built for a future ABI.
-    let no_decl = built_plugin_path("adp_plugin_test_fixture_no_declaration").canonicalize().unwrap();
+    let no_decl = built_plugin_path("adp_plugin_test_fixture_no_declaration")
+        .canonicalize()
+        .unwrap();
     check(&no_decl, &["adp_plugin_declaration"]);
-    let future = built_plugin_path("adp_plugin_test_fixture_future_abi").canonicalize().unwrap();
+    let future = built_plugin_path("adp_plugin_test_fixture_future_abi")
+        .canonicalize()
+        .unwrap();
     let err = check(&future, &["ABI"]);
     let (host, plugin) = (adp_plugin_abi::ADP_ABI_VERSION, adp_plugin_abi::ADP_ABI_VERSION + 1);
-    assert!(err.contains(&format!("ABI {plugin}")) && err.contains(&format!("ABI {host}")), "{err}");
+    assert!(
+        err.contains(&format!("ABI {plugin}")) && err.contains(&format!("ABI {host}")),
+        "{err}"
+    );
     // A name no plugin in the folder has.
     let pd = plugin_dir();
-    fails(&["fit", "--plugin", "nonesuch", "--plugin-dir", &pd, "--clip", s(&c), "--method", "winclip", "--support", s(&support), "-o", s(&out)], &["nonesuch", "candle"]);
+    fails(
+        &[
+            "fit",
+            "--plugin",
+            "nonesuch",
+            "--plugin-dir",
+            &pd,
+            "--clip",
+            s(&c),
+            "--method",
+            "winclip",
+            "--support",
+            s(&support),
+            "-o",
+            s(&out),
+        ],
+        &["nonesuch", "candle"],
+    );
     assert!(!out.exists());
 }
 
@@ -269,9 +433,43 @@ fn an_unknown_method_is_named() {
     let pd = plugin_dir();
     let c = clip();
     let out = dir.path().join("x.adp");
-    let err = fails(&["fit", "--plugin", "candle", "--plugin-dir", &pd, "--clip", s(&c), "--method", "bogus", "--support", s(&support), "-o", s(&out)], &["bogus", "--method"]);
+    let err = fails(
+        &[
+            "fit",
+            "--plugin",
+            "candle",
+            "--plugin-dir",
+            &pd,
+            "--clip",
+            s(&c),
+            "--method",
+            "bogus",
+            "--support",
+            s(&support),
+            "-o",
+            s(&out),
+        ],
+        &["bogus", "--method"],
+    );
     assert!(err.contains("winclip"), "the error lists the methods: {err}");
-    let err = fails(&["eval", "--plugin", "candle", "--plugin-dir", &pd, "--clip", s(&c), "--method", "bogus", "--data", s(dir.path()), "--out", s(&dir.path().join("report"))], &["bogus"]);
+    let err = fails(
+        &[
+            "eval",
+            "--plugin",
+            "candle",
+            "--plugin-dir",
+            &pd,
+            "--clip",
+            s(&c),
+            "--method",
+            "bogus",
+            "--data",
+            s(dir.path()),
+            "--out",
+            s(&dir.path().join("report")),
+        ],
+        &["bogus"],
+    );
     assert!(err.contains("adp-label"), "{err}");
 }
 
@@ -286,7 +484,27 @@ fn eval_names_a_missing_category_and_dataset() {
     let c = clip();
     let report = dir.path().join("report");
     let eval = |data: &Path, category: &str, names: &[&str]| {
-        fails(&["eval", "--plugin", "candle", "--plugin-dir", &pd, "--clip", s(&c), "--method", "winclip", "--data", s(data), "--category", category, "--quiet", "--out", s(&report)], names)
+        fails(
+            &[
+                "eval",
+                "--plugin",
+                "candle",
+                "--plugin-dir",
+                &pd,
+                "--clip",
+                s(&c),
+                "--method",
+                "winclip",
+                "--data",
+                s(data),
+                "--category",
+                category,
+                "--quiet",
+                "--out",
+                s(&report),
+            ],
+            names,
+        )
     };
     eval(&data, "nonesuch", &["nonesuch", "widget", s(&data)]);
     let nowhere = dir.path().join("no-such-dataset");

@@ -19,7 +19,10 @@ fn a_file_that_is_not_a_shared_library() {
     let err = adp_host::load(&path).unwrap_err();
     assert!(matches!(err, Error::NotASharedLibrary { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("plugin {}: not a loadable shared library:", path.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("plugin {}: not a loadable shared library:", path.display())),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -28,7 +31,10 @@ fn a_library_without_the_declaration_symbol() {
     let err = adp_host::load(&path).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("plugin {}: declaration symbol `adp_plugin_declaration` not found; is this an adp plugin?", path.canonicalize().unwrap().display())
+        format!(
+            "plugin {}: declaration symbol `adp_plugin_declaration` not found; is this an adp plugin?",
+            path.canonicalize().unwrap().display()
+        )
     );
 }
 
@@ -37,8 +43,18 @@ fn a_plugin_built_for_another_abi_names_both_versions() {
     let path = built_plugin_path("adp_plugin_test_fixture_future_abi");
     let err = adp_host::load(&path).unwrap_err();
     let host = adp_plugin_abi::ADP_ABI_VERSION;
-    assert_eq!(err, Error::AbiMismatch { path: path.canonicalize().unwrap(), plugin: host + 1, host });
-    assert!(err.to_string().ends_with(&format!("built for adp plugin ABI {}, this host speaks ABI {host}", host + 1)));
+    assert_eq!(
+        err,
+        Error::AbiMismatch {
+            path: path.canonicalize().unwrap(),
+            plugin: host + 1,
+            host
+        }
+    );
+    assert!(err.to_string().ends_with(&format!(
+        "built for adp plugin ABI {}, this host speaks ABI {host}",
+        host + 1
+    )));
 }
 
 #[test]
@@ -50,9 +66,23 @@ fn discovery_lists_every_plugin_in_a_folder_with_its_outcome() {
             .find(|(p, _)| p.file_name().unwrap().to_string_lossy().contains(&format!("{name}.")))
             .unwrap_or_else(|| panic!("{name} not discovered in {found:?}"))
     };
-    assert_eq!(outcome("adp_plugin_test_fixture").1.as_ref().unwrap().backend_info().name, "test-fixture");
-    assert_eq!(outcome("adp_plugin_candle").1.as_ref().unwrap().backend_info().name, "candle");
-    assert!(matches!(outcome("adp_plugin_test_fixture_future_abi").1, Err(Error::AbiMismatch { .. })));
+    assert_eq!(
+        outcome("adp_plugin_test_fixture")
+            .1
+            .as_ref()
+            .unwrap()
+            .backend_info()
+            .name,
+        "test-fixture"
+    );
+    assert_eq!(
+        outcome("adp_plugin_candle").1.as_ref().unwrap().backend_info().name,
+        "candle"
+    );
+    assert!(matches!(
+        outcome("adp_plugin_test_fixture_future_abi").1,
+        Err(Error::AbiMismatch { .. })
+    ));
 }
 
 #[test]
@@ -64,7 +94,10 @@ fn plugins_are_found_by_name_through_adp_plugin_path() {
     let p = adp_host::plugin::find("test-fixture", &dirs).unwrap();
     assert_eq!(p.backend_info().name, "test-fixture");
     let err = adp_host::plugin::find("nonesuch", &dirs).unwrap_err().to_string();
-    assert!(err.contains("no plugin named \"nonesuch\"") && err.contains("test-fixture"), "{err}");
+    assert!(
+        err.contains("no plugin named \"nonesuch\"") && err.contains("test-fixture"),
+        "{err}"
+    );
 }
 
 #[test]

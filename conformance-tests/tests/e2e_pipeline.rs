@@ -10,12 +10,23 @@ use adp_host::detect::DetectorFile;
 use adp_host::detect::{score, Checkpoints, FitOptions, Fitter, Method, Stage};
 
 fn options(method: Method) -> FitOptions {
-    FitOptions { method, steps: 2, batch_size: 2, ddim_steps: 2, pseudo_per_image: 1, validation_pseudo: 2, seed: 5, ..FitOptions::default() }
+    FitOptions {
+        method,
+        steps: 2,
+        batch_size: 2,
+        ddim_steps: 2,
+        pseudo_per_image: 1,
+        validation_pseudo: 2,
+        seed: 5,
+        ..FitOptions::default()
+    }
 }
 
 #[test]
 fn fit_score_save_load_and_rerun_on_real_photos() {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else {
+        return;
+    };
     let backend = adp_backend_candle::CandleBackend::new();
     let (clip, sd) = (clip_checkpoint(), diffusion_spec(false));
     let support = ImageBatch::read_files(&pngs(root.join("train/good"), 2)).unwrap();
@@ -23,7 +34,12 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
         .into_iter()
         .map(|d| ImageBatch::read_files(&pngs(d, 1)).unwrap())
         .collect();
-    let fitter = Fitter { backend: &backend, clip: &clip, sd: Some(&sd), options: options(Method::Adp) };
+    let fitter = Fitter {
+        backend: &backend,
+        clip: &clip,
+        sd: Some(&sd),
+        options: options(Method::Adp),
+    };
     let mut stages = Vec::new();
     let detector = fitter
         .fit(&support, &mut |s| {
@@ -35,7 +51,11 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
             adp_api::requests::Flow::Continue
         })
         .unwrap();
-    assert!(stages.contains(&"learn c_n".to_string()) && stages.contains(&"learn c_a".to_string()) && stages.contains(&"synthesis".to_string()));
+    assert!(
+        stages.contains(&"learn c_n".to_string())
+            && stages.contains(&"learn c_a".to_string())
+            && stages.contains(&"synthesis".to_string())
+    );
     assert_eq!(detector.header.concepts.len(), 2);
     assert_eq!(detector.header.weights.len(), 2);
     assert!(detector.header.weights.iter().all(|w| (0.0..=2.0).contains(w)));
@@ -54,29 +74,61 @@ fn fit_score_save_load_and_rerun_on_real_photos() {
         assert_eq!(s.map.len(), s.height * s.width);
         assert!(s.map.iter().all(|v| v.is_finite()));
     }
-    let again = fitter.fit(&support, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    let again = fitter
+        .fit(&support, &mut |_| adp_api::requests::Flow::Continue)
+        .unwrap();
     assert_eq!(again, detector, "same seed, different detector");
 
     // Another CLIP checkpoint is refused by name.
     let other = tempfile::tempdir().unwrap();
     let paths = adp_host::fixtures::write_all(other.path(), 1, "tiny").unwrap();
-    let err = score(&backend, &Checkpoints::clip(&ClipCheckpoint::from_dir(&paths.clip).unwrap()), &loaded, &tests, Device::Cpu).unwrap_err();
+    let err = score(
+        &backend,
+        &Checkpoints::clip(&ClipCheckpoint::from_dir(&paths.clip).unwrap()),
+        &loaded,
+        &tests,
+        Device::Cpu,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("another CLIP checkpoint"), "{err}");
 }
 
 #[test]
 fn winclip_needs_no_diffusion_and_adp_label_needs_a_label() {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image pipeline test") else {
+        return;
+    };
     let backend = adp_backend_candle::CandleBackend::new();
     let clip = clip_checkpoint();
     let support = ImageBatch::read_files(&pngs(root.join("train/good"), 1)).unwrap();
     let mut o = options(Method::Winclip);
     o.label = Some("bottle".into());
-    let d = Fitter { backend: &backend, clip: &clip, sd: None, options: o }.fit(&support, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    let d = Fitter {
+        backend: &backend,
+        clip: &clip,
+        sd: None,
+        options: o,
+    }
+    .fit(&support, &mut |_| adp_api::requests::Flow::Continue)
+    .unwrap();
     assert_eq!((d.header.method.as_str(), d.header.concepts.len()), ("winclip", 0));
-    let err = Fitter { backend: &backend, clip: &clip, sd: None, options: options(Method::Adp) }.fit(&support, &mut |_| adp_api::requests::Flow::Continue).unwrap_err();
+    let err = Fitter {
+        backend: &backend,
+        clip: &clip,
+        sd: None,
+        options: options(Method::Adp),
+    }
+    .fit(&support, &mut |_| adp_api::requests::Flow::Continue)
+    .unwrap_err();
     assert!(err.to_string().contains("needs a Stable Diffusion checkpoint"), "{err}");
     let empty = ImageBatch::new(adp_api::Tensor::zeros(vec![0, 3, 8, 8])).unwrap();
-    let err = Fitter { backend: &backend, clip: &clip, sd: None, options: options(Method::Winclip) }.fit(&empty, &mut |_| adp_api::requests::Flow::Continue).unwrap_err();
+    let err = Fitter {
+        backend: &backend,
+        clip: &clip,
+        sd: None,
+        options: options(Method::Winclip),
+    }
+    .fit(&empty, &mut |_| adp_api::requests::Flow::Continue)
+    .unwrap_err();
     assert_eq!(err, adp_api::Error::EmptySupportSet);
 }

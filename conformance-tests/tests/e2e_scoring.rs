@@ -19,9 +19,13 @@ fn a_support_image_is_not_anomalous_to_its_own_memory() {
     let support = images(3, 1);
     let memories = ReferenceMemories::build(&*scorer, &enc.dense_features(&support, &[2, 3]).unwrap()).unwrap();
     assert_eq!(memories.memories.len(), 3);
-    let own = memories.patch_maps(&*scorer, &enc.dense_features(&support.image(1), &[2, 3]).unwrap()).unwrap();
+    let own = memories
+        .patch_maps(&*scorer, &enc.dense_features(&support.image(1), &[2, 3]).unwrap())
+        .unwrap();
     assert!(own.max_abs() < 1e-5, "own distance {}", own.max_abs());
-    let other = memories.patch_maps(&*scorer, &enc.dense_features(&images(1, 9), &[2, 3]).unwrap()).unwrap();
+    let other = memories
+        .patch_maps(&*scorer, &enc.dense_features(&images(1, 9), &[2, 3]).unwrap())
+        .unwrap();
     assert_eq!(other.shape(), &[1, 16]);
     assert!(other.data().iter().all(|&v| v > 0.0 && v <= 1.0));
     let map = anomaly_map(other.row(0), 4, 32, 32, 4.0);
@@ -38,7 +42,11 @@ fn concepts_are_weighed_and_mixed_into_prototypes() {
     let pseudo = image_features(&*enc, &images(3, 4)).unwrap();
     let word = ConceptToken::Word("bottle".into());
     let w = weigh(&*enc, &word, &support, &pseudo).unwrap();
-    assert!((0.0..=2.0).contains(&w.weight), "eq. 5 sums two probabilities: {}", w.weight);
+    assert!(
+        (0.0..=2.0).contains(&w.weight),
+        "eq. 5 sums two probabilities: {}",
+        w.weight
+    );
     let p = prototypes(&[w]).unwrap();
     let s = language_score(&support[0], &p);
     assert!((0.0..=1.0).contains(&s));

@@ -6,15 +6,19 @@
 use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
 use adp_conformance::{build_dir, pngs, shared_data};
 use adp_host::detect::DetectorFile;
-use adp_host::eval::metrics::image_auroc;
-use adp_host::detect::{score, Checkpoints, FitOptions, Method};
 use adp_host::detect::{default_backbone, VisualModel};
+use adp_host::detect::{score, Checkpoints, FitOptions, Method};
+use adp_host::eval::metrics::image_auroc;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn backbone() -> BackboneCheckpoint {
     let path = default_backbone();
-    assert!(path.is_file(), "{} is missing: run scripts/setup-weights.sh (CI does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup-weights.sh (CI does)",
+        path.display()
+    );
     BackboneCheckpoint::from_file(&path).unwrap()
 }
 
@@ -28,13 +32,20 @@ fn test_set(root: &std::path::Path) -> (Vec<PathBuf>, Vec<bool>) {
 }
 
 fn fits_scores_and_separates(backend: &dyn Backend) {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
     let backbone = backbone();
     let model = VisualModel::open(backend, &backbone, Device::Cpu).unwrap();
     let size = model.extractor.dims().image_size;
     let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 4), size).unwrap();
-    let options = FitOptions { method: Method::Visual, ..FitOptions::default() };
-    let detector = model.fit(&support, &options, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    let options = FitOptions {
+        method: Method::Visual,
+        ..FitOptions::default()
+    };
+    let detector = model
+        .fit(&support, &options, &mut |_| adp_api::requests::Flow::Continue)
+        .unwrap();
     assert_eq!(detector.header.method, "visual");
     assert!(detector.prototypes.is_none());
     assert_eq!(detector.memories[0].features.shape(), &[4 * 28 * 28, 152]);
@@ -46,10 +57,23 @@ fn fits_scores_and_separates(backend: &dyn Backend) {
     assert_eq!(loaded, detector);
 
     let (files, labels) = test_set(&root);
-    let images: Vec<ImageBatch> = files.iter().map(|f| ImageBatch::read_files(std::slice::from_ref(f)).unwrap()).collect();
-    let scores = score(backend, &Checkpoints::backbone(&backbone), &loaded, &images, Device::Cpu).unwrap();
+    let images: Vec<ImageBatch> = files
+        .iter()
+        .map(|f| ImageBatch::read_files(std::slice::from_ref(f)).unwrap())
+        .collect();
+    let scores = score(
+        backend,
+        &Checkpoints::backbone(&backbone),
+        &loaded,
+        &images,
+        Device::Cpu,
+    )
+    .unwrap();
     for (s, img) in scores.iter().zip(&images) {
-        assert_eq!((s.height, s.width, s.map.len()), (img.height(), img.width(), img.height() * img.width()));
+        assert_eq!(
+            (s.height, s.width, s.map.len()),
+            (img.height(), img.width(), img.height() * img.width())
+        );
         assert!(s.map.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
         assert!(s.language.is_none() && s.score.is_finite() && s.score <= s.association + 1e-6);
     }
@@ -57,7 +81,14 @@ fn fits_scores_and_separates(backend: &dyn Backend) {
     let auroc = image_auroc(&values, &labels).unwrap();
     // Pretrained features tell broken and contaminated bottles from good ones with four shots.
     assert!(auroc >= 0.9, "image AUROC {auroc} on {values:?}");
-    let again = score(backend, &Checkpoints::backbone(&backbone), &loaded, &images, Device::Cpu).unwrap();
+    let again = score(
+        backend,
+        &Checkpoints::backbone(&backbone),
+        &loaded,
+        &images,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(again, scores, "a rerun gives the same numbers");
 }
 
@@ -79,33 +110,64 @@ fn visual_through_the_tch_plugin() {
 
 #[test]
 fn visual_detector_refuses_another_backbone() {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
     let backend = adp_backend_candle::CandleBackend::new();
     let backbone = backbone();
     let model = VisualModel::open(&backend, &backbone, Device::Cpu).unwrap();
     let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 1), 224).unwrap();
-    let detector = model.fit(&support, &FitOptions { method: Method::Visual, ..FitOptions::default() }, &mut |_| adp_api::requests::Flow::Continue).unwrap();
+    let detector = model
+        .fit(
+            &support,
+            &FitOptions {
+                method: Method::Visual,
+                ..FitOptions::default()
+            },
+            &mut |_| adp_api::requests::Flow::Continue,
+        )
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("efficientnet-lite0.safetensors");
     let mut bytes = std::fs::read(&backbone.weights).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&other, bytes).unwrap();
-    let err = score(&backend, &Checkpoints::backbone(&BackboneCheckpoint::from_file(&other).unwrap()), &detector, &[support], Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("another backbone") && err.contains(other.to_str().unwrap()), "{err}");
+    let err = score(
+        &backend,
+        &Checkpoints::backbone(&BackboneCheckpoint::from_file(&other).unwrap()),
+        &detector,
+        &[support],
+        Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("another backbone") && err.contains(other.to_str().unwrap()),
+        "{err}"
+    );
 }
 
 fn adp(args: &[&str]) -> String {
     let exe = build_dir().join("adp");
-    let out = Command::new(&exe).args(args).output().unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
-    assert!(out.status.success(), "adp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
+    assert!(
+        out.status.success(),
+        "adp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// The README's main command: no checkpoint given, the default backbone and plugin.
 #[test]
 fn adp_fit_and_score_work_out_of_the_box() {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
     backbone();
     let dir = tempfile::tempdir().unwrap();
     let support = dir.path().join("support");
@@ -115,13 +177,32 @@ fn adp_fit_and_score_work_out_of_the_box() {
     }
     let det = dir.path().join("bottle.adp");
     let plugins = build_dir();
-    let out = adp(&["fit", "--plugin-dir", plugins.to_str().unwrap(), "--support", support.to_str().unwrap(), "-o", det.to_str().unwrap()]);
+    let out = adp(&[
+        "fit",
+        "--plugin-dir",
+        plugins.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "-o",
+        det.to_str().unwrap(),
+    ]);
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((line["method"].as_str(), line["support"].as_u64()), (Some("visual"), Some(3)));
+    assert_eq!(
+        (line["method"].as_str(), line["support"].as_u64()),
+        (Some("visual"), Some(3))
+    );
 
     let maps = dir.path().join("maps");
     let (files, _) = test_set(&root);
-    let mut args = vec!["score", "--plugin-dir", plugins.to_str().unwrap(), "--detector", det.to_str().unwrap(), "--maps", maps.to_str().unwrap()];
+    let mut args = vec![
+        "score",
+        "--plugin-dir",
+        plugins.to_str().unwrap(),
+        "--detector",
+        det.to_str().unwrap(),
+        "--maps",
+        maps.to_str().unwrap(),
+    ];
     args.extend(files.iter().map(|f| f.to_str().unwrap()));
     let out = adp(&args);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -138,7 +219,9 @@ fn adp_fit_and_score_work_out_of_the_box() {
 /// `adp bench` times each plugin on the same images in one run and gives ratios to the first.
 #[test]
 fn adp_bench_reports_ratios_to_the_first_plugin() {
-    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else { return };
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
     backbone();
     let plugins = build_dir();
     let mut args = vec!["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", "candle"];
@@ -156,15 +239,30 @@ fn adp_bench_reports_ratios_to_the_first_plugin() {
     assert_eq!(rows[0]["plugin"], "candle");
     assert_eq!(rows[0]["ratio"].as_f64(), Some(1.0), "the first plugin is the peer");
     for r in &rows {
-        assert_eq!((r["support"].as_u64(), r["images"].as_u64(), r["repeats"].as_u64()), (Some(2), Some(1), Some(2)), "{r}");
-        let (f, a, t) = (r["features_ms_per_image"].as_f64().unwrap(), r["association_ms_per_image"].as_f64().unwrap(), r["ms_per_image"].as_f64().unwrap());
+        assert_eq!(
+            (r["support"].as_u64(), r["images"].as_u64(), r["repeats"].as_u64()),
+            (Some(2), Some(1), Some(2)),
+            "{r}"
+        );
+        let (f, a, t) = (
+            r["features_ms_per_image"].as_f64().unwrap(),
+            r["association_ms_per_image"].as_f64().unwrap(),
+            r["ms_per_image"].as_f64().unwrap(),
+        );
         assert!(f > 0.0 && a > 0.0 && (f + a - t).abs() < 1e-9 * t.max(1.0), "{r}");
         let ratio = r["ratio"].as_f64().unwrap();
-        assert!((ratio - t / rows[0]["ms_per_image"].as_f64().unwrap()).abs() < 1e-9, "{r}");
+        assert!(
+            (ratio - t / rows[0]["ms_per_image"].as_f64().unwrap()).abs() < 1e-9,
+            "{r}"
+        );
     }
 
     let bin = build_dir().join("adp");
-    let out = Command::new(bin).args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--shots", "3"]).args(files.iter()).output().unwrap();
+    let out = Command::new(bin)
+        .args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--shots", "3"])
+        .args(files.iter())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("more images (3) than --shots (3)"), "{err}");

@@ -19,7 +19,10 @@ fn plugin() -> Subject {
 #[test]
 fn shared_neutral_cases_in_process_and_through_the_plugin() {
     for b in [adp_conformance::in_process(FixtureBackend), plugin()] {
-        for case in adp_conformance::CASES.iter().filter(|c| ["backend", "scorer"].contains(&c.group)) {
+        for case in adp_conformance::CASES
+            .iter()
+            .filter(|c| ["backend", "scorer"].contains(&c.group))
+        {
             eprintln!("{}: {}::{}", b.info().name, case.group, case.name);
             case.run_on(&*b);
         }
@@ -74,18 +77,59 @@ fn every_call(b: &dyn Backend) -> Vec<String> {
         format!("{:?}", dense),
         format!("{:?}", enc.text_embeddings(&[p.clone(), Prompt::plain("object")])),
         format!("{:?}", enc.token_embedding("object")),
-        format!("{:?}", enc.state_probability(&StateProbabilityRequest { images: x.clone(), normal: p.clone(), anomalous: pa.clone(), temperature: 0.01, gradient_of: Some("<c>".into()) })),
+        format!(
+            "{:?}",
+            enc.state_probability(&StateProbabilityRequest {
+                images: x.clone(),
+                normal: p.clone(),
+                anomalous: pa.clone(),
+                temperature: 0.01,
+                gradient_of: Some("<c>".into())
+            })
+        ),
         format!("{:?}", dif.dims()),
         format!("{:?}", z),
         format!("{:?}", dif.vae_decode(&z)),
         format!("{:?}", cond),
-        format!("{:?}", dif.unet_prediction(&UnetRequest { latents: z.clone(), timesteps: vec![10, 500], conditioning: cond.clone() })),
-        format!("{:?}", dif.denoising_loss(&DenoisingLossRequest { images: x.clone(), prompts: vec![p.clone(), pa.clone()], timesteps: vec![3, 999], noise, gradient_of: Some("<c>".into()) })),
-        format!("{:?}", dif.img2img(&Img2ImgRequest::spec_defaults(x.clone(), Prompt::plain("a photo with damage"), 4))),
-        format!("{:?}", opt.learn(&learn_request(5), &mut |p| { steps.push(p.step); Flow::Continue })),
+        format!(
+            "{:?}",
+            dif.unet_prediction(&UnetRequest {
+                latents: z.clone(),
+                timesteps: vec![10, 500],
+                conditioning: cond.clone()
+            })
+        ),
+        format!(
+            "{:?}",
+            dif.denoising_loss(&DenoisingLossRequest {
+                images: x.clone(),
+                prompts: vec![p.clone(), pa.clone()],
+                timesteps: vec![3, 999],
+                noise,
+                gradient_of: Some("<c>".into())
+            })
+        ),
+        format!(
+            "{:?}",
+            dif.img2img(&Img2ImgRequest::spec_defaults(
+                x.clone(),
+                Prompt::plain("a photo with damage"),
+                4
+            ))
+        ),
+        format!(
+            "{:?}",
+            opt.learn(&learn_request(5), &mut |p| {
+                steps.push(p.step);
+                Flow::Continue
+            })
+        ),
         format!("{steps:?}"),
         format!("{:?}", memory),
-        format!("{:?}", sco.associate(&memory, &enc.dense_features(&images(1, 2), &[]).unwrap().patch_tokens)),
+        format!(
+            "{:?}",
+            sco.associate(&memory, &enc.dense_features(&images(1, 2), &[]).unwrap().patch_tokens)
+        ),
     ]
 }
 
@@ -97,7 +141,10 @@ fn every_call_round_trips_unchanged() {
     for (i, (a, b)) in here.iter().zip(&there).enumerate() {
         assert_eq!(a, b, "call {i} differs through the plugin");
     }
-    assert!(here.iter().all(|r| !r.contains("Err(")), "every call should succeed: {here:#?}");
+    assert!(
+        here.iter().all(|r| !r.contains("Err(")),
+        "every call should succeed: {here:#?}"
+    );
 }
 
 /// The same error variant, with the same fields, on both sides of the boundary.
@@ -108,15 +155,34 @@ fn errors_arrive_as_the_same_error() {
         let long = Prompt::plain("one two three four five six seven eight nine");
         let enc = b.text_image_encoder(&clip, Device::Cpu).unwrap();
         let err = enc.text_embeddings(&[long]).unwrap_err();
-        assert_eq!(err, Error::PromptTooLong { prompt: "one two three four five six seven eight nine".into(), tokens: 9, context: 8 });
+        assert_eq!(
+            err,
+            Error::PromptTooLong {
+                prompt: "one two three four five six seven eight nine".into(),
+                tokens: 9,
+                context: 8
+            }
+        );
         let err = b.scorer(Device::Cuda(3)).err().unwrap();
-        assert_eq!(err.to_string(), "device cuda:3 is not available to backend `test-fixture`");
-        let err = enc.dense_features(&ImageBatch::new(Tensor::zeros(vec![1, 3, 5, 5])).unwrap(), &[]).unwrap_err();
-        assert_eq!(err.to_string(), "fixture encoder input: expected shape [_, 3, 4, 4], got [1, 3, 5, 5]");
+        assert_eq!(
+            err.to_string(),
+            "device cuda:3 is not available to backend `test-fixture`"
+        );
+        let err = enc
+            .dense_features(&ImageBatch::new(Tensor::zeros(vec![1, 3, 5, 5])).unwrap(), &[])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "fixture encoder input: expected shape [_, 3, 4, 4], got [1, 3, 5, 5]"
+        );
         let (clip, sd) = dummy_specs();
         let mut empty = learn_request(3);
         empty.support = ImageBatch::new(Tensor::zeros(vec![0, 3, 4, 4])).unwrap();
-        let err = b.concept_optimizer(&clip, &sd, Device::Cpu).unwrap().learn(&empty, &mut |_| Flow::Continue).unwrap_err();
+        let err = b
+            .concept_optimizer(&clip, &sd, Device::Cpu)
+            .unwrap()
+            .learn(&empty, &mut |_| Flow::Continue)
+            .unwrap_err();
         assert_eq!(err, Error::EmptySupportSet);
     }
 }
@@ -134,7 +200,10 @@ fn a_panic_inside_the_plugin_is_an_error_and_the_plugin_lives_on() {
         }
         other => panic!("expected a PluginPanic, got {other:?}"),
     }
-    assert!(enc.text_embeddings(&[Prompt::plain("still here")]).is_ok(), "the plugin survives its panic");
+    assert!(
+        enc.text_embeddings(&[Prompt::plain("still here")]).is_ok(),
+        "the plugin survives its panic"
+    );
 }
 
 #[test]
@@ -146,7 +215,11 @@ fn progress_reaches_the_host_and_cancellation_reaches_the_plugin() {
         let err = opt
             .learn(&learn_request(10), &mut |p| {
                 seen.push((p.step, p.total_steps));
-                if p.step == 4 { Flow::Cancel } else { Flow::Continue }
+                if p.step == 4 {
+                    Flow::Cancel
+                } else {
+                    Flow::Continue
+                }
             })
             .unwrap_err();
         assert_eq!(err, Error::Cancelled { step: 4 });
@@ -154,7 +227,15 @@ fn progress_reaches_the_host_and_cancellation_reaches_the_plugin() {
     }
     // An observer that panics cancels the run instead of unwinding through the plugin.
     let opt = plugin().concept_optimizer(&clip, &sd, Device::Cpu).unwrap();
-    let err = opt.learn(&learn_request(10), &mut |p| if p.step == 2 { panic!("observer broke") } else { Flow::Continue }).unwrap_err();
+    let err = opt
+        .learn(&learn_request(10), &mut |p| {
+            if p.step == 2 {
+                panic!("observer broke")
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap_err();
     assert_eq!(err, Error::Cancelled { step: 2 });
 }
 
@@ -191,5 +272,9 @@ fn calls_from_several_threads_at_once() {
         })
         .collect();
     threads.into_iter().for_each(|h| h.join().unwrap());
-    assert!(failures.lock().unwrap().is_empty(), "threads saw wrong results: {:?}", failures.lock().unwrap());
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "threads saw wrong results: {:?}",
+        failures.lock().unwrap()
+    );
 }

@@ -15,7 +15,11 @@ fn goldens_were_made_from_these_fixtures() {
         assert!(!hashes.is_empty());
         for (file, want) in hashes {
             let got = hex(&Sha256::digest(std::fs::read(root.join(file)).unwrap()));
-            assert_eq!(&got, want.as_str().unwrap(), "{name}: fixture {file} changed; regenerate the goldens (tools/golden/README.md)");
+            assert_eq!(
+                &got,
+                want.as_str().unwrap(),
+                "{name}: fixture {file} changed; regenerate the goldens (tools/golden/README.md)"
+            );
         }
     }
 }

@@ -12,12 +12,20 @@ use std::time::Instant;
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn report(what: &str, start: Instant) {
-    eprintln!("{what:<40} {:>7.1} s   peak RSS {:>8.0} MiB", start.elapsed().as_secs_f64(), peak_rss_mib());
+    eprintln!(
+        "{what:<40} {:>7.1} s   peak RSS {:>8.0} MiB",
+        start.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
 }
 
 fn image(size: usize) -> ImageBatch {
@@ -34,13 +42,20 @@ fn vit_h_14_and_sd_2_1_run_one_forward_pass_each() {
     let backend = adp_backend_candle::CandleBackend::new();
 
     let t = Instant::now();
-    let enc = backend.text_image_encoder(&ClipCheckpoint::from_dir(&paths.clip).unwrap(), Device::Cpu).unwrap();
+    let enc = backend
+        .text_image_encoder(&ClipCheckpoint::from_dir(&paths.clip).unwrap(), Device::Cpu)
+        .unwrap();
     report("load ViT-H-14", t);
     let t = Instant::now();
     assert_eq!(enc.image_embeddings(&image(256)).unwrap().shape(), &[1, 1024]);
     report("ViT-H-14 image embedding (256 px in)", t);
     let t = Instant::now();
-    assert_eq!(enc.text_embeddings(&[Prompt::plain("a photo of a damaged bottle")]).unwrap().shape(), &[1, 1024]);
+    assert_eq!(
+        enc.text_embeddings(&[Prompt::plain("a photo of a damaged bottle")])
+            .unwrap()
+            .shape(),
+        &[1, 1024]
+    );
     report("ViT-H-14 text embedding", t);
     drop(enc);
 
@@ -59,7 +74,13 @@ fn vit_h_14_and_sd_2_1_run_one_forward_pass_each() {
     assert_eq!(z.shape(), &[1, 4, 96, 96]);
     report("SD 2.1 VAE encode (768 px)", t);
     let t = Instant::now();
-    let pred = dif.unet_prediction(&UnetRequest { latents: z.clone(), timesteps: vec![500], conditioning: cond }).unwrap();
+    let pred = dif
+        .unet_prediction(&UnetRequest {
+            latents: z.clone(),
+            timesteps: vec![500],
+            conditioning: cond,
+        })
+        .unwrap();
     assert!(pred.check_finite("UNet prediction").is_ok());
     report("SD 2.1 UNet prediction (96×96 latent)", t);
     let t = Instant::now();

@@ -13,7 +13,11 @@ pub fn list(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| Error::io(p, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())))
+                .filter(|f| {
+                    f.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                })
                 .collect();
             if files.is_empty() {
                 return Err(Error::io(p, "no images in this folder"));
@@ -69,9 +73,7 @@ pub fn common_folder(files: &[PathBuf]) -> Result<PathBuf> {
         let folder = path.parent().unwrap_or(&path);
         match &mut common {
             None => common = Some(folder.to_path_buf()),
-            Some(c) => {
-                while !folder.starts_with(&*c) && c.pop() {}
-            }
+            Some(c) => while !folder.starts_with(&*c) && c.pop() {},
         }
     }
     common.ok_or_else(|| Error::invalid("images", "no input files"))
@@ -89,13 +91,21 @@ pub fn map_paths(dir: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for f in files {
         let path = normalize(f)?;
         let below = path.strip_prefix(&common).expect("the common folder holds every input");
-        let stem = below.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        let stem = below
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
         let rel = below.with_file_name(format!("{stem}_map.png"));
         let map = dir.join(rel);
         if let Some(first) = seen.insert(map.clone(), f) {
             return Err(Error::invalid(
                 "--maps",
-                format!("{} and {} would both write the map {}; score them in separate calls", first.display(), f.display(), map.display()),
+                format!(
+                    "{} and {} would both write the map {}; score them in separate calls",
+                    first.display(),
+                    f.display(),
+                    map.display()
+                ),
             ));
         }
         out.push(map);
@@ -106,7 +116,10 @@ pub fn map_paths(dir: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Refuses `path` if something is there already, unless `overwrite`.
 pub fn check_new(path: &Path, overwrite: bool) -> Result<()> {
     if !overwrite && std::fs::symlink_metadata(path).is_ok() {
-        return Err(Error::io(path, "already exists; not overwritten (pass --overwrite to replace it)"));
+        return Err(Error::io(
+            path,
+            "already exists; not overwritten (pass --overwrite to replace it)",
+        ));
     }
     Ok(())
 }
@@ -117,9 +130,11 @@ pub fn check_new(path: &Path, overwrite: bool) -> Result<()> {
 pub fn write_map(out: &Path, map: &[f32], height: usize, width: usize, overwrite: bool) -> Result<()> {
     check_new(out, overwrite)?;
     let pixels: Vec<u8> = map.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-    let img = image::GrayImage::from_raw(width as u32, height as u32, pixels).ok_or_else(|| Error::invalid("anomaly map", "size mismatch"))?;
+    let img = image::GrayImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| Error::invalid("anomaly map", "size mismatch"))?;
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::io(out, e))?;
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| Error::io(out, e))?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -142,7 +157,10 @@ mod tests {
         let maps = map_paths(Path::new("maps"), &files).unwrap();
         assert_eq!(maps, paths(&["maps/a/good/000_map.png", "maps/b/good/000_map.png"]));
         // Deeper: only what differs below the shared folder is mirrored.
-        let files = paths(&["/d/mvtec/bottle/test/good/000.png", "/d/mvtec/bottle/test/broken_large/000.png"]);
+        let files = paths(&[
+            "/d/mvtec/bottle/test/good/000.png",
+            "/d/mvtec/bottle/test/broken_large/000.png",
+        ]);
         assert_eq!(common_folder(&files).unwrap(), PathBuf::from("/d/mvtec/bottle/test"));
         let maps = map_paths(Path::new("/out"), &files).unwrap();
         assert_eq!(maps, paths(&["/out/good/000_map.png", "/out/broken_large/000_map.png"]));
@@ -152,7 +170,10 @@ mod tests {
     fn a_single_file_or_one_folder_gives_stems() {
         let maps = map_paths(Path::new("m"), &paths(&["/data/x/good/000.png"])).unwrap();
         assert_eq!(maps, paths(&["m/000_map.png"]));
-        assert_eq!(common_folder(&paths(&["/data/x/good/000.png"])).unwrap(), PathBuf::from("/data/x/good"));
+        assert_eq!(
+            common_folder(&paths(&["/data/x/good/000.png"])).unwrap(),
+            PathBuf::from("/data/x/good")
+        );
         let maps = map_paths(Path::new("m"), &paths(&["/data/x/000.png", "/data/x/001.jpg"])).unwrap();
         assert_eq!(maps, paths(&["m/000_map.png", "m/001_map.png"]));
     }
@@ -161,22 +182,39 @@ mod tests {
     fn absolute_relative_and_dotted_paths() {
         let cwd = std::env::current_dir().unwrap();
         // One absolute, one relative, one with `.` and `..`: all below `<cwd>/sub`.
-        let files = vec![cwd.join("sub/a/000.png"), PathBuf::from("sub/b/000.png"), PathBuf::from("./sub/c/../d/./000.png")];
+        let files = vec![
+            cwd.join("sub/a/000.png"),
+            PathBuf::from("sub/b/000.png"),
+            PathBuf::from("./sub/c/../d/./000.png"),
+        ];
         assert_eq!(common_folder(&files).unwrap(), cwd.join("sub"));
         let maps = map_paths(Path::new("m"), &files).unwrap();
         assert_eq!(maps, paths(&["m/a/000_map.png", "m/b/000_map.png", "m/d/000_map.png"]));
         // Nothing shared but the root.
         let files = paths(&["/p/000.png", "/q/000.png"]);
         assert_eq!(common_folder(&files).unwrap(), PathBuf::from("/"));
-        assert_eq!(map_paths(Path::new("m"), &files).unwrap(), paths(&["m/p/000_map.png", "m/q/000_map.png"]));
+        assert_eq!(
+            map_paths(Path::new("m"), &files).unwrap(),
+            paths(&["m/p/000_map.png", "m/q/000_map.png"])
+        );
         assert!(common_folder(&[]).is_err());
     }
 
     #[test]
     fn inputs_sharing_a_map_are_refused() {
-        let e = map_paths(Path::new("m"), &paths(&["/x/000.png", "/x/000.jpg"])).unwrap_err().to_string();
-        assert!(e.contains("/x/000.png and /x/000.jpg") && e.contains("m/000_map.png"), "{e}");
-        let e = map_paths(Path::new("m"), &paths(&["/x/a/000.png", "/x/b/1.png", "/x/a/../a/000.png"])).unwrap_err().to_string();
+        let e = map_paths(Path::new("m"), &paths(&["/x/000.png", "/x/000.jpg"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/000.png and /x/000.jpg") && e.contains("m/000_map.png"),
+            "{e}"
+        );
+        let e = map_paths(
+            Path::new("m"),
+            &paths(&["/x/a/000.png", "/x/b/1.png", "/x/a/../a/000.png"]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("both write the map m/a/000_map.png"), "{e}");
     }
 
@@ -188,8 +226,15 @@ mod tests {
         let img = image::open(&out).unwrap().to_luma8();
         assert_eq!(img.as_raw(), &[0, 255, 128, 255]);
         let e = write_map(&out, &[1.0; 4], 2, 2, false).unwrap_err().to_string();
-        assert!(e.contains("000_map.png") && e.contains("already exists") && e.contains("--overwrite"), "{e}");
-        assert_eq!(image::open(&out).unwrap().to_luma8().as_raw(), &[0, 255, 128, 255], "left as it was");
+        assert!(
+            e.contains("000_map.png") && e.contains("already exists") && e.contains("--overwrite"),
+            "{e}"
+        );
+        assert_eq!(
+            image::open(&out).unwrap().to_luma8().as_raw(),
+            &[0, 255, 128, 255],
+            "left as it was"
+        );
         write_map(&out, &[1.0; 4], 2, 2, true).unwrap();
         assert_eq!(image::open(&out).unwrap().to_luma8().as_raw(), &[255; 4]);
         assert!(check_new(&out, false).is_err());

@@ -106,7 +106,9 @@ pub struct Ticket(oneshot::Receiver<Result<Vec<ImageScore>>>);
 impl Future for Ticket {
     type Output = Result<Vec<ImageScore>>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(ServiceError::WorkerPanic("the worker ended without answering".into()))))
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(ServiceError::WorkerPanic("the worker ended without answering".into()))))
     }
 }
 
@@ -115,12 +117,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "non-string panic payload".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
 }
 
 /// The one place the async API calls the pipeline: `detector`'s models opened once on `backend`
 /// (checkpoint identity checked here, not per request), shared by every worker.
-pub fn pipeline_scorer(backend: Arc<dyn Backend>, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> adp_api::Result<ScoreFn> {
+pub fn pipeline_scorer(
+    backend: Arc<dyn Backend>,
+    checkpoints: &Checkpoints,
+    detector: DetectorFile,
+    device: Device,
+) -> adp_api::Result<ScoreFn> {
     let scoring = Scoring::open(&*backend, checkpoints, detector, device)?;
     // The models live in the backend's library: it stays loaded as long as they do.
     Ok(Arc::new(move |images: &[ImageBatch]| {
@@ -134,7 +144,13 @@ impl Detector {
     /// [`pipeline_scorer`], or a stand-in in tests) on `options.workers` threads.
     pub fn with_scorer(scorer: ScoreFn, options: ServiceOptions) -> adp_api::Result<Self> {
         if options.workers == 0 || options.queue == 0 {
-            return Err(adp_api::Error::invalid("service options", format!("workers ({}) and queue ({}) must be at least 1", options.workers, options.queue)));
+            return Err(adp_api::Error::invalid(
+                "service options",
+                format!(
+                    "workers ({}) and queue ({}) must be at least 1",
+                    options.workers, options.queue
+                ),
+            ));
         }
         let (sender, receiver) = mpsc::channel::<Job>(options.queue);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -148,7 +164,9 @@ impl Detector {
                     let _exit = exit_tx;
                     loop {
                         // One idle worker waits on the queue; the others wait for the lock.
-                        let Some(job) = lock(&receiver).blocking_recv() else { break };
+                        let Some(job) = lock(&receiver).blocking_recv() else {
+                            break;
+                        };
                         if job.reply.is_closed() {
                             continue; // the caller gave up waiting
                         }
@@ -162,11 +180,22 @@ impl Detector {
                 .map_err(|e| adp_api::Error::invalid("scoring worker", format!("cannot start thread {i}: {e}")))?;
             workers.push(Worker { thread, exited });
         }
-        Ok(Self { sender: Mutex::new(Some(sender)), workers: Mutex::new(workers), options, header: None })
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+            options,
+            header: None,
+        })
     }
 
     /// A detector scoring `detector` on `backend` with `checkpoints`.
-    pub fn new(backend: Arc<dyn Backend>, checkpoints: Checkpoints, detector: DetectorFile, device: Device, options: ServiceOptions) -> adp_api::Result<Self> {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        checkpoints: Checkpoints,
+        detector: DetectorFile,
+        device: Device,
+        options: ServiceOptions,
+    ) -> adp_api::Result<Self> {
         let header = detector.header.clone();
         let mut d = Self::with_scorer(pipeline_scorer(backend, &checkpoints, detector, device)?, options)?;
         d.header = Some(header);
@@ -175,7 +204,14 @@ impl Detector {
 
     /// Loads a detector file and its checkpoints (the given ones, else those it records; see
     /// [`checkpoints_for`]) for `backend`.
-    pub fn open(backend: Arc<dyn Backend>, detector: &Path, clip: Option<&Path>, backbone: Option<&Path>, device: Device, options: ServiceOptions) -> adp_api::Result<Self> {
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        detector: &Path,
+        clip: Option<&Path>,
+        backbone: Option<&Path>,
+        device: Device,
+        options: ServiceOptions,
+    ) -> adp_api::Result<Self> {
         let file = DetectorFile::load(detector)?;
         let checkpoints = file.header.checkpoints(clip, backbone)?;
         Self::new(backend, checkpoints, file, device, options)
@@ -200,7 +236,10 @@ impl Detector {
     pub async fn score(&self, images: Vec<ImageBatch>) -> Result<Vec<ImageScore>> {
         let sender = self.sender()?;
         let (reply, rx) = oneshot::channel();
-        sender.send(Job { images, reply }).await.map_err(|_| ServiceError::Closed)?;
+        sender
+            .send(Job { images, reply })
+            .await
+            .map_err(|_| ServiceError::Closed)?;
         drop(sender);
         Ticket(rx).await
     }
@@ -211,7 +250,10 @@ impl Detector {
         let sender = self.sender()?;
         let (reply, rx) = oneshot::channel();
         sender.try_send(Job { images, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::Busy { workers: self.options.workers, queue: self.options.queue },
+            mpsc::error::TrySendError::Full(_) => ServiceError::Busy {
+                workers: self.options.workers,
+                queue: self.options.queue,
+            },
             mpsc::error::TrySendError::Closed(_) => ServiceError::Closed,
         })?;
         Ok(Ticket(rx))

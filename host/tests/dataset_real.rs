@@ -64,7 +64,10 @@ fn check(
         assert_eq!(s.anomalous, s.defect != "good");
         assert!(s.path.is_file());
         if s.anomalous && masks {
-            let m = s.mask.as_ref().unwrap_or_else(|| panic!("{} has no mask", s.path.display()));
+            let m = s
+                .mask
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no mask", s.path.display()));
             assert!(m.is_file());
         } else {
             assert!(s.mask.is_none(), "{}", s.path.display());
@@ -95,7 +98,12 @@ fn mvtec_bottle() {
         "mvtec_ad",
         "bottle",
         168,
-        &[("good", 46), ("broken_large", 20), ("broken_small", 22), ("contamination", 21)],
+        &[
+            ("good", 46),
+            ("broken_large", 20),
+            ("broken_small", 22),
+            ("contamination", 21),
+        ],
         false,
     );
     assert_eq!(c.test.iter().filter(|s| s.anomalous).count(), 63);
@@ -141,7 +149,10 @@ fn magnetic_tile_with_masks() {
     let m = dataset::read_mask(s.mask.as_ref().unwrap(), w, h).unwrap();
     assert_eq!(m.len(), (w * h) as usize);
     assert!(m.iter().any(|&v| v), "{} mask is empty", s.path.display());
-    assert_eq!(dataset::read_mask(s.mask.as_ref().unwrap(), 64, 32).unwrap().len(), 64 * 32);
+    assert_eq!(
+        dataset::read_mask(s.mask.as_ref().unwrap(), 64, 32).unwrap().len(),
+        64 * 32
+    );
 }
 
 #[test]

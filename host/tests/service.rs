@@ -18,7 +18,14 @@ fn echo(images: &[ImageBatch]) -> adp_api::Result<Vec<ImageScore>> {
     Ok(images
         .iter()
         .flat_map(|b| (0..b.len()).map(move |i| b.pixels().row(i)[0]))
-        .map(|v| ImageScore { score: v, language: Some(v), association: v, map: vec![v; 4], height: 2, width: 2 })
+        .map(|v| ImageScore {
+            score: v,
+            language: Some(v),
+            association: v,
+            map: vec![v; 4],
+            height: 2,
+            width: 2,
+        })
         .collect())
 }
 
@@ -71,7 +78,16 @@ async fn no_more_requests_run_at_once_than_there_are_workers() {
             echo(images)
         })
     };
-    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: WORKERS, queue: 4 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            scorer,
+            ServiceOptions {
+                workers: WORKERS,
+                queue: 4,
+            },
+        )
+        .unwrap(),
+    );
     let tasks: Vec<_> = (0..7 * WORKERS)
         .map(|k| {
             let d = detector.clone();
@@ -98,8 +114,14 @@ async fn a_full_queue_pushes_back() {
     let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 2 }).unwrap());
     let first = detector.try_score(vec![batch(0.0, 1)]).unwrap();
     gate.wait_for_arrivals(1); // the worker holds the first request
-    let queued = [detector.try_score(vec![batch(1.0, 1)]).unwrap(), detector.try_score(vec![batch(2.0, 1)]).unwrap()];
-    let err = detector.try_score(vec![batch(3.0, 1)]).err().expect("a full queue refuses");
+    let queued = [
+        detector.try_score(vec![batch(1.0, 1)]).unwrap(),
+        detector.try_score(vec![batch(2.0, 1)]).unwrap(),
+    ];
+    let err = detector
+        .try_score(vec![batch(3.0, 1)])
+        .err()
+        .expect("a full queue refuses");
     assert_eq!(err, ServiceError::Busy { workers: 1, queue: 2 });
     assert!(err.to_string().contains("busy"), "{err}");
 
@@ -111,7 +133,10 @@ async fn a_full_queue_pushes_back() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
-    assert!(!waiting.is_finished(), "score returned while the queue was full and the worker held");
+    assert!(
+        !waiting.is_finished(),
+        "score returned while the queue was full and the worker held"
+    );
 
     gate.open();
     assert_eq!(scores(&first.await.unwrap()), vec![0.0]);
@@ -119,15 +144,29 @@ async fn a_full_queue_pushes_back() {
         assert_eq!(scores(&t.await.unwrap()), vec![k as f32 + 1.0]);
     }
     assert_eq!(scores(&waiting.await.unwrap().unwrap()), vec![3.0]);
-    assert_eq!(scores(&detector.try_score(vec![batch(4.0, 1)]).unwrap().await.unwrap()), vec![4.0]);
+    assert_eq!(
+        scores(&detector.try_score(vec![batch(4.0, 1)]).unwrap().await.unwrap()),
+        vec![4.0]
+    );
 }
 
 #[tokio::test]
 async fn pipeline_errors_come_back_unchanged() {
-    let scorer: ScoreFn = Arc::new(|_: &[ImageBatch]| Err(Error::MissingTensor { file: "clip/open_clip_model.safetensors".into(), tensor: "visual.proj".into() }));
+    let scorer: ScoreFn = Arc::new(|_: &[ImageBatch]| {
+        Err(Error::MissingTensor {
+            file: "clip/open_clip_model.safetensors".into(),
+            tensor: "visual.proj".into(),
+        })
+    });
     let detector = Detector::with_scorer(scorer, ServiceOptions::default()).unwrap();
     let err = detector.score(vec![batch(0.0, 1)]).await.unwrap_err();
-    assert_eq!(err, ServiceError::Pipeline(Error::MissingTensor { file: "clip/open_clip_model.safetensors".into(), tensor: "visual.proj".into() }));
+    assert_eq!(
+        err,
+        ServiceError::Pipeline(Error::MissingTensor {
+            file: "clip/open_clip_model.safetensors".into(),
+            tensor: "visual.proj".into()
+        })
+    );
     assert!(err.to_string().contains("visual.proj"), "{err}");
     // anyhow keeps the message for applications that use it.
     let any: anyhow::Error = err.into();
@@ -144,8 +183,15 @@ async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
     });
     let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap();
     let err = detector.score(vec![batch(-1.0, 1)]).await.unwrap_err();
-    assert!(matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a negative pixel")), "{err:?}");
-    assert_eq!(scores(&detector.score(vec![batch(5.0, 2)]).await.unwrap()), vec![5.0, 6.0], "the only worker survived");
+    assert!(
+        matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a negative pixel")),
+        "{err:?}"
+    );
+    assert_eq!(
+        scores(&detector.score(vec![batch(5.0, 2)]).await.unwrap()),
+        vec![5.0, 6.0],
+        "the only worker survived"
+    );
     let via_trait: &dyn AsyncScorer = &detector;
     assert_eq!(scores(&via_trait.score(vec![batch(7.0, 1)]).await.unwrap()), vec![7.0]);
 }
@@ -159,7 +205,10 @@ async fn every_request_gets_its_own_scores_in_order() {
             tokio::spawn(async move {
                 let base = 100.0 * k as f32;
                 // Mixed batches: 3 images, then 1, then 2.
-                let got = d.score(vec![batch(base, 3), batch(base + 10.0, 1), batch(base + 20.0, 2)]).await.unwrap();
+                let got = d
+                    .score(vec![batch(base, 3), batch(base + 10.0, 1), batch(base + 20.0, 2)])
+                    .await
+                    .unwrap();
                 (base, scores(&got))
             })
         })
@@ -183,7 +232,9 @@ async fn close_scores_what_is_queued_then_refuses() {
         })
     };
     let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 2, queue: 8 }).unwrap());
-    let tickets: Vec<_> = (0..5).map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap()).collect();
+    let tickets: Vec<_> = (0..5)
+        .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
+        .collect();
     gate.wait_for_arrivals(2);
     let closing = tokio::spawn({
         let d = detector.clone();
@@ -191,12 +242,22 @@ async fn close_scores_what_is_queued_then_refuses() {
     });
     gate.open();
     closing.await.unwrap();
-    assert_eq!(done.load(Ordering::SeqCst), 5, "close returned before the queue was drained");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        5,
+        "close returned before the queue was drained"
+    );
     for (k, t) in tickets.into_iter().enumerate() {
         assert_eq!(scores(&t.await.unwrap()), vec![k as f32]);
     }
-    assert_eq!(detector.score(vec![batch(0.0, 1)]).await.unwrap_err(), ServiceError::Closed);
-    assert_eq!(detector.try_score(vec![batch(0.0, 1)]).err(), Some(ServiceError::Closed));
+    assert_eq!(
+        detector.score(vec![batch(0.0, 1)]).await.unwrap_err(),
+        ServiceError::Closed
+    );
+    assert_eq!(
+        detector.try_score(vec![batch(0.0, 1)]).err(),
+        Some(ServiceError::Closed)
+    );
 }
 
 #[test]
@@ -210,7 +271,9 @@ fn dropping_the_handle_drains_and_joins_without_a_runtime() {
         })
     };
     let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 2, queue: 8 }).unwrap();
-    let tickets: Vec<_> = (0..6).map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap()).collect();
+    let tickets: Vec<_> = (0..6)
+        .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
+        .collect();
     drop(detector);
     assert_eq!(done.load(Ordering::SeqCst), 6);
     drop(tickets);
@@ -219,7 +282,9 @@ fn dropping_the_handle_drains_and_joins_without_a_runtime() {
 #[test]
 fn zero_workers_or_queue_is_refused() {
     for (workers, queue) in [(0, 1), (1, 0)] {
-        let err = Detector::with_scorer(Arc::new(echo), ServiceOptions { workers, queue }).err().expect("refused");
+        let err = Detector::with_scorer(Arc::new(echo), ServiceOptions { workers, queue })
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("workers"), "{err}");
     }
 }

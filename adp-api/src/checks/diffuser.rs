@@ -14,7 +14,10 @@ impl DiffuserDims {
     pub fn check_timestep(&self, t: u32) -> Result<usize> {
         let t = t as usize;
         if t >= self.train_timesteps {
-            return Err(Error::invalid("timestep", format!("{t} (the schedule has {})", self.train_timesteps)));
+            return Err(Error::invalid(
+                "timestep",
+                format!("{t} (the schedule has {})", self.train_timesteps),
+            ));
         }
         Ok(t)
     }
@@ -42,11 +45,17 @@ impl DiffuserDims {
     pub fn check_unet(&self, r: &UnetRequest) -> Result<Vec<f64>> {
         let n = r.timesteps.len();
         r.latents.expect_shape("latents", &exactly(&self.latent_shape(n)))?;
-        r.conditioning.expect_shape("conditioning", &[Some(n), Some(self.context_length), Some(self.text_width)])?;
+        r.conditioning.expect_shape(
+            "conditioning",
+            &[Some(n), Some(self.context_length), Some(self.text_width)],
+        )?;
         if n == 0 {
             return Err(Error::invalid("timesteps", "no sample given"));
         }
-        r.timesteps.iter().map(|&t| self.check_timestep(t).map(|t| t as f64)).collect()
+        r.timesteps
+            .iter()
+            .map(|&t| self.check_timestep(t).map(|t| t as f64))
+            .collect()
     }
 
     /// One prompt, timestep and noise per image; returns the timesteps.
@@ -113,15 +122,24 @@ mod tests {
         fails(DIMS.check_timestep(10), "timestep: 10 (the schedule has 10)");
         fails(DIMS.check_images(&images(0, 16)), "empty support set");
         fails(DIMS.check_images(&images(1, 15)), "diffusion input (N, 3, 16, 16)");
-        fails(DIMS.check_latents(&Tensor::zeros(vec![1, 3, 8, 8])), "latents: expected shape [_, 4, 8, 8]");
-        fails(DIMS.check_latents(&Tensor::zeros(vec![0, 4, 8, 8])), "empty support set");
+        fails(
+            DIMS.check_latents(&Tensor::zeros(vec![1, 3, 8, 8])),
+            "latents: expected shape [_, 4, 8, 8]",
+        );
+        fails(
+            DIMS.check_latents(&Tensor::zeros(vec![0, 4, 8, 8])),
+            "empty support set",
+        );
         let unet = |n: usize, timesteps: Vec<u32>| UnetRequest {
             latents: Tensor::zeros(DIMS.latent_shape(n)),
             timesteps,
             conditioning: Tensor::zeros(vec![n, 5, 8]),
         };
         fails(DIMS.check_unet(&unet(0, vec![])), "timesteps: no sample given");
-        fails(DIMS.check_unet(&unet(2, vec![1])), "latents: expected shape [1, 4, 8, 8]");
+        fails(
+            DIMS.check_unet(&unet(2, vec![1])),
+            "latents: expected shape [1, 4, 8, 8]",
+        );
         assert_eq!(DIMS.check_unet(&unet(1, vec![3])).unwrap(), [3.0]);
         let loss = |timesteps: Vec<u32>, noise: Tensor| DenoisingLossRequest {
             images: images(1, 16),
@@ -130,8 +148,14 @@ mod tests {
             noise,
             gradient_of: None,
         };
-        fails(DIMS.check_denoising_loss(&loss(vec![], Tensor::zeros(DIMS.latent_shape(1)))), "1 images need as many");
-        fails(DIMS.check_denoising_loss(&loss(vec![1], Tensor::zeros(vec![1]))), "noise: expected shape");
+        fails(
+            DIMS.check_denoising_loss(&loss(vec![], Tensor::zeros(DIMS.latent_shape(1)))),
+            "1 images need as many",
+        );
+        fails(
+            DIMS.check_denoising_loss(&loss(vec![1], Tensor::zeros(vec![1]))),
+            "noise: expected shape",
+        );
         let nan = Tensor::from_fn(DIMS.latent_shape(1), |_| f32::NAN);
         fails(DIMS.check_denoising_loss(&loss(vec![1], nan)), "noise: non-finite");
         let scheduler: crate::config::diffusion::SchedulerConfig =
@@ -143,7 +167,10 @@ mod tests {
         fails(DIMS.check_img2img(&r, &scheduler), "invalid guidance: NaN");
         r.guidance = 1.0;
         r.noise = Some(Tensor::zeros(vec![1, 4, 8]));
-        fails(DIMS.check_img2img(&r, &scheduler), "img2img noise: expected shape [1, 4, 8, 8]");
+        fails(
+            DIMS.check_img2img(&r, &scheduler),
+            "img2img noise: expected shape [1, 4, 8, 8]",
+        );
         r.noise = None;
         r.strength = 1.0;
         fails(DIMS.check_img2img(&r, &scheduler), "timestep: 10 (the schedule has 10)");

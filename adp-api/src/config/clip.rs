@@ -97,7 +97,10 @@ impl ClipConfig {
             "ViT-B-16-plus-240" => Ok(Self::vit_b_16_plus_240()),
             "ViT-L-14" => Ok(Self::vit_l_14()),
             "ViT-H-14" => Ok(Self::vit_h_14()),
-            _ => Err(Error::invalid("CLIP preset", format!("{name:?}; known: {}", Self::PRESETS.join(", ")))),
+            _ => Err(Error::invalid(
+                "CLIP preset",
+                format!("{name:?}; known: {}", Self::PRESETS.join(", ")),
+            )),
         }
     }
 
@@ -116,16 +119,28 @@ impl ClipConfig {
         let t = &self.text_cfg;
         let mut problems = Vec::new();
         if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
-            problems.push(format!("vision_cfg.image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
+            problems.push(format!(
+                "vision_cfg.image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
         }
         if v.head_width == 0 || !v.width.is_multiple_of(v.head_width) {
-            problems.push(format!("vision_cfg.width {} is not a multiple of head_width {}", v.width, v.head_width));
+            problems.push(format!(
+                "vision_cfg.width {} is not a multiple of head_width {}",
+                v.width, v.head_width
+            ));
         }
         if t.heads == 0 || !t.width.is_multiple_of(t.heads) {
-            problems.push(format!("text_cfg.width {} is not a multiple of heads {}", t.width, t.heads));
+            problems.push(format!(
+                "text_cfg.width {} is not a multiple of heads {}",
+                t.width, t.heads
+            ));
         }
         if t.context_length < 2 {
-            problems.push(format!("text_cfg.context_length {} leaves no room for start and end tokens", t.context_length));
+            problems.push(format!(
+                "text_cfg.context_length {} leaves no room for start and end tokens",
+                t.context_length
+            ));
         }
         if self.embed_dim == 0 || v.layers == 0 || t.layers == 0 {
             problems.push("embed_dim and layer counts must be positive".into());
@@ -162,7 +177,10 @@ impl ClipConfig {
         let w = v.width;
         let mut out = vec![
             ("visual.class_embedding".to_string(), vec![w]),
-            ("visual.positional_embedding".into(), vec![self.grid() * self.grid() + 1, w]),
+            (
+                "visual.positional_embedding".into(),
+                vec![self.grid() * self.grid() + 1, w],
+            ),
             ("visual.conv1.weight".into(), vec![w, 3, v.patch_size, v.patch_size]),
             ("visual.ln_pre.weight".into(), vec![w]),
             ("visual.ln_pre.bias".into(), vec![w]),
@@ -223,13 +241,19 @@ impl ClipCheckpoint {
             return Err(Error::io(dir, "CLIP checkpoint folder not found"));
         }
         let find = |names: &[&str], what: &str| {
-            names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
-                Error::io(dir, format!("no {what} found (looked for {})", names.join(", ")))
-            })
+            names
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.is_file())
+                .ok_or_else(|| Error::io(dir, format!("no {what} found (looked for {})", names.join(", "))))
         };
         let config_path = find(&Self::CONFIG_NAMES, "open_clip model config")?;
         let weights = find(&Self::WEIGHT_NAMES, "safetensors weights")?;
-        Ok(Self { config: ClipConfig::from_file(&config_path)?, config_path, weights })
+        Ok(Self {
+            config: ClipConfig::from_file(&config_path)?,
+            config_path,
+            weights,
+        })
     }
 
     /// Checks the weights file against the config: every tensor present, with the implied shape.
@@ -267,6 +291,9 @@ mod tests {
         std::fs::write(&p, serde_json::to_string(&cfg).unwrap()).unwrap();
         let e = ClipConfig::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("patch_size 15"), "{e}");
-        assert!(ClipConfig::from_preset("ViT-X").unwrap_err().to_string().contains("ViT-H-14"));
+        assert!(ClipConfig::from_preset("ViT-X")
+            .unwrap_err()
+            .to_string()
+            .contains("ViT-H-14"));
     }
 }

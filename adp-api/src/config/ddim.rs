@@ -35,7 +35,11 @@ impl DiffusionSpec {
             (false, Some(&a0)) => a0,
             _ => 1.0,
         };
-        Ok(DdimSchedule { alphas_cumprod, prediction: self.prediction, final_alpha_cumprod })
+        Ok(DdimSchedule {
+            alphas_cumprod,
+            prediction: self.prediction,
+            final_alpha_cumprod,
+        })
     }
 }
 
@@ -46,7 +50,11 @@ mod tests {
     #[test]
     fn coefficients_are_square_roots_of_alpha_bar() {
         let (alphas_cumprod, prediction) = (vec![0.64, 0.36], Prediction::Epsilon);
-        let s = DdimSchedule { alphas_cumprod, prediction, final_alpha_cumprod: 1.0 };
+        let s = DdimSchedule {
+            alphas_cumprod,
+            prediction,
+            final_alpha_cumprod: 1.0,
+        };
         assert_eq!(s.at(1), (0.6, 0.8));
         assert_eq!(s.at_prev(Some(0)), (0.8, 0.6));
         assert_eq!(s.at_prev(None), (1.0, 0.0));

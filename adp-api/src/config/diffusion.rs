@@ -113,17 +113,24 @@ impl SchedulerConfig {
         match self.beta_schedule.as_str() {
             "linear" => Ok(lin(a, b).collect()),
             "scaled_linear" => Ok(lin(a.sqrt(), b.sqrt()).map(|x| x * x).collect()),
-            other => Err(Error::invalid("beta_schedule", format!("{other:?} (supported: linear, scaled_linear)"))),
+            other => Err(Error::invalid(
+                "beta_schedule",
+                format!("{other:?} (supported: linear, scaled_linear)"),
+            )),
         }
     }
 
     /// ᾱ_t = Π_{s ≤ t} (1 − β_s).
     pub fn alphas_cumprod(&self) -> Result<Vec<f64>> {
         let mut acc = 1.0;
-        Ok(self.betas()?.into_iter().map(|b| {
-            acc *= 1.0 - b;
-            acc
-        }).collect())
+        Ok(self
+            .betas()?
+            .into_iter()
+            .map(|b| {
+                acc *= 1.0 - b;
+                acc
+            })
+            .collect())
     }
 
     /// DDIM inference timesteps, descending, as diffusers' `set_timesteps` makes them.
@@ -136,10 +143,19 @@ impl SchedulerConfig {
             "leading" => (0..steps).map(|i| i * (n / steps) + self.steps_offset).collect(),
             "trailing" => {
                 let ratio = n as f64 / steps as f64;
-                (1..=steps).map(|i| ((i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+                (1..=steps)
+                    .map(|i| ((i as f64 * ratio).round() as usize).saturating_sub(1))
+                    .collect()
             }
-            "linspace" => (0..steps).map(|i| ((n - 1) as f64 * i as f64 / (steps - 1).max(1) as f64).round() as usize).collect(),
-            other => return Err(Error::invalid("timestep_spacing", format!("{other:?} (supported: leading, trailing, linspace)"))),
+            "linspace" => (0..steps)
+                .map(|i| ((n - 1) as f64 * i as f64 / (steps - 1).max(1) as f64).round() as usize)
+                .collect(),
+            other => {
+                return Err(Error::invalid(
+                    "timestep_spacing",
+                    format!("{other:?} (supported: leading, trailing, linspace)"),
+                ))
+            }
         };
         t.reverse();
         Ok(t)
@@ -165,7 +181,10 @@ impl SchedulerConfig {
         match self.prediction_type.as_str() {
             "epsilon" => Ok(Prediction::Epsilon),
             "v_prediction" => Ok(Prediction::VPrediction),
-            other => Err(Error::invalid("prediction_type", format!("{other:?} (supported: epsilon, v_prediction)"))),
+            other => Err(Error::invalid(
+                "prediction_type",
+                format!("{other:?} (supported: epsilon, v_prediction)"),
+            )),
         }
     }
 }
@@ -196,8 +215,12 @@ impl DiffusionSpec {
             .find(|p| p.is_file())
             .unwrap_or_else(|| root.join("scheduler/scheduler_config.json"));
         let scheduler: SchedulerConfig = read_json(&scheduler_path)?;
-        let prediction = scheduler.prediction().map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
-        scheduler.betas().map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
+        let prediction = scheduler
+            .prediction()
+            .map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
+        scheduler
+            .betas()
+            .map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
         let spec = DiffusionSpec {
             root: root.to_path_buf(),
             text_encoder: read_json(&root.join("text_encoder/config.json"))?,
@@ -214,7 +237,9 @@ impl DiffusionSpec {
     /// to the text encoder's width.
     pub fn validate(&self) -> Result<()> {
         let u = &self.unet;
-        if u.down_block_types.len() != u.block_out_channels.len() || u.up_block_types.len() != u.block_out_channels.len() {
+        if u.down_block_types.len() != u.block_out_channels.len()
+            || u.up_block_types.len() != u.block_out_channels.len()
+        {
             return Err(Error::config(
                 self.root.join("unet/config.json"),
                 format!(
@@ -244,7 +269,12 @@ impl DiffusionSpec {
         let u = &self.unet;
         let n = u.block_out_channels.len();
         let cross = |t: &str| t.starts_with("CrossAttn");
-        let known = |t: &str| matches!(t, "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D");
+        let known = |t: &str| {
+            matches!(
+                t,
+                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
+            )
+        };
         let bad = |m: String| Err(Error::config(self.root.join("unet/config.json"), m));
         if let Some(t) = u.down_block_types.iter().chain(&u.up_block_types).find(|t| !known(t)) {
             return bad(format!("unsupported block type {t:?}"));
@@ -261,7 +291,10 @@ impl DiffusionSpec {
             return bad("up blocks do not mirror the down blocks' cross-attention".into());
         }
         if self.vae.block_out_channels.is_empty() {
-            return Err(Error::config(self.root.join("vae/config.json"), "empty block_out_channels"));
+            return Err(Error::config(
+                self.root.join("vae/config.json"),
+                "empty block_out_channels",
+            ));
         }
         if self.scheduler.num_train_timesteps == 0 {
             return Err(Error::config(self.root.join("scheduler"), "num_train_timesteps is 0"));
@@ -282,7 +315,10 @@ impl DiffusionSpec {
     /// The shapes a diffuser on this checkpoint works at.
     pub fn dims(&self) -> crate::requests::DiffuserDims {
         crate::requests::DiffuserDims {
-            image_size: self.vae.sample_size.unwrap_or(self.unet.sample_size.unwrap_or(64) * self.vae_downsampling()),
+            image_size: self
+                .vae
+                .sample_size
+                .unwrap_or(self.unet.sample_size.unwrap_or(64) * self.vae_downsampling()),
             latent_channels: self.vae.latent_channels,
             vae_downsampling: self.vae_downsampling(),
             text_width: self.text_encoder.hidden_size,
@@ -298,25 +334,63 @@ impl DiffusionSpec {
     }
 }
 
-fn d_1() -> usize { 1 }
-fn d_2() -> usize { 2 }
-fn d_3() -> usize { 3 }
-fn d_4() -> usize { 4 }
-fn d_32() -> usize { 32 }
-fn d_77() -> usize { 77 }
-fn d_1000() -> usize { 1000 }
-fn d_vocab() -> usize { 49408 }
-fn d_head_dim() -> PerBlock { PerBlock::One(8) }
-fn d_true() -> bool { true }
-fn d_eps5() -> f64 { 1e-5 }
-fn d_ln_eps() -> f64 { 1e-5 }
-fn d_scaling() -> f32 { 0.18215 }
-fn d_beta_start() -> f64 { 0.0001 }
-fn d_beta_end() -> f64 { 0.02 }
-fn d_beta_schedule() -> String { "linear".into() }
-fn d_epsilon() -> String { "epsilon".into() }
-fn d_leading() -> String { "leading".into() }
-fn d_quick_gelu() -> String { "quick_gelu".into() }
+fn d_1() -> usize {
+    1
+}
+fn d_2() -> usize {
+    2
+}
+fn d_3() -> usize {
+    3
+}
+fn d_4() -> usize {
+    4
+}
+fn d_32() -> usize {
+    32
+}
+fn d_77() -> usize {
+    77
+}
+fn d_1000() -> usize {
+    1000
+}
+fn d_vocab() -> usize {
+    49408
+}
+fn d_head_dim() -> PerBlock {
+    PerBlock::One(8)
+}
+fn d_true() -> bool {
+    true
+}
+fn d_eps5() -> f64 {
+    1e-5
+}
+fn d_ln_eps() -> f64 {
+    1e-5
+}
+fn d_scaling() -> f32 {
+    0.18215
+}
+fn d_beta_start() -> f64 {
+    0.0001
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+fn d_beta_schedule() -> String {
+    "linear".into()
+}
+fn d_epsilon() -> String {
+    "epsilon".into()
+}
+fn d_leading() -> String {
+    "leading".into()
+}
+fn d_quick_gelu() -> String {
+    "quick_gelu".into()
+}
 
 #[cfg(test)]
 mod tests {
@@ -377,19 +451,40 @@ mod tests {
             let e = spec.check_supported().unwrap_err().to_string();
             assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
         };
-        fails(&|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(), "unet/config.json: unsupported block");
-        fails(&|s| s.unet.up_block_types.pop().map(drop).unwrap(), "2 down and 1 up block types for 2 block_out");
+        fails(
+            &|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(),
+            "unet/config.json: unsupported block",
+        );
+        fails(
+            &|s| s.unet.up_block_types.pop().map(drop).unwrap(),
+            "2 down and 1 up block types for 2 block_out",
+        );
         let none = |s: &mut DiffusionSpec| {
             s.unet.block_out_channels.clear();
             s.unet.down_block_types.clear();
             s.unet.up_block_types.clear();
         };
         fails(&none, "0 down and 0 up block types for 0 block_out_channels");
-        fails(&|s| s.unet.cross_attention_dim = 4, "cross_attention_dim 4 differs from the text encoder's hidden_size");
-        fails(&|s| s.unet.attention_head_dim = PerBlock::Each(vec![]), "empty attention_head_dim");
-        fails(&|s| s.unet.up_block_types.reverse(), "up blocks do not mirror the down blocks' cross-attention");
-        fails(&|s| s.vae.block_out_channels.clear(), "vae/config.json: empty block_out_channels");
-        fails(&|s| s.scheduler.num_train_timesteps = 0, "scheduler: num_train_timesteps is 0");
+        fails(
+            &|s| s.unet.cross_attention_dim = 4,
+            "cross_attention_dim 4 differs from the text encoder's hidden_size",
+        );
+        fails(
+            &|s| s.unet.attention_head_dim = PerBlock::Each(vec![]),
+            "empty attention_head_dim",
+        );
+        fails(
+            &|s| s.unet.up_block_types.reverse(),
+            "up blocks do not mirror the down blocks' cross-attention",
+        );
+        fails(
+            &|s| s.vae.block_out_channels.clear(),
+            "vae/config.json: empty block_out_channels",
+        );
+        fails(
+            &|s| s.scheduler.num_train_timesteps = 0,
+            "scheduler: num_train_timesteps is 0",
+        );
     }
 
     #[test]
@@ -397,7 +492,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = DiffusionSpec::from_dir(dir.path()).unwrap_err().to_string();
         assert!(e.contains("model_index.json"), "{e}");
-        std::fs::write(dir.path().join("model_index.json"), r#"{"unet": ["diffusers", "UNet2DConditionModel"]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("model_index.json"),
+            r#"{"unet": ["diffusers", "UNet2DConditionModel"]}"#,
+        )
+        .unwrap();
         let e = DiffusionSpec::from_dir(dir.path()).unwrap_err().to_string();
         assert!(e.contains("no `text_encoder` entry"), "{e}");
     }

@@ -64,7 +64,15 @@ impl EfficientNetConfig {
     fn lite(name: &str, width: f64, depth: f64, image_size: usize) -> Self {
         // TF's Lite preprocessing: (x·255 − 127) / 128.
         let (m, s) = (127.0 / 255.0, 128.0 / 255.0);
-        Self { name: name.into(), width_coefficient: width, depth_coefficient: depth, image_size, num_classes: 1000, mean: [m; 3], std: [s; 3] }
+        Self {
+            name: name.into(),
+            width_coefficient: width,
+            depth_coefficient: depth,
+            image_size,
+            num_classes: 1000,
+            mean: [m; 3],
+            std: [s; 3],
+        }
     }
     pub fn lite0() -> Self {
         Self::lite("efficientnet-lite0", 1.0, 1.0, 224)
@@ -76,7 +84,10 @@ impl EfficientNetConfig {
         match name.trim_start_matches("efficientnet-") {
             "lite0" => Ok(Self::lite0()),
             "lite2" => Ok(Self::lite2()),
-            other => Err(Error::invalid("backbone", format!("unknown EfficientNet preset {other:?} (known: lite0, lite2)"))),
+            other => Err(Error::invalid(
+                "backbone",
+                format!("unknown EfficientNet preset {other:?} (known: lite0, lite2)"),
+            )),
         }
     }
 
@@ -96,12 +107,24 @@ impl EfficientNetConfig {
         let mut out = Vec::new();
         for (g, &(repeats, kernel, stride, expand_ratio, input, output)) in BASE_GROUPS.iter().enumerate() {
             let fixed = g == 0 || g == BASE_GROUPS.len() - 1;
-            let repeats = if fixed { repeats } else { (self.depth_coefficient * repeats as f64).ceil() as usize };
+            let repeats = if fixed {
+                repeats
+            } else {
+                (self.depth_coefficient * repeats as f64).ceil() as usize
+            };
             let input = if g == 0 { STEM_WIDTH } else { self.round_filters(input) };
             let output = self.round_filters(output);
             for r in 0..repeats {
                 let (input, stride) = if r == 0 { (input, stride) } else { (output, 1) };
-                out.push(BlockSpec { index: out.len(), group: g, kernel, stride, input, output, expand_ratio });
+                out.push(BlockSpec {
+                    index: out.len(),
+                    group: g,
+                    kernel,
+                    stride,
+                    input,
+                    output,
+                    expand_ratio,
+                });
             }
         }
         out
@@ -110,16 +133,26 @@ impl EfficientNetConfig {
     /// The index of each group's last block.
     pub fn group_ends(&self) -> Vec<usize> {
         let blocks = self.blocks();
-        (0..BASE_GROUPS.len()).map(|g| blocks.iter().rposition(|b| b.group == g).expect("every group has a block")).collect()
+        (0..BASE_GROUPS.len())
+            .map(|g| {
+                blocks
+                    .iter()
+                    .rposition(|b| b.group == g)
+                    .expect("every group has a block")
+            })
+            .collect()
     }
 
     /// Side of the feature map after each group, for the configured image size (TF "same" convs).
     pub fn group_grids(&self) -> Vec<usize> {
         let mut side = self.image_size.div_ceil(2);
-        BASE_GROUPS.iter().map(|g| {
-            side = side.div_ceil(g.2);
-            side
-        }).collect()
+        BASE_GROUPS
+            .iter()
+            .map(|g| {
+                side = side.div_ceil(g.2);
+                side
+            })
+            .collect()
     }
 
     pub fn feature_dims(&self) -> crate::requests::FeatureDims {
@@ -150,7 +183,10 @@ impl EfficientNetConfig {
                 out.push((format!("{p}._expand_conv.weight"), vec![b.expanded(), b.input, 1, 1]));
                 bn(&mut out, &format!("{p}._bn0"), b.expanded());
             }
-            out.push((format!("{p}._depthwise_conv.weight"), vec![b.expanded(), 1, b.kernel, b.kernel]));
+            out.push((
+                format!("{p}._depthwise_conv.weight"),
+                vec![b.expanded(), 1, b.kernel, b.kernel],
+            ));
             bn(&mut out, &format!("{p}._bn1"), b.expanded());
             out.push((format!("{p}._project_conv.weight"), vec![b.output, b.expanded(), 1, 1]));
             bn(&mut out, &format!("{p}._bn2"), b.output);
@@ -175,14 +211,23 @@ impl BackboneCheckpoint {
     /// The preset is read from the file's `model` metadata, else from its name.
     pub fn from_file(weights: &Path) -> Result<Self> {
         if !weights.is_file() {
-            return Err(Error::io(weights, "backbone weights not found (scripts/setup-weights.sh provides the default)"));
+            return Err(Error::io(
+                weights,
+                "backbone weights not found (scripts/setup-weights.sh provides the default)",
+            ));
         }
         let named = weights.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let model = super::st::read_metadata(weights)?.get("model").cloned().unwrap_or_else(|| named.to_string());
+        let model = super::st::read_metadata(weights)?
+            .get("model")
+            .cloned()
+            .unwrap_or_else(|| named.to_string());
         let preset = ["lite0", "lite2"].into_iter().find(|p| model.contains(p)).ok_or_else(|| {
             Error::config(weights, format!("cannot tell the EfficientNet variant: metadata `model` is {model:?}, expected efficientnet-lite0 or -lite2"))
         })?;
-        Ok(Self { config: EfficientNetConfig::from_preset(preset)?, weights: weights.into() })
+        Ok(Self {
+            config: EfficientNetConfig::from_preset(preset)?,
+            weights: weights.into(),
+        })
     }
 
     /// Every tensor present with the shape the preset implies; reads only the header.
@@ -193,9 +238,14 @@ impl BackboneCheckpoint {
 
 /// The default backbone's place: `$ADP_WEIGHTS_DIR`, else `~/.cache/adp/weights`.
 pub fn default_weights_dir() -> PathBuf {
-    std::env::var_os("ADP_WEIGHTS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/adp/weights")
-    })
+    std::env::var_os("ADP_WEIGHTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/adp/weights")
+        })
 }
 
 #[cfg(test)]

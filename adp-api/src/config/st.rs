@@ -1,19 +1,29 @@
 //! Reading f32 tensors out of safetensors files with errors that name the file and tensor.
 use crate::{Error, Result, Tensor};
 use safetensors::{Dtype, SafeTensors};
-use std::path::Path;
 use std::io::Read;
+use std::path::Path;
 
 /// Reads `name` as f32 (f16 and bf16 are widened), or fails naming `file` and `name`.
 pub fn read_f32(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Tensor> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| Error::MissingTensor { file: file.into(), tensor: name.into() })?;
+    let view = st.tensor(name).map_err(|_| Error::MissingTensor {
+        file: file.into(),
+        tensor: name.into(),
+    })?;
     let raw = view.data();
     let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         other => {
             return Err(Error::TensorDtype {
                 file: file.into(),
@@ -42,14 +52,20 @@ pub fn read_f32_shaped(st: &SafeTensors<'_>, name: &str, file: &Path, expected: 
 
 /// The JSON header of a safetensors file, checked against the file's length.
 fn read_header(file: &Path) -> Result<(u64, u64, serde_json::Map<String, serde_json::Value>)> {
-    let bad = |m: String| Error::Config { file: file.into(), message: m };
+    let bad = |m: String| Error::Config {
+        file: file.into(),
+        message: m,
+    };
     let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let total = f.metadata().map_err(|e| Error::io(file, e))?.len();
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| bad("truncated: shorter than a safetensors header".into()))?;
+    f.read_exact(&mut len)
+        .map_err(|_| bad("truncated: shorter than a safetensors header".into()))?;
     let n = u64::from_le_bytes(len);
     if n > total.saturating_sub(8) || n > 100_000_000 {
-        return Err(bad(format!("truncated or not safetensors: header of {n} bytes in a {total}-byte file")));
+        return Err(bad(format!(
+            "truncated or not safetensors: header of {n} bytes in a {total}-byte file"
+        )));
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(file, e))?;
@@ -63,14 +79,21 @@ pub fn read_metadata(file: &Path) -> Result<std::collections::BTreeMap<String, S
     Ok(header
         .get("__metadata__")
         .and_then(|m| m.as_object())
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
 /// Reads only the header of a safetensors file and checks that every `(name, shape)` is there.
 /// Catches a truncated file, a missing tensor and a wrong shape before any weight is loaded.
 pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<()> {
-    let bad = |m: String| Error::Config { file: file.into(), message: m };
+    let bad = |m: String| Error::Config {
+        file: file.into(),
+        message: m,
+    };
     let (total, n, header) = read_header(file)?;
     let mut data_end = 0u64;
     for (name, v) in &header {
@@ -81,13 +104,27 @@ pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<(
         data_end = data_end.max(end);
     }
     if 8 + n + data_end > total {
-        return Err(bad(format!("truncated: tensors need {} bytes, the file has {total}", 8 + n + data_end)));
+        return Err(bad(format!(
+            "truncated: tensors need {} bytes, the file has {total}",
+            8 + n + data_end
+        )));
     }
     for (name, shape) in expected {
-        let entry = header.get(name).ok_or_else(|| Error::MissingTensor { file: file.into(), tensor: name.clone() })?;
-        let got: Vec<usize> = entry["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect()).unwrap_or_default();
+        let entry = header.get(name).ok_or_else(|| Error::MissingTensor {
+            file: file.into(),
+            tensor: name.clone(),
+        })?;
+        let got: Vec<usize> = entry["shape"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
+            .unwrap_or_default();
         if &got != shape {
-            return Err(Error::TensorShape { file: file.into(), tensor: name.clone(), expected: shape.clone(), got });
+            return Err(Error::TensorShape {
+                file: file.into(),
+                tensor: name.clone(),
+                expected: shape.clone(),
+                got,
+            });
         }
     }
     Ok(())
@@ -112,9 +149,18 @@ mod tests {
         let path = file_with(dir.path(), vec![4, 2]);
         check_tensors(&path, &[("visual.proj".into(), vec![4, 2])]).unwrap();
         let e = check_tensors(&path, &[("visual.conv1.weight".into(), vec![1])]).unwrap_err();
-        assert_eq!(e.to_string(), format!("checkpoint {}: missing tensor `visual.conv1.weight`", path.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("checkpoint {}: missing tensor `visual.conv1.weight`", path.display())
+        );
         let e = check_tensors(&path, &[("visual.proj".into(), vec![4, 3])]).unwrap_err();
-        assert_eq!(e.to_string(), format!("checkpoint {}: tensor `visual.proj` has shape [4, 2], the config implies [4, 3]", path.display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "checkpoint {}: tensor `visual.proj` has shape [4, 2], the config implies [4, 3]",
+                path.display()
+            )
+        );
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
         let e = check_tensors(&path, &[]).unwrap_err().to_string();

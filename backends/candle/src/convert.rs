@@ -1,18 +1,23 @@
 //! Between adp's host tensors and candle's, and between their errors.
 use adp_api::requests::Prompt;
 use adp_api::{Device, Error, Result};
-use candle_core::Var;
 use candle_core::Tensor;
+use candle_core::Var;
 
 pub fn err(e: candle_core::Error) -> Error {
-    Error::Backend { backend: crate::NAME.into(), message: e.to_string() }
+    Error::Backend {
+        backend: crate::NAME.into(),
+        message: e.to_string(),
+    }
 }
 
 pub fn device(d: Device) -> Result<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
-        Device::Cuda(n) => candle_core::Device::new_cuda(n)
-            .map_err(|_| Error::DeviceUnavailable { backend: crate::NAME.into(), device: d.to_string() }),
+        Device::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|_| Error::DeviceUnavailable {
+            backend: crate::NAME.into(),
+            device: d.to_string(),
+        }),
     }
 }
 
@@ -22,7 +27,11 @@ pub fn to_candle(t: &adp_api::Tensor, device: &candle_core::Device) -> Result<Te
 
 pub fn from_candle(t: &Tensor) -> Result<adp_api::Tensor> {
     let shape = t.dims().to_vec();
-    let data = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>()).map_err(err)?;
+    let data = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(err)?;
     adp_api::Tensor::new(shape, data)
 }
 
@@ -46,6 +55,8 @@ pub fn trainable_var(
     gradient_of: Option<&String>,
     device: &candle_core::Device,
 ) -> Result<Option<Var>> {
-    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient_of)? else { return Ok(None) };
+    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient_of)? else {
+        return Ok(None);
+    };
     Var::new(c.vector.as_slice(), device).map(Some).map_err(err)
 }

@@ -29,11 +29,13 @@ impl CandleDiffuser {
         spec.check_supported()?;
         let te_path = spec.weights("text_encoder")?;
         // SAFETY (all three): checkpoints are memory-mapped read-only.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], DType::F32, &device) }.map_err(|e| Error::io(&te_path, e))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], DType::F32, &device) }
+            .map_err(|e| Error::io(&te_path, e))?;
         let text = TextEncoder::new(vb, &spec.text_encoder, &device).map_err(load_err(&te_path))?;
 
         let unet_path = spec.weights("unet")?;
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], DType::F32, &device) }.map_err(|e| Error::io(&unet_path, e))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], DType::F32, &device) }
+            .map_err(|e| Error::io(&unet_path, e))?;
         let unet = UNet::new(vb, &spec.unet).map_err(load_err(&unet_path))?;
 
         // candle's VAE only exposes posterior samples; with the log-variance half of
@@ -42,13 +44,22 @@ impl CandleDiffuser {
         let vae_path = spec.weights("vae")?;
         let mut tensors = candle_core::safetensors::load(&vae_path, &device).map_err(|e| Error::io(&vae_path, e))?;
         let lc = spec.vae.latent_channels;
-        let w = tensors.get("quant_conv.weight").ok_or_else(|| Error::MissingTensor { file: vae_path.clone(), tensor: "quant_conv.weight".into() })?;
-        let b = tensors.get("quant_conv.bias").ok_or_else(|| Error::MissingTensor { file: vae_path.clone(), tensor: "quant_conv.bias".into() })?;
+        let w = tensors.get("quant_conv.weight").ok_or_else(|| Error::MissingTensor {
+            file: vae_path.clone(),
+            tensor: "quant_conv.weight".into(),
+        })?;
+        let b = tensors.get("quant_conv.bias").ok_or_else(|| Error::MissingTensor {
+            file: vae_path.clone(),
+            tensor: "quant_conv.bias".into(),
+        })?;
         let mean_only = |t: &candle_core::Tensor, fill: f64| -> candle_core::Result<candle_core::Tensor> {
             let keep = t.narrow(0, 0, lc)?;
             candle_core::Tensor::cat(&[&keep, &(keep.zeros_like()? + fill)?], 0)
         };
-        let (w, b) = (mean_only(w, 0.0).map_err(load_err(&vae_path))?, mean_only(b, -1e4).map_err(load_err(&vae_path))?);
+        let (w, b) = (
+            mean_only(w, 0.0).map_err(load_err(&vae_path))?,
+            mean_only(b, -1e4).map_err(load_err(&vae_path))?,
+        );
         tensors.insert("quant_conv.weight".into(), w);
         tensors.insert("quant_conv.bias".into(), b);
         let v = &spec.vae;
@@ -60,12 +71,26 @@ impl CandleDiffuser {
             use_quant_conv: true,
             use_post_quant_conv: true,
         };
-        let vae = vae::AutoEncoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &device), v.in_channels, v.out_channels, vae_cfg)
-            .map_err(load_err(&vae_path))?;
+        let vae = vae::AutoEncoderKL::new(
+            VarBuilder::from_tensors(tensors, DType::F32, &device),
+            v.in_channels,
+            v.out_channels,
+            vae_cfg,
+        )
+        .map_err(load_err(&vae_path))?;
 
         let schedule = Schedule(spec.ddim_schedule()?);
         let dims = spec.dims();
-        Ok(Self { text, unet, vae, schedule, spec: spec.clone(), dims, tokenizer: ClipTokenizer::new(), device })
+        Ok(Self {
+            text,
+            unet,
+            vae,
+            schedule,
+            spec: spec.clone(),
+            dims,
+            tokenizer: ClipTokenizer::new(),
+            device,
+        })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
@@ -92,7 +117,6 @@ impl CandleDiffuser {
         let slots = concept_slots(prompts, self.dims.text_width, trainable, &self.device)?;
         self.text.forward(&tokens, &slots)
     }
-
 }
 
 impl LatentDiffuser for CandleDiffuser {
@@ -108,7 +132,11 @@ impl LatentDiffuser for CandleDiffuser {
         self.dims.check_latents(latents)?;
         let z = to_candle(latents, &self.device)?;
         let x = (z / self.spec.vae.scaling_factor as f64)
-            .and_then(|z| (0..z.dim(0)?).map(|i| self.vae.decode(&z.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>())
+            .and_then(|z| {
+                (0..z.dim(0)?)
+                    .map(|i| self.vae.decode(&z.narrow(0, i, 1)?))
+                    .collect::<candle_core::Result<Vec<_>>>()
+            })
             .and_then(|xs| candle_core::Tensor::cat(&xs, 0))
             .and_then(|x| (x / 2.0)? + 0.5)
             .and_then(|x| x.clamp(0.0, 1.0))
@@ -122,7 +150,10 @@ impl LatentDiffuser for CandleDiffuser {
 
     fn unet_prediction(&self, r: &UnetRequest) -> Result<Tensor> {
         let t = self.dims.check_unet(r)?;
-        let (z, c) = (to_candle(&r.latents, &self.device)?, to_candle(&r.conditioning, &self.device)?);
+        let (z, c) = (
+            to_candle(&r.latents, &self.device)?,
+            to_candle(&r.conditioning, &self.device)?,
+        );
         from_candle(&self.unet.forward(&z, &t, &c).map_err(err)?)
     }
 
@@ -131,7 +162,11 @@ impl LatentDiffuser for CandleDiffuser {
         let timesteps = self.dims.check_denoising_loss(r)?;
         let z0 = self.latents(&r.images)?.detach();
         let noise = to_candle(&r.noise, &self.device)?;
-        let var = trainable_var(&r.prompts.iter().collect::<Vec<_>>(), r.gradient_of.as_ref(), &self.device)?;
+        let var = trainable_var(
+            &r.prompts.iter().collect::<Vec<_>>(),
+            r.gradient_of.as_ref(),
+            &self.device,
+        )?;
         let cond = self.condition(&r.prompts, r.gradient_of.as_deref().zip(var.as_ref()))?;
         let mut noisy = Vec::with_capacity(n);
         let mut targets = Vec::with_capacity(n);
@@ -145,16 +180,24 @@ impl LatentDiffuser for CandleDiffuser {
         let zt = candle_core::Tensor::cat(&noisy, 0).map_err(err)?;
         let pred = self.unet.forward(&zt, &ts, &cond).map_err(err)?;
         let target = candle_core::Tensor::cat(&targets, 0).map_err(err)?;
-        let loss = (pred - target).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(err)?;
+        let loss = (pred - target)
+            .and_then(|d| d.sqr())
+            .and_then(|d| d.mean_all())
+            .map_err(err)?;
         let grad = match &var {
             Some(var) => {
                 let grads = loss.backward().map_err(err)?;
-                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?;
                 Some(g.to_vec1::<f32>().map_err(err)?)
             }
             None => None,
         };
-        Ok(ValueAndGrad { value: loss.to_scalar::<f32>().map_err(err)?, grad })
+        Ok(ValueAndGrad {
+            value: loss.to_scalar::<f32>().map_err(err)?,
+            grad,
+        })
     }
 
     fn img2img(&self, r: &Img2ImgRequest) -> Result<ImageBatch> {
@@ -164,7 +207,10 @@ impl LatentDiffuser for CandleDiffuser {
         let shape = self.dims.latent_shape(n);
         let noise = match &r.noise {
             Some(noise) => to_candle(noise, &self.device)?,
-            None => to_candle(&Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?, &self.device)?,
+            None => to_candle(
+                &Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?,
+                &self.device,
+            )?,
         };
         let step = self.spec.scheduler.ddim_step(r.steps);
         let Some(&first) = timesteps.first() else {
@@ -176,8 +222,13 @@ impl LatentDiffuser for CandleDiffuser {
             let input = candle_core::Tensor::cat(&[&latents, &latents], 0).map_err(err)?;
             let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond).map_err(err)?;
             let (uncond, text) = (out.narrow(0, 0, n).map_err(err)?, out.narrow(0, n, n).map_err(err)?);
-            let guided = ((&text - &uncond).and_then(|d| d * r.guidance as f64)).and_then(|d| &uncond + d).map_err(err)?;
-            latents = self.schedule.step(&guided, t, t.checked_sub(step), &latents).map_err(err)?;
+            let guided = ((&text - &uncond).and_then(|d| d * r.guidance as f64))
+                .and_then(|d| &uncond + d)
+                .map_err(err)?;
+            latents = self
+                .schedule
+                .step(&guided, t, t.checked_sub(step), &latents)
+                .map_err(err)?;
         }
         self.vae_decode(&from_candle(&latents)?)
     }

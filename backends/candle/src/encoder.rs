@@ -23,7 +23,12 @@ impl CandleEncoder {
             .map_err(|e| Error::io(&clip.weights, e))?;
         let model = OpenClip::new(vb, &clip.config).map_err(|e| Error::config(&clip.weights, e.to_string()))?;
         let dims = clip.config.encoder_dims();
-        Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
+        Ok(Self {
+            model,
+            tokenizer: ClipTokenizer::new(),
+            dims,
+            device,
+        })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
@@ -67,7 +72,9 @@ impl TextImageEncoder for CandleEncoder {
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        let id = self.tokenizer.single_token(word, self.model.text.token_embedding.dim(0).map_err(err)?)?;
+        let id = self
+            .tokenizer
+            .single_token(word, self.model.text.token_embedding.dim(0).map_err(err)?)?;
         let row = self.model.text.token_embedding.get(id).map_err(err)?;
         row.to_vec1::<f32>().map_err(err)
     }
@@ -82,15 +89,22 @@ impl TextImageEncoder for CandleEncoder {
         let slots = concept_slots(&prompts, self.dims.text_width, trainable, &self.device)?;
         let g = normalize(&self.model.text.encode(&tokens, &slots)?).map_err(err)?;
         let logits = (f.matmul(&g.t().map_err(err)?).map_err(err)? / r.temperature as f64).map_err(err)?;
-        let p_normal = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.narrow(1, 0, 1)?.squeeze(1)).map_err(err)?;
+        let p_normal = candle_nn::ops::softmax(&logits, D::Minus1)
+            .and_then(|p| p.narrow(1, 0, 1)?.squeeze(1))
+            .map_err(err)?;
         let grad = match &var {
             Some(var) => {
                 let grads = p_normal.mean_all().and_then(|m| m.backward()).map_err(err)?;
-                let g = grads.get(var.as_tensor()).ok_or_else(|| Error::invalid("gradient", "the concept does not reach the output"))?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| Error::invalid("gradient", "the concept does not reach the output"))?;
                 Some(g.to_vec1::<f32>().map_err(err)?)
             }
             None => None,
         };
-        Ok(StateProbability { normal: p_normal.to_vec1::<f32>().map_err(err)?, grad })
+        Ok(StateProbability {
+            normal: p_normal.to_vec1::<f32>().map_err(err)?,
+            grad,
+        })
     }
 }

@@ -2,9 +2,9 @@
 use crate::convert::{err, from_candle, to_candle};
 use crate::efficientnet::EfficientNet;
 use adp_api::config::efficientnet::FEATURE_GROUPS;
+use adp_api::layout::{chunks, BACKBONE_CHUNK};
 use adp_api::preprocess::{backbone_input, bilinear_matrix};
 use adp_api::requests::{BackboneOutputs, FeatureDims};
-use adp_api::layout::{chunks, BACKBONE_CHUNK};
 use adp_api::{checks, BackboneCheckpoint, EfficientNetConfig, Error, FeatureExtractor, ImageBatch, Result, Tensor};
 use candle_core::DType;
 use candle_nn::VarBuilder;
@@ -27,20 +27,30 @@ impl CandleFeatures {
             .map(|(name, t)| Ok((name, to_candle(&t, &device)?)))
             .collect::<Result<HashMap<_, _>>>()?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let model = EfficientNet::new(vb, &backbone.config).map_err(|e| Error::config(&backbone.weights, e.to_string()))?;
-        Ok(Self { model, dims: backbone.config.feature_dims(), config: backbone.config.clone(), device })
+        let model =
+            EfficientNet::new(vb, &backbone.config).map_err(|e| Error::config(&backbone.weights, e.to_string()))?;
+        Ok(Self {
+            model,
+            dims: backbone.config.feature_dims(),
+            config: backbone.config.clone(),
+            device,
+        })
     }
 
     /// The normalised inputs on the device, in chunks of at most [`BACKBONE_CHUNK`] images.
     fn inputs(&self, images: &ImageBatch) -> Result<Vec<candle_core::Tensor>> {
         checks::backbone_images(images)?;
         let x = to_candle(&backbone_input(images, &self.config), &self.device)?;
-        chunks(images.len(), BACKBONE_CHUNK).map(|(start, len)| x.narrow(0, start, len).map_err(err)).collect()
+        chunks(images.len(), BACKBONE_CHUNK)
+            .map(|(start, len)| x.narrow(0, start, len).map_err(err))
+            .collect()
     }
 
     /// `[n, G², dim]` patch features of one chunk of normalised images.
     fn patch_chunk(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        let (stages, _) = self.model.stages(x, *FEATURE_GROUPS.iter().max().expect("feature groups"))?;
+        let (stages, _) = self
+            .model
+            .stages(x, *FEATURE_GROUPS.iter().max().expect("feature groups"))?;
         let grid = self.dims.grid;
         let maps = FEATURE_GROUPS
             .iter()
@@ -68,7 +78,10 @@ fn local_mean(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tenso
     let valid = |i: usize, n: usize| (i.saturating_sub(1)..=(i + 1).min(n - 1)).count() as f32;
     let scale: Vec<f32> = (0..h * w).map(|p| 9.0 / (valid(p / w, h) * valid(p % w, w))).collect();
     let scale = candle_core::Tensor::from_vec(scale, (1, 1, h, w), x.device())?;
-    x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.avg_pool2d_with_stride(3, 1)?.broadcast_mul(&scale)
+    x.pad_with_zeros(2, 1, 1)?
+        .pad_with_zeros(3, 1, 1)?
+        .avg_pool2d_with_stride(3, 1)?
+        .broadcast_mul(&scale)
 }
 
 impl FeatureExtractor for CandleFeatures {
@@ -86,7 +99,11 @@ impl FeatureExtractor for CandleFeatures {
         let chunk = |x: &candle_core::Tensor| -> Result<BackboneOutputs> {
             let o = self.model.forward(x).map_err(err)?;
             let stages = o.stages.iter().map(from_candle).collect::<Result<_>>()?;
-            Ok(BackboneOutputs { stages, head: from_candle(&o.head)?, logits: from_candle(&o.logits)? })
+            Ok(BackboneOutputs {
+                stages,
+                head: from_candle(&o.head)?,
+                logits: from_candle(&o.logits)?,
+            })
         };
         BackboneOutputs::concat(&self.inputs(images)?.iter().map(chunk).collect::<Result<Vec<_>>>()?)
     }

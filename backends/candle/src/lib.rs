@@ -13,8 +13,8 @@ mod scorer;
 
 use adp_api::learning::Learner;
 use adp_api::{
-    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device,
-    DiffusionSpec, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder,
+    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec,
+    FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder,
 };
 
 pub const NAME: &str = "candle";
@@ -32,7 +32,11 @@ impl CandleBackend {
 fn devices() -> Vec<Device> {
     let mut devices = vec![Device::Cpu];
     if candle_core::utils::cuda_is_available() {
-        devices.extend((0..64).take_while(|&i| candle_core::Device::new_cuda(i).is_ok()).map(Device::Cuda));
+        devices.extend(
+            (0..64)
+                .take_while(|&i| candle_core::Device::new_cuda(i).is_ok())
+                .map(Device::Cuda),
+        );
     }
     devices
 }
@@ -50,7 +54,12 @@ impl Backend for CandleBackend {
         Ok(Box::new(diffuser::CandleDiffuser::load(sd, convert::device(device)?)?))
     }
 
-    fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn ConceptOptimizer>> {
+    fn concept_optimizer(
+        &self,
+        clip: &ClipCheckpoint,
+        sd: &DiffusionSpec,
+        device: Device,
+    ) -> Result<Box<dyn ConceptOptimizer>> {
         let device = convert::device(device)?;
         Ok(Box::new(Learner {
             backend: NAME,
@@ -60,10 +69,16 @@ impl Backend for CandleBackend {
     }
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        Ok(Box::new(scorer::CandleScorer { device: convert::device(device)?, chunk: 4096 }))
+        Ok(Box::new(scorer::CandleScorer {
+            device: convert::device(device)?,
+            chunk: 4096,
+        }))
     }
 
     fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
-        Ok(Box::new(features::CandleFeatures::load(backbone, convert::device(device)?)?))
+        Ok(Box::new(features::CandleFeatures::load(
+            backbone,
+            convert::device(device)?,
+        )?))
     }
 }

@@ -12,14 +12,21 @@ pub struct LayerNorm {
 }
 
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(LayerNorm { weight: vb.get(size, "weight")?, bias: vb.get(size, "bias")?, eps })
+    Ok(LayerNorm {
+        weight: vb.get(size, "weight")?,
+        bias: vb.get(size, "bias")?,
+        eps,
+    })
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -33,5 +40,9 @@ pub fn substitute(table: &Tensor, s: &Substitution, slots: &[Vec<Tensor>]) -> Re
         return Ok(emb);
     }
     let vectors: Vec<Tensor> = s.slots.iter().map(|&(i, k)| slots[i][k].clone()).collect();
-    emb.index_add(&Tensor::new(s.rows.as_slice(), device)?, &Tensor::stack(&vectors, 0)?, 0)
+    emb.index_add(
+        &Tensor::new(s.rows.as_slice(), device)?,
+        &Tensor::stack(&vectors, 0)?,
+        0,
+    )
 }

@@ -4,7 +4,10 @@ use adp_api::{Device, Error, Result};
 use tch::{Kind, TchError, Tensor};
 
 pub fn err(e: TchError) -> Error {
-    Error::Backend { backend: crate::NAME.into(), message: e.to_string() }
+    Error::Backend {
+        backend: crate::NAME.into(),
+        message: e.to_string(),
+    }
 }
 
 /// The CUDA devices the loaded libtorch sees (none with a CPU libtorch).
@@ -16,7 +19,10 @@ pub fn device(d: Device) -> Result<tch::Device> {
     match d {
         Device::Cpu => Ok(tch::Device::Cpu),
         Device::Cuda(n) if n < cuda_count() => Ok(tch::Device::Cuda(n)),
-        Device::Cuda(_) => Err(Error::DeviceUnavailable { backend: crate::NAME.into(), device: d.to_string() }),
+        Device::Cuda(_) => Err(Error::DeviceUnavailable {
+            backend: crate::NAME.into(),
+            device: d.to_string(),
+        }),
     }
 }
 
@@ -26,12 +32,19 @@ pub fn dims(shape: &[usize]) -> Vec<i64> {
 }
 
 pub fn to_tch(t: &adp_api::Tensor, device: tch::Device) -> Result<Tensor> {
-    Tensor::f_from_slice(t.data()).and_then(|x| x.f_reshape(dims(t.shape()))).and_then(|x| x.f_to_device(device)).map_err(err)
+    Tensor::f_from_slice(t.data())
+        .and_then(|x| x.f_reshape(dims(t.shape())))
+        .and_then(|x| x.f_to_device(device))
+        .map_err(err)
 }
 
 /// A flat `Vec<f32>` of any tensor, on any device.
 pub fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    let flat = t.f_to_device(tch::Device::Cpu).and_then(|x| x.f_to_kind(Kind::Float)).and_then(|x| x.f_reshape([-1])).map_err(err)?;
+    let flat = t
+        .f_to_device(tch::Device::Cpu)
+        .and_then(|x| x.f_to_kind(Kind::Float))
+        .and_then(|x| x.f_reshape([-1]))
+        .map_err(err)?;
     Vec::<f32>::try_from(&flat).map_err(err)
 }
 
@@ -61,6 +74,11 @@ pub fn concept_slots(
 
 /// The leaf to differentiate with respect to: the first concept named `gradient_of`, or `None`.
 pub fn trainable_leaf(prompts: &[&Prompt], gradient: Option<&String>, device: tch::Device) -> Result<Option<Tensor>> {
-    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient)? else { return Ok(None) };
-    vector(&c.vector, device)?.f_set_requires_grad(true).map(Some).map_err(err)
+    let Some(c) = adp_api::checks::trainable_concept(prompts, gradient)? else {
+        return Ok(None);
+    };
+    vector(&c.vector, device)?
+        .f_set_requires_grad(true)
+        .map(Some)
+        .map_err(err)
 }

@@ -31,13 +31,25 @@ fn same<T>(r: std::result::Result<T, tch::TchError>) -> Result<T> {
 impl TchDiffuser {
     pub fn load(spec: &DiffusionSpec, device: tch::Device) -> Result<Self> {
         spec.check_supported()?;
-        let text = TextEncoder::new(&Weights::load(&spec.weights("text_encoder")?, device)?, &spec.text_encoder)?;
+        let text = TextEncoder::new(
+            &Weights::load(&spec.weights("text_encoder")?, device)?,
+            &spec.text_encoder,
+        )?;
         let unet = UNet::new(&Weights::load(&spec.weights("unet")?, device)?, &spec.unet)?;
         let vae = Vae::new(&Weights::load(&spec.weights("vae")?, device)?, &spec.vae)?;
 
         let schedule = Schedule(spec.ddim_schedule()?);
         let dims = spec.dims();
-        Ok(Self { text, unet, vae, schedule, spec: spec.clone(), dims, tokenizer: ClipTokenizer::new(), device })
+        Ok(Self {
+            text,
+            unet,
+            vae,
+            schedule,
+            spec: spec.clone(),
+            dims,
+            tokenizer: ClipTokenizer::new(),
+            device,
+        })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
@@ -49,7 +61,13 @@ impl TchDiffuser {
     /// Scaled posterior means, without gradients.
     fn latents(&self, images: &ImageBatch) -> Result<tch::Tensor> {
         let x = self.pixels(images)?;
-        tch::no_grad(|| same(self.vae.encode_mean(&x).and_then(|z| z.f_mul_scalar(self.spec.vae.scaling_factor as f64))))
+        tch::no_grad(|| {
+            same(
+                self.vae
+                    .encode_mean(&x)
+                    .and_then(|z| z.f_mul_scalar(self.spec.vae.scaling_factor as f64)),
+            )
+        })
     }
 
     /// Text-encoder states; the concept named by `trainable` is that leaf tensor. Runs under the
@@ -104,24 +122,38 @@ impl LatentDiffuser for TchDiffuser {
         let ts = self.dims.check_denoising_loss(r)?;
         let z0 = self.latents(&r.images)?;
         let noise = to_tch(&r.noise, self.device)?;
-        let leaf = trainable_leaf(&r.prompts.iter().collect::<Vec<_>>(), r.gradient_of.as_ref(), self.device)?;
+        let leaf = trainable_leaf(
+            &r.prompts.iter().collect::<Vec<_>>(),
+            r.gradient_of.as_ref(),
+            self.device,
+        )?;
         let trainable = r.gradient_of.as_deref().zip(leaf.as_ref());
         // The noisy latents and targets carry no gradient; only the conditioning does.
         let (zt, target) = tch::no_grad(|| -> Result<_> {
             let mut noisy = Vec::with_capacity(n);
             let mut targets = Vec::with_capacity(n);
             for (i, &t) in ts.iter().enumerate() {
-                let (z, e) = (same(z0.f_narrow(0, i as i64, 1))?, same(noise.f_narrow(0, i as i64, 1))?);
+                let (z, e) = (
+                    same(z0.f_narrow(0, i as i64, 1))?,
+                    same(noise.f_narrow(0, i as i64, 1))?,
+                );
                 noisy.push(same(self.schedule.add_noise(&z, &e, t))?);
                 targets.push(same(self.schedule.target(&z, &e, t))?);
             }
-            Ok((same(tch::Tensor::f_cat(&noisy, 0))?, same(tch::Tensor::f_cat(&targets, 0))?))
+            Ok((
+                same(tch::Tensor::f_cat(&noisy, 0))?,
+                same(tch::Tensor::f_cat(&targets, 0))?,
+            ))
         })?;
         let t64: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
         let forward = || -> Result<tch::Tensor> {
             let cond = self.condition(&r.prompts, trainable)?;
             let pred = same(self.unet.forward(&zt, &t64, &cond))?;
-            same(pred.f_sub(&target).and_then(|d| d.f_square()).and_then(|d| d.f_mean(Kind::Float)))
+            same(
+                pred.f_sub(&target)
+                    .and_then(|d| d.f_square())
+                    .and_then(|d| d.f_mean(Kind::Float)),
+            )
         };
         let loss = match &leaf {
             Some(_) => tch::with_grad(forward)?,
@@ -138,7 +170,10 @@ impl LatentDiffuser for TchDiffuser {
             }
             None => None,
         };
-        let value = to_vec(&loss)?.first().copied().ok_or_else(|| Error::invalid("loss", "empty"))?;
+        let value = to_vec(&loss)?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::invalid("loss", "empty"))?;
         Ok(ValueAndGrad { value, grad })
     }
 
@@ -149,7 +184,10 @@ impl LatentDiffuser for TchDiffuser {
         let shape = self.dims.latent_shape(n);
         let noise = match &r.noise {
             Some(noise) => to_tch(noise, self.device)?,
-            None => to_tch(&Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?, self.device)?,
+            None => to_tch(
+                &Tensor::new(shape.clone(), adp_api::rng::normals(r.seed, shape.iter().product()))?,
+                self.device,
+            )?,
         };
         let step = self.spec.scheduler.ddim_step(r.steps);
         let Some(&first) = timesteps.first() else {

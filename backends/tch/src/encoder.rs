@@ -22,7 +22,12 @@ impl TchEncoder {
         let weights = Weights::load(&clip.weights, device)?;
         let model = OpenClip::new(&weights, &clip.config)?;
         let dims = clip.config.encoder_dims();
-        Ok(Self { model, tokenizer: ClipTokenizer::new(), dims, device })
+        Ok(Self {
+            model,
+            tokenizer: ClipTokenizer::new(),
+            dims,
+            device,
+        })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
@@ -75,7 +80,9 @@ impl TextImageEncoder for TchEncoder {
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        let id = self.tokenizer.single_token(word, self.model.text.token_embedding.size()[0] as usize)?;
+        let id = self
+            .tokenizer
+            .single_token(word, self.model.text.token_embedding.size()[0] as usize)?;
         to_vec(&self.model.text.token_row(id)?)
     }
 
@@ -91,8 +98,14 @@ impl TextImageEncoder for TchEncoder {
         // (the weights never require them).
         let forward = || -> Result<tch::Tensor> {
             let g = self.model.text.encode(&tokens, &slots)?;
-            let logits = f.f_matmul(&normalize(&g).and_then(|g| g.f_tr()).map_err(err)?).and_then(|l| l.f_div_scalar(r.temperature as f64)).map_err(err)?;
-            logits.f_softmax(-1, Kind::Float).and_then(|p| p.f_select(1, 0)).map_err(err)
+            let logits = f
+                .f_matmul(&normalize(&g).and_then(|g| g.f_tr()).map_err(err)?)
+                .and_then(|l| l.f_div_scalar(r.temperature as f64))
+                .map_err(err)?;
+            logits
+                .f_softmax(-1, Kind::Float)
+                .and_then(|p| p.f_select(1, 0))
+                .map_err(err)
         };
         let p_normal = match &leaf {
             Some(_) => tch::with_grad(forward)?,
@@ -109,6 +122,9 @@ impl TextImageEncoder for TchEncoder {
             }
             None => None,
         };
-        Ok(StateProbability { normal: to_vec(&p_normal)?, grad })
+        Ok(StateProbability {
+            normal: to_vec(&p_normal)?,
+            grad,
+        })
     }
 }

@@ -3,9 +3,9 @@ use crate::convert::{err, from_tch, to_tch};
 use crate::efficientnet::EfficientNet;
 use crate::nn::Weights;
 use adp_api::config::efficientnet::FEATURE_GROUPS;
+use adp_api::layout::{chunks, BACKBONE_CHUNK};
 use adp_api::preprocess::backbone_input;
 use adp_api::requests::{BackboneOutputs, FeatureDims};
-use adp_api::layout::{chunks, BACKBONE_CHUNK};
 use adp_api::{checks, BackboneCheckpoint, EfficientNetConfig, FeatureExtractor, ImageBatch, Result, Tensor};
 use tch::TchError;
 
@@ -26,7 +26,12 @@ impl TchFeatures {
             .map(|(name, t)| Ok((name, to_tch(&t, device)?)))
             .collect::<Result<_>>()?;
         let model = EfficientNet::new(&Weights::from_tensors(&backbone.weights, tensors), &backbone.config)?;
-        Ok(Self { model, dims: backbone.config.feature_dims(), config: backbone.config.clone(), device })
+        Ok(Self {
+            model,
+            dims: backbone.config.feature_dims(),
+            config: backbone.config.clone(),
+            device,
+        })
     }
 
     /// The normalised inputs on the device, in chunks of at most [`BACKBONE_CHUNK`] images.
@@ -41,7 +46,9 @@ impl TchFeatures {
     /// `avg_pool2d` (count_include_pad false) and bilinear upsampling (align_corners false), the
     /// reference's operations.
     fn patch_chunk(&self, x: &tch::Tensor) -> std::result::Result<tch::Tensor, TchError> {
-        let (stages, _) = self.model.stages(x, *FEATURE_GROUPS.iter().max().expect("feature groups"))?;
+        let (stages, _) = self
+            .model
+            .stages(x, *FEATURE_GROUPS.iter().max().expect("feature groups"))?;
         let grid = self.dims.grid as i64;
         let maps = FEATURE_GROUPS
             .iter()
@@ -81,7 +88,11 @@ impl FeatureExtractor for TchFeatures {
             let chunk = |x: &tch::Tensor| -> Result<BackboneOutputs> {
                 let o = self.model.forward(x).map_err(err)?;
                 let stages = o.stages.iter().map(from_tch).collect::<Result<_>>()?;
-                Ok(BackboneOutputs { stages, head: from_tch(&o.head)?, logits: from_tch(&o.logits)? })
+                Ok(BackboneOutputs {
+                    stages,
+                    head: from_tch(&o.head)?,
+                    logits: from_tch(&o.logits)?,
+                })
             };
             BackboneOutputs::concat(&inputs.iter().map(chunk).collect::<Result<Vec<_>>>()?)
         })

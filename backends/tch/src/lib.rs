@@ -14,8 +14,8 @@ mod scorer;
 
 use adp_api::learning::Learner;
 use adp_api::{
-    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, Device, DiffusionSpec,
-    FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder,
+    BackboneCheckpoint, Backend, BackendInfo, ClipCheckpoint, Device, DiffusionSpec, FeatureExtractor, LatentDiffuser,
+    Result, Scorer, TextImageEncoder,
 };
 
 pub const NAME: &str = "tch";
@@ -31,7 +31,9 @@ impl TchBackend {
 
 /// The CPU, then every CUDA device the loaded libtorch sees (none with a CPU libtorch).
 fn devices() -> Vec<Device> {
-    std::iter::once(Device::Cpu).chain((0..convert::cuda_count()).map(Device::Cuda)).collect()
+    std::iter::once(Device::Cpu)
+        .chain((0..convert::cuda_count()).map(Device::Cuda))
+        .collect()
 }
 
 impl Backend for TchBackend {
@@ -47,18 +49,36 @@ impl Backend for TchBackend {
         Ok(Box::new(diffuser::TchDiffuser::load(sd, convert::device(device)?)?))
     }
 
-    fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn adp_api::ConceptOptimizer>> {
+    fn concept_optimizer(
+        &self,
+        clip: &ClipCheckpoint,
+        sd: &DiffusionSpec,
+        device: Device,
+    ) -> Result<Box<dyn adp_api::ConceptOptimizer>> {
         let device = convert::device(device)?;
-        let (encoder, diffuser) = (encoder::TchEncoder::load(clip, device)?, diffuser::TchDiffuser::load(sd, device)?);
-        Ok(Box::new(Learner { backend: NAME, encoder, diffuser }))
+        let (encoder, diffuser) = (
+            encoder::TchEncoder::load(clip, device)?,
+            diffuser::TchDiffuser::load(sd, device)?,
+        );
+        Ok(Box::new(Learner {
+            backend: NAME,
+            encoder,
+            diffuser,
+        }))
     }
 
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        Ok(Box::new(scorer::TchScorer { device: convert::device(device)?, chunk: 4096 }))
+        Ok(Box::new(scorer::TchScorer {
+            device: convert::device(device)?,
+            chunk: 4096,
+        }))
     }
 
     fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
-        Ok(Box::new(features::TchFeatures::load(backbone, convert::device(device)?)?))
+        Ok(Box::new(features::TchFeatures::load(
+            backbone,
+            convert::device(device)?,
+        )?))
     }
 }
 
@@ -76,7 +96,13 @@ mod tests {
         assert_eq!(info.devices[0], Device::Cpu);
         assert_eq!(
             info.provides,
-            vec![Capability::TextImageEncoder, Capability::LatentDiffuser, Capability::ConceptOptimizer, Capability::Scorer, Capability::FeatureExtractor]
+            vec![
+                Capability::TextImageEncoder,
+                Capability::LatentDiffuser,
+                Capability::ConceptOptimizer,
+                Capability::Scorer,
+                Capability::FeatureExtractor
+            ]
         );
         // libtorch really is loaded and computes.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
@@ -86,15 +112,27 @@ mod tests {
     #[test]
     fn unknown_cuda_device_is_refused() {
         let n = convert::cuda_count();
-        let err = TchBackend.scorer(Device::Cuda(n)).err().expect("a missing device was accepted");
-        assert_eq!(err, Error::DeviceUnavailable { backend: NAME.into(), device: Device::Cuda(n).to_string() });
+        let err = TchBackend
+            .scorer(Device::Cuda(n))
+            .err()
+            .expect("a missing device was accepted");
+        assert_eq!(
+            err,
+            Error::DeviceUnavailable {
+                backend: NAME.into(),
+                device: Device::Cuda(n).to_string()
+            }
+        );
     }
 
     #[test]
     fn scorer_chunks_do_not_change_the_result() {
         let support = Tensor::from_fn(vec![3, 5, 4], |i| ((i * 7919) % 13) as f32 - 6.0);
         let test = Tensor::from_fn(vec![2, 6, 4], |i| ((i * 104729) % 11) as f32 - 5.0);
-        let whole = scorer::TchScorer { device: tch::Device::Cpu, chunk: 4096 };
+        let whole = scorer::TchScorer {
+            device: tch::Device::Cpu,
+            chunk: 4096,
+        };
         let memory = whole.build_memory(FeatureKind::PatchTokens, &support).unwrap();
         let expected = whole.associate(&memory, &test).unwrap();
         // Not bit for bit: BLAS blocks a matrix product differently by its shape (with AVX-512 on
@@ -102,11 +140,21 @@ mod tests {
         // float rounding, not a wrong neighbour.
         let tolerance = 1e-5 * expected.max_abs().max(f32::MIN_POSITIVE);
         for chunk in [0, 1, 5, 12] {
-            let s = scorer::TchScorer { device: tch::Device::Cpu, chunk };
-            let diff = s.associate(&memory, &test).unwrap().max_abs_diff(&expected).expect("same shape");
+            let s = scorer::TchScorer {
+                device: tch::Device::Cpu,
+                chunk,
+            };
+            let diff = s
+                .associate(&memory, &test)
+                .unwrap()
+                .max_abs_diff(&expected)
+                .expect("same shape");
             assert!(diff <= tolerance, "chunk {chunk}: {diff} > {tolerance}");
         }
-        let bad = adp_api::requests::ReferenceMemory { kind: FeatureKind::PatchTokens, features: Tensor::zeros(vec![4]) };
+        let bad = adp_api::requests::ReferenceMemory {
+            kind: FeatureKind::PatchTokens,
+            features: Tensor::zeros(vec![4]),
+        };
         assert!(matches!(whole.associate(&bad, &test), Err(Error::Shape { .. })));
     }
 }

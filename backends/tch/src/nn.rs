@@ -20,31 +20,51 @@ impl Weights {
         let tensors = named
             .into_iter()
             .map(|(name, t)| {
-                let t = t.f_to_kind(Kind::Float).and_then(|t| t.f_to_device(device)).map_err(err)?;
+                let t = t
+                    .f_to_kind(Kind::Float)
+                    .and_then(|t| t.f_to_device(device))
+                    .map_err(err)?;
                 Ok((name, t))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { file: file.into(), tensors })
+        Ok(Self {
+            file: file.into(),
+            tensors,
+        })
     }
 
     /// Tensors already on their device (e.g. folded at load), named as in `file`.
     pub fn from_tensors(file: &Path, tensors: HashMap<String, Tensor>) -> Self {
-        Self { file: file.into(), tensors }
+        Self {
+            file: file.into(),
+            tensors,
+        }
     }
 
     /// The tensor `name`, which must have `shape` (a view: no copy).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { file: self.file.clone(), tensor: name.into() })?;
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            file: self.file.clone(),
+            tensor: name.into(),
+        })?;
         if t.size() != dims(shape) {
             let got = t.size().into_iter().map(|d| d as usize).collect();
-            return Err(Error::TensorShape { file: self.file.clone(), tensor: name.into(), expected: shape.to_vec(), got });
+            return Err(Error::TensorShape {
+                file: self.file.clone(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                got,
+            });
         }
         Ok(t.shallow_clone())
     }
 
     /// A view of these weights under `prefix.` (like candle's `VarBuilder::pp`).
     pub fn pp(&self, prefix: impl std::fmt::Display) -> Prefixed<'_> {
-        Prefixed { weights: self, prefix: prefix.to_string() }
+        Prefixed {
+            weights: self,
+            prefix: prefix.to_string(),
+        }
     }
 }
 
@@ -59,7 +79,10 @@ impl Prefixed<'_> {
         self.weights.get(&format!("{}.{name}", self.prefix), shape)
     }
     pub fn pp(&self, prefix: impl std::fmt::Display) -> Prefixed<'_> {
-        Prefixed { weights: self.weights, prefix: format!("{}.{prefix}", self.prefix) }
+        Prefixed {
+            weights: self.weights,
+            prefix: format!("{}.{prefix}", self.prefix),
+        }
     }
 }
 
@@ -101,7 +124,12 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(w: Prefixed, width: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get("weight", &[width])?, bias: w.get("bias", &[width])?, width: width as i64, eps })
+        Ok(Self {
+            weight: w.get("weight", &[width])?,
+            bias: w.get("bias", &[width])?,
+            width: width as i64,
+            eps,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
         x.f_layer_norm([self.width], Some(&self.weight), Some(&self.bias), self.eps, true)
@@ -119,9 +147,17 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn new(w: Prefixed, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         if groups == 0 || !channels.is_multiple_of(groups) {
-            return Err(adp_api::Error::invalid("norm_num_groups", format!("{groups} groups do not divide {channels} channels")));
+            return Err(adp_api::Error::invalid(
+                "norm_num_groups",
+                format!("{groups} groups do not divide {channels} channels"),
+            ));
         }
-        Ok(Self { weight: w.get("weight", &[channels])?, bias: w.get("bias", &[channels])?, groups: groups as i64, eps })
+        Ok(Self {
+            weight: w.get("weight", &[channels])?,
+            bias: w.get("bias", &[channels])?,
+            groups: groups as i64,
+            eps,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
         x.f_group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
@@ -154,7 +190,14 @@ impl Conv2d {
         Self::new(w, cin, cout, 1, 1, 0)
     }
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_conv2d(&self.weight, Some(&self.bias), [self.stride, self.stride], [self.padding, self.padding], [1, 1], 1)
+        x.f_conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )
     }
 }
 
@@ -168,7 +211,11 @@ pub fn split_heads(y: &Tensor, heads: i64) -> TchResult<Tensor> {
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> TchResult<Tensor> {
     let (b, h, t, d) = q.size4()?;
     let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?;
-    scores.f_softmax(-1, tch::Kind::Float)?.f_matmul(v)?.f_transpose(1, 2)?.f_reshape([b, t, h * d])
+    scores
+        .f_softmax(-1, tch::Kind::Float)?
+        .f_matmul(v)?
+        .f_transpose(1, 2)?
+        .f_reshape([b, t, h * d])
 }
 
 /// Token embeddings `[P·C, W]` as `s` lays them out: rows of `table`, zeroed at placeholders,
@@ -178,7 +225,9 @@ pub fn substitute(table: &Tensor, s: &Substitution, slots: &[Vec<Tensor>]) -> Re
     let (ids, rows) = (index(&s.ids, device)?, index(&s.rows, device)?);
     let vectors: Vec<&Tensor> = s.slots.iter().map(|&(i, k)| &slots[i][k]).collect();
     let run = || -> TchResult<Tensor> {
-        let keep = Tensor::f_from_slice(&s.keep)?.f_reshape([s.keep.len() as i64, 1])?.f_to_device(device)?;
+        let keep = Tensor::f_from_slice(&s.keep)?
+            .f_reshape([s.keep.len() as i64, 1])?
+            .f_to_device(device)?;
         let emb = table.f_index_select(0, &ids)?.f_mul(&keep)?;
         if vectors.is_empty() {
             return Ok(emb);
@@ -191,5 +240,7 @@ pub fn substitute(table: &Tensor, s: &Substitution, slots: &[Vec<Tensor>]) -> Re
 /// Indices for `index_select` / `index_add`.
 pub fn index(values: &[u32], device: tch::Device) -> Result<Tensor> {
     let v: Vec<i64> = values.iter().map(|&i| i64::from(i)).collect();
-    Tensor::f_from_slice(&v).and_then(|t| t.f_to_device(device)).map_err(err)
+    Tensor::f_from_slice(&v)
+        .and_then(|t| t.f_to_device(device))
+        .map_err(err)
 }

@@ -3,9 +3,9 @@
 //! seed — in one safetensors file with JSON metadata, written atomically.
 use super::{default_backbone, Checkpoints, Method};
 use crate::score::prototypes::Prototypes;
-use adp_api::{BackboneCheckpoint, ClipCheckpoint};
 use adp_api::atomic::write_atomic;
 use adp_api::requests::{FeatureKind, ReferenceMemory};
+use adp_api::{BackboneCheckpoint, ClipCheckpoint};
 use adp_api::{Concept, Error, Result, Tensor};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -41,10 +41,15 @@ impl DetectorHeader {
     /// `visual` detector needs its image backbone, the others their CLIP folder).
     pub fn checkpoints(&self, clip: Option<&Path>, backbone: Option<&Path>) -> Result<Checkpoints> {
         if self.method == Method::Visual.name() {
-            let file = backbone.map(Path::to_path_buf).or(self.backbone.clone()).unwrap_or_else(default_backbone);
+            let file = backbone
+                .map(Path::to_path_buf)
+                .or(self.backbone.clone())
+                .unwrap_or_else(default_backbone);
             Ok(Checkpoints::backbone(&BackboneCheckpoint::from_file(&file)?))
         } else {
-            Ok(Checkpoints::clip(&ClipCheckpoint::from_dir(clip.unwrap_or(&self.clip_dir))?))
+            Ok(Checkpoints::clip(&ClipCheckpoint::from_dir(
+                clip.unwrap_or(&self.clip_dir),
+            )?))
         }
     }
 }
@@ -69,16 +74,32 @@ impl DetectorFile {
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         if let Some(p) = &self.prototypes {
             tensors.push(("prototype.normal".into(), vec![p.normal.len()], bytes(&p.normal)));
-            tensors.push(("prototype.anomalous".into(), vec![p.anomalous.len()], bytes(&p.anomalous)));
+            tensors.push((
+                "prototype.anomalous".into(),
+                vec![p.anomalous.len()],
+                bytes(&p.anomalous),
+            ));
         }
         for m in &self.memories {
-            tensors.push((memory_name(m.kind), m.features.shape().to_vec(), bytes(m.features.data())));
+            tensors.push((
+                memory_name(m.kind),
+                m.features.shape().to_vec(),
+                bytes(m.features.data()),
+            ));
         }
         let views = tensors
             .iter()
-            .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::invalid(n.as_str(), e.to_string()))?)))
+            .map(|(n, s, b)| {
+                Ok((
+                    n.as_str(),
+                    TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::invalid(n.as_str(), e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let meta = HashMap::from([("adp.detector".to_string(), serde_json::to_string(&self.header).expect("json"))]);
+        let meta = HashMap::from([(
+            "adp.detector".to_string(),
+            serde_json::to_string(&self.header).expect("json"),
+        )]);
         let out = safetensors::serialize(views, Some(meta)).map_err(|e| Error::io(path, e))?;
         write_atomic(path, &out)
     }
@@ -87,15 +108,26 @@ impl DetectorFile {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::config(path, m);
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a detector file: {e}")))?;
-        let header = meta.metadata().as_ref().and_then(|m| m.get("adp.detector")).ok_or_else(|| bad("no `adp.detector` metadata: not a detector file".into()))?;
-        let header: DetectorHeader = serde_json::from_str(header).map_err(|e| bad(format!("detector metadata: {e}")))?;
+        let header = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("adp.detector"))
+            .ok_or_else(|| bad("no `adp.detector` metadata: not a detector file".into()))?;
+        let header: DetectorHeader =
+            serde_json::from_str(header).map_err(|e| bad(format!("detector metadata: {e}")))?;
         if header.format != DETECTOR_FORMAT {
-            return Err(bad(format!("format {:?}, this build reads {DETECTOR_FORMAT:?}", header.format)));
+            return Err(bad(format!(
+                "format {:?}, this build reads {DETECTOR_FORMAT:?}",
+                header.format
+            )));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let read = |name: &str| adp_api::config::st::read_f32(&st, name, path);
         let prototypes = match (read("prototype.normal"), read("prototype.anomalous")) {
-            (Ok(n), Ok(a)) => Some(Prototypes { normal: n.into_data(), anomalous: a.into_data() }),
+            (Ok(n), Ok(a)) => Some(Prototypes {
+                normal: n.into_data(),
+                anomalous: a.into_data(),
+            }),
             _ => None,
         };
         let memories = header
@@ -107,7 +139,11 @@ impl DetectorFile {
                 Ok(ReferenceMemory { kind, features })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { header, prototypes, memories })
+        Ok(Self {
+            header,
+            prototypes,
+            memories,
+        })
     }
 }
 
@@ -118,7 +154,10 @@ pub fn check_checkpoint(header: &DetectorHeader, key: &str, path: &Path) -> Resu
     let got = file_hash(path)?;
     if want != got {
         let what = if key == "clip" { "CLIP checkpoint" } else { key };
-        return Err(Error::config(path, format!("this detector was fitted with another {what} (sha256 {want}, this one {got})")));
+        return Err(Error::config(
+            path,
+            format!("this detector was fitted with another {what} (sha256 {want}, this one {got})"),
+        ));
     }
     Ok(())
 }

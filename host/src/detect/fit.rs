@@ -22,9 +22,16 @@ fn random_resized_crop(images: &ImageBatch, rng: &mut SplitMix64) -> Result<Imag
     for i in 0..images.len() {
         let area = 0.5 + 0.5 * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let side = ((area.sqrt() * h.min(w) as f64) as usize).max(1);
-        let (top, left) = (rng.below((h - side + 1) as u64) as usize, rng.below((w - side + 1) as u64) as usize);
+        let (top, left) = (
+            rng.below((h - side + 1) as u64) as usize,
+            rng.below((w - side + 1) as u64) as usize,
+        );
         let src = images.pixels().row(i);
-        let crop: Vec<f32> = (0..3).flat_map(|c| (top..top + side).flat_map(move |y| (left..left + side).map(move |x| src[c * h * w + y * w + x]))).collect();
+        let crop: Vec<f32> = (0..3)
+            .flat_map(|c| {
+                (top..top + side).flat_map(move |y| (left..left + side).map(move |x| src[c * h * w + y * w + x]))
+            })
+            .collect();
         let crop = ImageBatch::new(Tensor::new(vec![1, 3, side, side], crop)?)?;
         out.extend_from_slice(resize(&crop, h, w).pixels().data());
     }
@@ -48,15 +55,31 @@ pub struct Fitter<'a> {
 impl Fitter<'_> {
     /// SDEdit pseudo-anomalies: `count` images cycling through `sources`, each with one of
     /// `prompts` in turn, then a random resized crop.
-    fn synthesize(&self, dif: &dyn adp_api::LatentDiffuser, sources: &ImageBatch, prompts: &[Prompt], count: usize, salt: u64, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<ImageBatch> {
+    fn synthesize(
+        &self,
+        dif: &dyn adp_api::LatentDiffuser,
+        sources: &ImageBatch,
+        prompts: &[Prompt],
+        count: usize,
+        salt: u64,
+        observer: &mut dyn FnMut(&Stage) -> Flow,
+    ) -> Result<ImageBatch> {
         let o = &self.options;
         let mut rng = SplitMix64(o.seed ^ salt);
         let mut out = Vec::with_capacity(count);
         for k in 0..count {
-            let mut r = Img2ImgRequest::spec_defaults(sources.image(k % sources.len()), prompts[k % prompts.len()].clone(), rng.next_u64());
+            let mut r = Img2ImgRequest::spec_defaults(
+                sources.image(k % sources.len()),
+                prompts[k % prompts.len()].clone(),
+                rng.next_u64(),
+            );
             (r.strength, r.guidance, r.steps) = (o.strength, o.guidance, o.ddim_steps);
             out.push(random_resized_crop(&dif.img2img(&r)?, &mut rng)?);
-            if observer(&Stage::Synthesis { done: k + 1, total: count }) == Flow::Cancel {
+            if observer(&Stage::Synthesis {
+                done: k + 1,
+                total: count,
+            }) == Flow::Cancel
+            {
                 return Err(Error::Cancelled { step: k as u64 + 1 });
             }
         }
@@ -92,7 +115,12 @@ impl Fitter<'_> {
             seed: o.seed ^ name.bytes().fold(0u64, |h, b| h.rotate_left(8) ^ b as u64),
             checkpoint: None,
         };
-        opt.learn(&request, &mut |p| observer(&Stage::Learning { concept: name.into(), progress: *p }))
+        opt.learn(&request, &mut |p| {
+            observer(&Stage::Learning {
+                concept: name.into(),
+                progress: *p,
+            })
+        })
     }
 
     /// Fits a detector on the support set (any image size; at least one image).
@@ -104,7 +132,10 @@ impl Fitter<'_> {
         }
         let o = &self.options;
         if !o.method.needs_clip() {
-            return Err(Error::invalid("method", "visual runs on an image backbone: use visual::VisualModel::fit"));
+            return Err(Error::invalid(
+                "method",
+                "visual runs on an image backbone: use visual::VisualModel::fit",
+            ));
         }
         let enc = self.backend.text_image_encoder(self.clip, o.device)?;
         let scorer = self.backend.scorer(o.device)?;
@@ -113,27 +144,67 @@ impl Fitter<'_> {
         let mut concepts: Vec<ConceptToken> = Vec::new();
         let mut validation_pseudo = None;
         if o.method.needs_diffusion() {
-            let sd = self.sd.ok_or_else(|| Error::invalid("method", format!("{} needs a Stable Diffusion checkpoint (--sd)", o.method.name())))?;
+            let sd = self.sd.ok_or_else(|| {
+                Error::invalid(
+                    "method",
+                    format!("{} needs a Stable Diffusion checkpoint (--sd)", o.method.name()),
+                )
+            })?;
             checkpoints.insert("diffusion".into(), file_hash(&sd.weights("unet")?)?);
             let dif = self.backend.latent_diffuser(sd, o.device)?;
             let opt = self.backend.concept_optimizer(self.clip, sd, o.device)?;
             let sd_support = resize(support, dif.dims().image_size, dif.dims().image_size);
             let init = enc.token_embedding("object")?;
             if o.method == Method::Ti {
-                concepts.push(ConceptToken::Learned(self.learn(&*opt, "c_ti", init, (Objective::DiffusionOnly, None), support, observer)?));
+                concepts.push(ConceptToken::Learned(self.learn(
+                    &*opt,
+                    "c_ti",
+                    init,
+                    (Objective::DiffusionOnly, None),
+                    support,
+                    observer,
+                )?));
             } else {
-                let c_n = self.learn(&*opt, "c_n", init, (Objective::NormalAware { alpha: o.alpha_normal }, None), support, observer)?;
+                let c_n = self.learn(
+                    &*opt,
+                    "c_n",
+                    init,
+                    (Objective::NormalAware { alpha: o.alpha_normal }, None),
+                    support,
+                    observer,
+                )?;
                 if o.method != Method::Cn {
-                    let prompts = [Prompt::plain("a photo with damage"), Prompt::plain("a photo of an object with damage")];
-                    let pseudo = self.synthesize(&*dif, &sd_support, &prompts, o.pseudo_per_image * support.len(), 1, observer)?;
-                    let objective = Objective::AnomalyAware { alpha: o.alpha_anomaly, gamma: o.gamma };
-                    let c_a = self.learn(&*opt, "c_a", c_n.vector.clone(), (objective, Some(pseudo)), support, observer)?;
+                    let prompts = [
+                        Prompt::plain("a photo with damage"),
+                        Prompt::plain("a photo of an object with damage"),
+                    ];
+                    let pseudo = self.synthesize(
+                        &*dif,
+                        &sd_support,
+                        &prompts,
+                        o.pseudo_per_image * support.len(),
+                        1,
+                        observer,
+                    )?;
+                    let objective = Objective::AnomalyAware {
+                        alpha: o.alpha_anomaly,
+                        gamma: o.gamma,
+                    };
+                    let c_a = self.learn(
+                        &*opt,
+                        "c_a",
+                        c_n.vector.clone(),
+                        (objective, Some(pseudo)),
+                        support,
+                        observer,
+                    )?;
                     let ph = &c_a.placeholder;
                     let prompts = [
                         Prompt::with_concept(format!("a photo of a damaged {ph}"), ph, &c_a.vector),
                         Prompt::with_concept(format!("a photo of a {ph} with damage"), ph, &c_a.vector),
                     ];
-                    validation_pseudo = Some(self.synthesize(&*dif, &sd_support, &prompts, o.validation_pseudo, 2, observer)?);
+                    validation_pseudo =
+                        Some(self.synthesize(&*dif, &sd_support, &prompts, o.validation_pseudo, 2, observer)?);
                     if o.method != Method::Ca {
                         concepts.push(ConceptToken::Learned(c_n));
                     }
@@ -165,26 +236,46 @@ impl Fitter<'_> {
             format: DETECTOR_FORMAT.into(),
             method: o.method.name().into(),
             backend: self.backend.info().name,
-            clip_dir: self.clip.config_path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+            clip_dir: self
+                .clip
+                .config_path
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
             backbone: None,
             checkpoints,
             options: serde_json::to_value(o).expect("json"),
             seed: o.seed,
             grid: memories.grid,
             image_size: enc.dims().image_size,
-            concepts: concepts.iter().filter_map(|c| if let ConceptToken::Learned(c) = c { Some(c.clone()) } else { None }).collect(),
+            concepts: concepts
+                .iter()
+                .filter_map(|c| {
+                    if let ConceptToken::Learned(c) = c {
+                        Some(c.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             weights: weighted.iter().map(|w| w.weight).collect(),
             memory_kinds: memories.memories.iter().map(|m| m.kind).collect(),
         };
-        Ok(DetectorFile { header, prototypes: Some(protos), memories: memories.memories })
+        Ok(DetectorFile {
+            header,
+            prototypes: Some(protos),
+            memories: memories.memories,
+        })
     }
 }
-
 
 /// The side at which support photos are read for the CLIP methods: CLIP's input size, or the
 /// diffusion model's where synthesis needs more.
 pub fn support_size(clip: &ClipCheckpoint, sd: Option<&DiffusionSpec>) -> usize {
-    clip.config.vision_cfg.image_size.max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)))
+    clip.config
+        .vision_cfg
+        .image_size
+        .max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)))
 }
 
 /// Fits a detector on support photo files, any method: `visual` on `checkpoints.backbone`, the
@@ -199,15 +290,26 @@ pub fn fit_files(
 ) -> Result<DetectorFile> {
     options.check_label()?;
     if !options.method.needs_clip() {
-        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
+        let backbone = checkpoints
+            .backbone
+            .as_ref()
+            .ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
         let model = VisualModel::open(backend, backbone, options.device)?;
         let support = read_resized(files, model.extractor.dims().image_size)?;
         return model.fit(&support, &options, observer);
     }
-    let clip = checkpoints
-        .clip
-        .as_ref()
-        .ok_or_else(|| Error::invalid("method", format!("{} needs a CLIP checkpoint (--clip)", options.method.name())))?;
+    let clip = checkpoints.clip.as_ref().ok_or_else(|| {
+        Error::invalid(
+            "method",
+            format!("{} needs a CLIP checkpoint (--clip)", options.method.name()),
+        )
+    })?;
     let support = read_resized(files, support_size(clip, sd))?;
-    Fitter { backend, clip, sd, options }.fit(&support, observer)
+    Fitter {
+        backend,
+        clip,
+        sd,
+        options,
+    }
+    .fit(&support, observer)
 }

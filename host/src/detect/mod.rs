@@ -53,8 +53,15 @@ impl Method {
             Method::Visual => "visual",
         }
     }
-    pub const ALL: [Method; 7] =
-        [Method::Adp, Method::AdpLabel, Method::Winclip, Method::Ti, Method::Cn, Method::Ca, Method::Visual];
+    pub const ALL: [Method; 7] = [
+        Method::Adp,
+        Method::AdpLabel,
+        Method::Winclip,
+        Method::Ti,
+        Method::Cn,
+        Method::Ca,
+        Method::Visual,
+    ];
 
     /// The default: ADP where a CLIP checkpoint is given, else `visual`.
     pub fn default_for(has_clip: bool) -> Self {
@@ -180,10 +187,15 @@ pub struct Checkpoints {
 
 impl Checkpoints {
     pub fn clip(clip: &ClipCheckpoint) -> Self {
-        Self { clip: Some(clip.clone()), backbone: None }
+        Self {
+            clip: Some(clip.clone()),
+            backbone: None,
+        }
     }
     pub fn backbone(backbone: &BackboneCheckpoint) -> Self {
-        Self { clip: None, backbone: Some(backbone.clone()) }
+        Self {
+            clip: None,
+            backbone: Some(backbone.clone()),
+        }
     }
 }
-

@@ -10,7 +10,13 @@ use adp_api::{Backend, Device, Error, ImageBatch, Result};
 
 /// Scores `images` with `detector`, opening its models for this one call; to score many images,
 /// open a [`Scoring`] once.
-pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &DetectorFile, images: &[ImageBatch], device: Device) -> Result<Vec<ImageScore>> {
+pub fn score(
+    backend: &dyn Backend,
+    checkpoints: &Checkpoints,
+    detector: &DetectorFile,
+    images: &[ImageBatch],
+    device: Device,
+) -> Result<Vec<ImageScore>> {
     Scoring::open(backend, checkpoints, detector.clone(), device)?.score(images)
 }
 
@@ -18,31 +24,80 @@ pub fn score(backend: &dyn Backend, checkpoints: &Checkpoints, detector: &Detect
 /// needs taken out of the detector file, ready to score any number of images (`Send + Sync`: a
 /// pool of workers shares one).
 pub enum Scoring {
-    Visual { model: VisualModel, memory: ReferenceMemory },
-    Clip { encoder: Box<dyn adp_api::TextImageEncoder>, scorer: Box<dyn adp_api::Scorer>, memories: ReferenceMemories, windows: Vec<usize>, prototypes: Prototypes },
+    Visual {
+        model: VisualModel,
+        memory: ReferenceMemory,
+    },
+    Clip {
+        encoder: Box<dyn adp_api::TextImageEncoder>,
+        scorer: Box<dyn adp_api::Scorer>,
+        memories: ReferenceMemories,
+        windows: Vec<usize>,
+        prototypes: Prototypes,
+    },
 }
 
 impl Scoring {
-    pub fn open(backend: &dyn Backend, checkpoints: &Checkpoints, detector: DetectorFile, device: Device) -> Result<Self> {
+    pub fn open(
+        backend: &dyn Backend,
+        checkpoints: &Checkpoints,
+        detector: DetectorFile,
+        device: Device,
+    ) -> Result<Self> {
         if detector.header.method == Method::Visual.name() {
-            let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
+            let backbone = checkpoints
+                .backbone
+                .as_ref()
+                .ok_or_else(|| Error::invalid("checkpoints", "a visual detector needs its image backbone"))?;
             let model = VisualModel::open(backend, backbone, device)?;
             model.check_identity(&detector)?;
             let memory = VisualModel::memory(&detector)?.clone();
             return Ok(Scoring::Visual { model, memory });
         }
-        let clip = checkpoints.clip.as_ref().ok_or_else(|| Error::invalid("checkpoints", format!("a {} detector needs a CLIP checkpoint", detector.header.method)))?;
+        let clip = checkpoints.clip.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "checkpoints",
+                format!("a {} detector needs a CLIP checkpoint", detector.header.method),
+            )
+        })?;
         check_checkpoint(&detector.header, "clip", &clip.weights)?;
-        let prototypes = detector.prototypes.ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
-        let windows = detector.memories.iter().filter_map(|m| if let FeatureKind::Window(s) = m.kind { Some(s) } else { None }).collect();
-        let memories = ReferenceMemories { grid: detector.header.grid, memories: detector.memories };
-        Ok(Scoring::Clip { encoder: backend.text_image_encoder(clip, device)?, scorer: backend.scorer(device)?, memories, windows, prototypes })
+        let prototypes = detector
+            .prototypes
+            .ok_or_else(|| Error::invalid("detector", "no prototypes"))?;
+        let windows = detector
+            .memories
+            .iter()
+            .filter_map(|m| {
+                if let FeatureKind::Window(s) = m.kind {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let memories = ReferenceMemories {
+            grid: detector.header.grid,
+            memories: detector.memories,
+        };
+        Ok(Scoring::Clip {
+            encoder: backend.text_image_encoder(clip, device)?,
+            scorer: backend.scorer(device)?,
+            memories,
+            windows,
+            prototypes,
+        })
     }
 
     pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
         let (encoder, scorer, memories, windows, protos) = match self {
             Scoring::Visual { model, memory } => return model.score(memory, images),
-            Scoring::Clip { encoder, scorer, memories, windows, prototypes } => (encoder, scorer, memories, windows, prototypes),
+            Scoring::Clip {
+                encoder,
+                scorer,
+                memories,
+                windows,
+                prototypes,
+            } => (encoder, scorer, memories, windows, prototypes),
         };
         images
             .iter()
@@ -50,18 +105,20 @@ impl Scoring {
                 let f = image_features(&**encoder, img)?;
                 let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, windows)?)?;
                 let g = memories.grid;
-                Ok((0..img.len()).map(|i| {
-                    let language = language_score(&f[i], protos);
-                    let patch = maps.row(i);
-                    ImageScore {
-                        score: final_score(language, patch),
-                        language: Some(language),
-                        association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                        map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
-                        height: img.height(),
-                        width: img.width(),
-                    }
-                }).collect::<Vec<_>>())
+                Ok((0..img.len())
+                    .map(|i| {
+                        let language = language_score(&f[i], protos);
+                        let patch = maps.row(i);
+                        ImageScore {
+                            score: final_score(language, patch),
+                            language: Some(language),
+                            association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                            map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
+                            height: img.height(),
+                            width: img.width(),
+                        }
+                    })
+                    .collect::<Vec<_>>())
             })
             .collect::<Result<Vec<_>>>()
             .map(|v| v.into_iter().flatten().collect())

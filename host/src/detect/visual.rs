@@ -24,7 +24,12 @@ pub struct VisualModel {
 impl VisualModel {
     pub fn open(backend: &dyn Backend, backbone: &BackboneCheckpoint, device: Device) -> Result<Self> {
         backbone.check_weights()?;
-        Ok(Self { extractor: backend.feature_extractor(backbone, device)?, scorer: backend.scorer(device)?, backbone: backbone.clone(), backend: backend.info().name })
+        Ok(Self {
+            extractor: backend.feature_extractor(backbone, device)?,
+            scorer: backend.scorer(device)?,
+            backbone: backbone.clone(),
+            backend: backend.info().name,
+        })
     }
 
     /// `[N, grid², dim]` patch features of images of any (common) size.
@@ -32,14 +37,21 @@ impl VisualModel {
         self.extractor.patch_features(images)
     }
 
-    pub fn fit(&self, support: &ImageBatch, options: &FitOptions, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
+    pub fn fit(
+        &self,
+        support: &ImageBatch,
+        options: &FitOptions,
+        observer: &mut dyn FnMut(&Stage) -> Flow,
+    ) -> Result<DetectorFile> {
         if support.is_empty() {
             return Err(Error::EmptySupportSet);
         }
         if observer(&Stage::Memories) == Flow::Cancel {
             return Err(Error::Cancelled { step: 0 });
         }
-        let memory = self.scorer.build_memory(FeatureKind::PatchTokens, &self.features(support)?)?;
+        let memory = self
+            .scorer
+            .build_memory(FeatureKind::PatchTokens, &self.features(support)?)?;
         let dims = self.extractor.dims();
         let header = DetectorHeader {
             format: DETECTOR_FORMAT.into(),
@@ -56,11 +68,20 @@ impl VisualModel {
             weights: Vec::new(),
             memory_kinds: vec![FeatureKind::PatchTokens],
         };
-        Ok(DetectorFile { header, prototypes: None, memories: vec![memory] })
+        Ok(DetectorFile {
+            header,
+            prototypes: None,
+            memories: vec![memory],
+        })
     }
 
     /// Scores from precomputed features (`[N, grid², dim]`) of images of the given sizes.
-    pub fn score_features(&self, memory: &ReferenceMemory, features: &Tensor, sizes: &[(usize, usize)]) -> Result<Vec<ImageScore>> {
+    pub fn score_features(
+        &self,
+        memory: &ReferenceMemory,
+        features: &Tensor,
+        sizes: &[(usize, usize)],
+    ) -> Result<Vec<ImageScore>> {
         let dims = self.extractor.dims();
         let patch = self.scorer.associate(memory, features)?;
         let (g, s) = (dims.grid, dims.image_size);
@@ -89,7 +110,11 @@ impl VisualModel {
 
     /// A detector's reference memory of backbone patch features.
     pub fn memory(detector: &DetectorFile) -> Result<&ReferenceMemory> {
-        detector.memories.iter().find(|m| m.kind == FeatureKind::PatchTokens).ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))
+        detector
+            .memories
+            .iter()
+            .find(|m| m.kind == FeatureKind::PatchTokens)
+            .ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))
     }
 
     /// Scores against `memory` (see [`VisualModel::memory`]) of a detector already checked by

@@ -30,9 +30,22 @@ pub struct BenchRow {
 
 /// Times every backend on the same support set and test images. Repetitions go round the
 /// backends in turn, so a slow spell of the machine costs them alike.
-pub fn visual(backends: &[(String, &dyn Backend)], backbone: &BackboneCheckpoint, support: &ImageBatch, test: &ImageBatch, o: BenchOptions) -> Result<Vec<BenchRow>> {
+pub fn visual(
+    backends: &[(String, &dyn Backend)],
+    backbone: &BackboneCheckpoint,
+    support: &ImageBatch,
+    test: &ImageBatch,
+    o: BenchOptions,
+) -> Result<Vec<BenchRow>> {
     if backends.is_empty() || o.repeats == 0 {
-        return Err(Error::invalid("bench", format!("needs at least one backend ({}) and one repeat ({})", backends.len(), o.repeats)));
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "needs at least one backend ({}) and one repeat ({})",
+                backends.len(),
+                o.repeats
+            ),
+        ));
     }
     if support.is_empty() {
         return Err(Error::EmptySupportSet);
@@ -43,7 +56,9 @@ pub fn visual(backends: &[(String, &dyn Backend)], backbone: &BackboneCheckpoint
     let mut runs = Vec::with_capacity(backends.len());
     for (_, backend) in backends {
         let model = VisualModel::open(*backend, backbone, o.device)?;
-        let memory = model.scorer.build_memory(FeatureKind::PatchTokens, &model.features(support)?)?;
+        let memory = model
+            .scorer
+            .build_memory(FeatureKind::PatchTokens, &model.features(support)?)?;
         model.scorer.associate(&memory, &model.features(test)?)?; // warm-up: allocators, caches
         runs.push((model, memory, Vec::new(), Vec::new()));
     }
@@ -63,7 +78,17 @@ pub fn visual(backends: &[(String, &dyn Backend)], backbone: &BackboneCheckpoint
         .zip(runs)
         .map(|((name, backend), (_, _, features_ms, association_ms))| {
             let (f, a) = (median(features_ms) / n, median(association_ms) / n);
-            BenchRow { plugin: name.clone(), runtime: backend.info().runtime, support: support.len(), images: test.len(), repeats: o.repeats, features_ms_per_image: f, association_ms_per_image: a, ms_per_image: f + a, ratio: 1.0 }
+            BenchRow {
+                plugin: name.clone(),
+                runtime: backend.info().runtime,
+                support: support.len(),
+                images: test.len(),
+                repeats: o.repeats,
+                features_ms_per_image: f,
+                association_ms_per_image: a,
+                ms_per_image: f + a,
+                ratio: 1.0,
+            }
         })
         .collect();
     let peer = rows[0].ms_per_image;
@@ -76,14 +101,21 @@ pub fn visual(backends: &[(String, &dyn Backend)], backbone: &BackboneCheckpoint
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// The rows as a markdown table.
 pub fn markdown(rows: &[BenchRow]) -> String {
     let mut out = String::from("| plugin | runtime | features ms/image | association ms/image | total ms/image | ratio to first |\n|---|---|---|---|---|---|\n");
     for r in rows {
-        out += &format!("| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n", r.plugin, r.runtime, r.features_ms_per_image, r.association_ms_per_image, r.ms_per_image, r.ratio);
+        out += &format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            r.plugin, r.runtime, r.features_ms_per_image, r.association_ms_per_image, r.ms_per_image, r.ratio
+        );
     }
     out
 }

@@ -162,16 +162,24 @@ pub fn load_mvtec(root: &Path, category: &str) -> Result<Category> {
     let gt_dir = cat_dir.join("ground_truth");
     let mut test = Vec::new();
     for defect_dir in sorted_dirs(&test_dir)? {
-        let Some(defect) = defect_dir.file_name().and_then(|n| n.to_str()).map(str::to_string)
-        else {
+        let Some(defect) = defect_dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             return Err(Error::io(&defect_dir, "folder name is not valid UTF-8"));
         };
         let anomalous = defect != "good";
         let mask_dir = gt_dir.join(&defect);
         let has_masks = anomalous && mask_dir.is_dir();
         for path in sorted_images(&defect_dir)? {
-            let mask = if has_masks { Some(find_mask(&mask_dir, &path)?) } else { None };
-            test.push(Sample { path, anomalous, defect: defect.clone(), mask });
+            let mask = if has_masks {
+                Some(find_mask(&mask_dir, &path)?)
+            } else {
+                None
+            };
+            test.push(Sample {
+                path,
+                anomalous,
+                defect: defect.clone(),
+                mask,
+            });
         }
     }
     if test.is_empty() {
@@ -180,12 +188,19 @@ pub fn load_mvtec(root: &Path, category: &str) -> Result<Category> {
             "no test images (.png/.jpg) in any test/<good|defect> folder",
         ));
     }
-    Ok(Category { name: category.to_string(), train_good, test })
+    Ok(Category {
+        name: category.to_string(),
+        train_good,
+        test,
+    })
 }
 
 /// `<mask_dir>/<stem>_mask.png`, else `<mask_dir>/<stem>.png`; an error naming the first.
 fn find_mask(mask_dir: &Path, image: &Path) -> Result<PathBuf> {
-    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let primary = mask_dir.join(format!("{stem}_mask.png"));
     if primary.is_file() {
         return Ok(primary);
@@ -228,12 +243,17 @@ fn read_visa_csv(root: &Path) -> Result<Vec<VisaRow>> {
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     let col = |name: &str| -> Result<usize> {
-        cols.iter().position(|c| *c == name).ok_or_else(|| {
-            Error::config(&file, format!("header lacks column `{name}` (has: {})", cols.join(",")))
-        })
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| Error::config(&file, format!("header lacks column `{name}` (has: {})", cols.join(","))))
     };
-    let (c_obj, c_split, c_label, c_img, c_mask) =
-        (col("object")?, col("split")?, col("label")?, col("image")?, col("mask")?);
+    let (c_obj, c_split, c_label, c_img, c_mask) = (
+        col("object")?,
+        col("split")?,
+        col("label")?,
+        col("image")?,
+        col("mask")?,
+    );
     let mut rows = Vec::new();
     for (i, line) in lines {
         let line_no = i + 1;
@@ -295,7 +315,11 @@ pub fn load_visa(root: &Path, category: &str) -> Result<Category> {
             &file,
             format!(
                 "category `{category}` not found; categories here: {}",
-                if found.is_empty() { "none".to_string() } else { found.join(", ") }
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.join(", ")
+                }
             ),
         ));
     }
@@ -328,7 +352,12 @@ pub fn load_visa(root: &Path, category: &str) -> Result<Category> {
             Some(m)
         };
         let defect = if r.anomalous { "anomaly" } else { "good" }.to_string();
-        test.push(Sample { path, anomalous: r.anomalous, defect, mask });
+        test.push(Sample {
+            path,
+            anomalous: r.anomalous,
+            defect,
+            mask,
+        });
     }
     if train_good.is_empty() {
         return Err(Error::config(
@@ -337,11 +366,18 @@ pub fn load_visa(root: &Path, category: &str) -> Result<Category> {
         ));
     }
     if test.is_empty() {
-        return Err(Error::config(&file, format!("category `{category}` has no test images")));
+        return Err(Error::config(
+            &file,
+            format!("category `{category}` has no test images"),
+        ));
     }
     train_good.sort();
     test.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Category { name: category.to_string(), train_good, test })
+    Ok(Category {
+        name: category.to_string(),
+        train_good,
+        test,
+    })
 }
 
 /// The class word of a category (SPEC §6/§7): its folder name with `_` read as a space, e.g.
@@ -465,8 +501,7 @@ mod tests {
 
     fn write_mask(p: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> bool) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let img =
-            image::GrayImage::from_fn(w, h, |x, y| image::Luma([if f(x, y) { 255 } else { 0 }]));
+        let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([if f(x, y) { 255 } else { 0 }]));
         img.save(p).unwrap();
     }
 
@@ -499,8 +534,7 @@ mod tests {
         let c = load(root, "widget").unwrap();
         assert_eq!(c, load_mvtec(root, "widget").unwrap());
         assert_eq!(c.name, "widget");
-        let names: Vec<_> =
-            c.train_good.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+        let names: Vec<_> = c.train_good.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
         assert_eq!(names, ["000.png", "001.png", "002.png"]);
         let t: Vec<(String, bool, bool)> = c
             .test
@@ -634,10 +668,16 @@ mod tests {
         let d = visa_tree(VISA_CSV);
         let root = d.path();
         let e = load(root, "fryum").unwrap_err().to_string();
-        assert!(e.contains("fryum") && e.contains("candle, pcb1") && e.contains("1cls.csv"), "{e}");
+        assert!(
+            e.contains("fryum") && e.contains("candle, pcb1") && e.contains("1cls.csv"),
+            "{e}"
+        );
         // Image referenced but missing.
         let e = load(root, "pcb1").unwrap_err().to_string();
-        assert!(e.contains("pcb1/Data/Images/Normal/0001.JPG") && e.contains("line 6"), "{e}");
+        assert!(
+            e.contains("pcb1/Data/Images/Normal/0001.JPG") && e.contains("line 6"),
+            "{e}"
+        );
         // Mask referenced but missing.
         touch(&root.join("pcb1/Data/Images/Normal/0001.JPG"));
         touch(&root.join("pcb1/Data/Images/Anomaly/000.JPG"));
@@ -653,9 +693,7 @@ mod tests {
         assert!(e.contains("split file not found"), "{e}");
 
         // Empty train and empty test.
-        let d = visa_tree(
-            "object,split,label,image,mask\nx,test,normal,a.png,\ny,train,normal,b.png,\n",
-        );
+        let d = visa_tree("object,split,label,image,mask\nx,test,normal,a.png,\ny,train,normal,b.png,\n");
         touch(&d.path().join("a.png"));
         touch(&d.path().join("b.png"));
         let e = load(d.path(), "x").unwrap_err().to_string();
@@ -693,11 +731,14 @@ mod tests {
         let cats = s(&["bottle", "metal_plate", "pipe_fryum"]);
         let words = |labels: &[&str]| class_words(&s(labels), &cats);
         let got = words(&[]).unwrap();
-        let want: BTreeMap<String, String> =
-            [("bottle", "bottle"), ("metal_plate", "metal plate"), ("pipe_fryum", "pipe fryum")]
-                .iter()
-                .map(|(c, w)| (c.to_string(), w.to_string()))
-                .collect();
+        let want: BTreeMap<String, String> = [
+            ("bottle", "bottle"),
+            ("metal_plate", "metal plate"),
+            ("pipe_fryum", "pipe fryum"),
+        ]
+        .iter()
+        .map(|(c, w)| (c.to_string(), w.to_string()))
+        .collect();
         assert_eq!(got, want);
         let got = words(&["metal_plate=steel plate", "bottle = glass bottle"]).unwrap();
         assert_eq!(got["metal_plate"], "steel plate");
@@ -706,8 +747,14 @@ mod tests {
 
         // A bare word with several categories: refused, naming them.
         let e = words(&["object"]).unwrap_err().to_string();
-        assert!(e.contains("`object` has no category") && e.contains("3 categories"), "{e}");
-        assert!(e.contains("bottle, metal_plate, pipe_fryum") && e.contains("CATEGORY=WORD"), "{e}");
+        assert!(
+            e.contains("`object` has no category") && e.contains("3 categories"),
+            "{e}"
+        );
+        assert!(
+            e.contains("bottle, metal_plate, pipe_fryum") && e.contains("CATEGORY=WORD"),
+            "{e}"
+        );
         let e = words(&["tile=tile"]).unwrap_err().to_string();
         assert!(e.contains("`tile` is not evaluated"), "{e}");
         let e = words(&["bottle="]).unwrap_err().to_string();
@@ -719,7 +766,9 @@ mod tests {
         let one = s(&["metal_plate"]);
         assert_eq!(class_words(&s(&["plate"]), &one).unwrap()["metal_plate"], "plate");
         assert_eq!(class_words(&[], &one).unwrap()["metal_plate"], "metal plate");
-        let e = class_words(&s(&["plate", "metal_plate=sheet"]), &one).unwrap_err().to_string();
+        let e = class_words(&s(&["plate", "metal_plate=sheet"]), &one)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("two words"), "{e}");
     }
 
@@ -736,7 +785,12 @@ mod tests {
         );
         let root = d.path();
         let img = image::RgbImage::from_pixel(8, 8, image::Rgb([90, 90, 90]));
-        for p in ["Normal/0000.JPG", "Normal/0001.JPG", "Anomaly/000.JPG", "Anomaly/001.JPG"] {
+        for p in [
+            "Normal/0000.JPG",
+            "Normal/0001.JPG",
+            "Anomaly/000.JPG",
+            "Anomaly/001.JPG",
+        ] {
             let p = root.join("pipe_fryum/Data/Images").join(p);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             img.save_with_format(&p, image::ImageFormat::Jpeg).unwrap();
@@ -829,7 +883,9 @@ mod tests {
         assert_eq!(up[..8], up[8..16]);
         // RGB masks are read through luma.
         let rgb = d.path().join("rgb.png");
-        image::RgbImage::from_pixel(3, 3, image::Rgb([255, 255, 255])).save(&rgb).unwrap();
+        image::RgbImage::from_pixel(3, 3, image::Rgb([255, 255, 255]))
+            .save(&rgb)
+            .unwrap();
         assert_eq!(read_mask(&rgb, 3, 3).unwrap(), vec![true; 9]);
 
         let e = read_mask(&d.path().join("missing.png"), 4, 2).unwrap_err().to_string();

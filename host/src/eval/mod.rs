@@ -10,11 +10,11 @@ use crate::detect::file::file_hash;
 use crate::detect::fit::fit_files;
 use crate::detect::{Checkpoints, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
 use crate::images::read_resized;
-use dataset::Sample;
-use metrics::{f1_max, image_auroc, Aupro, PixelAuroc};
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
 use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
+use dataset::Sample;
+use metrics::{f1_max, image_auroc, Aupro, PixelAuroc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -76,11 +76,19 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    fn new(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions) -> Result<Self> {
+    fn new(
+        backend: &dyn Backend,
+        checkpoints: &Checkpoints,
+        sd: Option<&DiffusionSpec>,
+        o: &EvalOptions,
+    ) -> Result<Self> {
         let info = backend.info();
         let mut files = std::collections::BTreeMap::new();
         let mut weights = |name: &str, path: &Path| -> Result<()> {
-            files.insert(name.to_string(), serde_json::json!({ "path": path, "sha256": file_hash(path)? }));
+            files.insert(
+                name.to_string(),
+                serde_json::json!({ "path": path, "sha256": file_hash(path)? }),
+            );
             Ok(())
         };
         if let Some(c) = &checkpoints.clip {
@@ -92,7 +100,14 @@ impl Provenance {
         if let Some(sd) = sd {
             files.insert("sd".into(), serde_json::json!({ "path": sd.root }));
         }
-        Ok(Self { adp: env!("CARGO_PKG_VERSION").into(), backend: info.name, runtime: info.runtime, device: o.fit.device.to_string(), data: o.data.clone(), checkpoints: files })
+        Ok(Self {
+            adp: env!("CARGO_PKG_VERSION").into(),
+            backend: info.name,
+            runtime: info.runtime,
+            device: o.fit.device.to_string(),
+            data: o.data.clone(),
+            checkpoints: files,
+        })
     }
 }
 
@@ -114,7 +129,13 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Runs the protocol; `observer` sees every pipeline stage and may cancel. The ADP methods need
 /// `checkpoints.clip` (and `sd` where they synthesise); `visual` needs `checkpoints.backbone`.
-pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&DiffusionSpec>, o: &EvalOptions, observer: &mut dyn FnMut(&str, &Stage) -> Flow) -> Result<Report> {
+pub fn run(
+    backend: &dyn Backend,
+    checkpoints: &Checkpoints,
+    sd: Option<&DiffusionSpec>,
+    o: &EvalOptions,
+    observer: &mut dyn FnMut(&str, &Stage) -> Flow,
+) -> Result<Report> {
     let words = dataset::class_words(&o.labels, &o.categories)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let provenance = Provenance::new(backend, checkpoints, sd, o)?;
@@ -123,16 +144,27 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
         let cat = dataset::load(&o.data, category)?;
         let tests = test_subset(&cat.test, o.limit);
         if tests.iter().all(|s| s.anomalous) || tests.iter().all(|s| !s.anomalous) {
-            return Err(Error::invalid("test split", format!("{category}: needs both good and defective images")));
+            return Err(Error::invalid(
+                "test split",
+                format!("{category}: needs both good and defective images"),
+            ));
         }
-        let test_images = tests.iter().map(|s| ImageBatch::read_files(std::slice::from_ref(&s.path))).collect::<Result<Vec<_>>>()?;
+        let test_images = tests
+            .iter()
+            .map(|s| ImageBatch::read_files(std::slice::from_ref(&s.path)))
+            .collect::<Result<Vec<_>>>()?;
         let labels: Vec<bool> = tests.iter().map(|s| s.anomalous).collect();
         for &method in &o.methods {
             let mut fitted = Fitted::open(backend, checkpoints, sd, method, &test_images, o.fit.device)?;
             for &k in &o.shots {
                 for &seed in &o.seeds {
                     let shots = dataset::draw_shots(&cat.train_good, k, seed)?;
-                    let fit = FitOptions { method, seed, label: Some(words[category].clone()), ..o.fit.clone() };
+                    let fit = FitOptions {
+                        method,
+                        seed,
+                        label: Some(words[category].clone()),
+                        ..o.fit.clone()
+                    };
                     let tag = format!("{category} {} K={k} seed={seed}", method.name());
                     let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
                     let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();
@@ -156,15 +188,33 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
                         (None, None)
                     };
                     if seed == o.seeds[0] && k == o.shots[0] {
-                        write_overlays(&o.out.join("overlays").join(category).join(method.name()), &tests, &scores, o.overlays)?;
+                        write_overlays(
+                            &o.out.join("overlays").join(category).join(method.name()),
+                            &tests,
+                            &scores,
+                            o.overlays,
+                        )?;
                     }
-                    runs.push(Run { category: category.clone(), method: method.name().into(), shots: k, seed, image_auroc: image, pixel_auroc: pixel, test_images: tests.len(), image_f1_max, aupro });
+                    runs.push(Run {
+                        category: category.clone(),
+                        method: method.name().into(),
+                        shots: k,
+                        seed,
+                        image_auroc: image,
+                        pixel_auroc: pixel,
+                        test_images: tests.len(),
+                        image_f1_max,
+                        aupro,
+                    });
                 }
             }
         }
     }
     let report = Report { provenance, runs };
-    write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report).expect("json").as_bytes())?;
+    write_atomic(
+        &o.out.join("report.json"),
+        serde_json::to_string_pretty(&report).expect("json").as_bytes(),
+    )?;
     write_atomic(&o.out.join("report.md"), markdown(&report, o).as_bytes())?;
     Ok(report)
 }
@@ -172,16 +222,38 @@ pub fn run(backend: &dyn Backend, checkpoints: &Checkpoints, sd: Option<&Diffusi
 /// One method's models for a category: `visual` extracts the test set's features once and
 /// reuses them for every K and seed; the ADP methods refit and rescore through the pipeline.
 enum Fitted<'a> {
-    Visual { model: VisualModel, features: Tensor, sizes: Vec<(usize, usize)> },
-    Clip { backend: &'a dyn Backend, checkpoints: &'a Checkpoints, sd: Option<&'a DiffusionSpec> },
+    Visual {
+        model: VisualModel,
+        features: Tensor,
+        sizes: Vec<(usize, usize)>,
+    },
+    Clip {
+        backend: &'a dyn Backend,
+        checkpoints: &'a Checkpoints,
+        sd: Option<&'a DiffusionSpec>,
+    },
 }
 
 impl<'a> Fitted<'a> {
-    fn open(backend: &'a dyn Backend, checkpoints: &'a Checkpoints, sd: Option<&'a DiffusionSpec>, method: Method, tests: &[ImageBatch], device: adp_api::Device) -> Result<Self> {
+    fn open(
+        backend: &'a dyn Backend,
+        checkpoints: &'a Checkpoints,
+        sd: Option<&'a DiffusionSpec>,
+        method: Method,
+        tests: &[ImageBatch],
+        device: adp_api::Device,
+    ) -> Result<Self> {
         if method.needs_clip() {
-            return Ok(Fitted::Clip { backend, checkpoints, sd });
+            return Ok(Fitted::Clip {
+                backend,
+                checkpoints,
+                sd,
+            });
         }
-        let backbone = checkpoints.backbone.as_ref().ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
+        let backbone = checkpoints
+            .backbone
+            .as_ref()
+            .ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
         let model = VisualModel::open(backend, backbone, device)?;
         let mut data = Vec::new();
         for t in tests {
@@ -193,14 +265,24 @@ impl<'a> Fitted<'a> {
         Ok(Fitted::Visual { model, features, sizes })
     }
 
-    fn fit_and_score(&mut self, shots: &[PathBuf], fit: FitOptions, tests: &[ImageBatch], observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<Vec<ImageScore>> {
+    fn fit_and_score(
+        &mut self,
+        shots: &[PathBuf],
+        fit: FitOptions,
+        tests: &[ImageBatch],
+        observer: &mut dyn FnMut(&Stage) -> Flow,
+    ) -> Result<Vec<ImageScore>> {
         match self {
             Fitted::Visual { model, features, sizes } => {
                 let support = read_resized(shots, model.extractor.dims().image_size)?;
                 let detector = model.fit(&support, &fit, observer)?;
                 model.score_features(VisualModel::memory(&detector)?, features, sizes)
             }
-            Fitted::Clip { backend, checkpoints, sd } => {
+            Fitted::Clip {
+                backend,
+                checkpoints,
+                sd,
+            } => {
                 let device = fit.device;
                 let detector = fit_files(*backend, checkpoints, *sd, shots, fit, observer)?;
                 Scoring::open(*backend, checkpoints, detector, device)?.score(tests)
@@ -213,7 +295,11 @@ impl<'a> Fitted<'a> {
 /// further tables for pixel AUROC where masks exist, image F1-max, and AUPRO where masks exist;
 /// the class average last.
 pub fn markdown(report: &Report, o: &EvalOptions) -> String {
-    let cols: Vec<(String, usize)> = o.methods.iter().flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k))).collect();
+    let cols: Vec<(String, usize)> = o
+        .methods
+        .iter()
+        .flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k)))
+        .collect();
     let mut out = String::new();
     // (title, value, only where masks exist)
     type Table = (&'static str, fn(&Run) -> Option<f64>, bool);
@@ -238,7 +324,13 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
         for cat in &o.categories {
             out += &format!("| {cat} |");
             for (i, (m, k)) in cols.iter().enumerate() {
-                let v: Vec<f64> = report.runs.iter().filter(|r| &r.category == cat && &r.method == m && r.shots == *k).filter_map(value).map(|x| 100.0 * x).collect();
+                let v: Vec<f64> = report
+                    .runs
+                    .iter()
+                    .filter(|r| &r.category == cat && &r.method == m && r.shots == *k)
+                    .filter_map(value)
+                    .map(|x| 100.0 * x)
+                    .collect();
                 if v.is_empty() {
                     out += " – |";
                 } else {
@@ -251,7 +343,11 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
         }
         out += "| **mean** |";
         for v in &per_col {
-            out += &if v.is_empty() { " – |".to_string() } else { format!(" {:.1} |", mean_std(v).0) };
+            out += &if v.is_empty() {
+                " – |".to_string()
+            } else {
+                format!(" {:.1} |", mean_std(v).0)
+            };
         }
         out += "\n\n";
     }
@@ -260,7 +356,10 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
 
 /// The lowest and highest value of a run's anomaly maps.
 fn map_range(scores: &[ImageScore]) -> (f32, f32) {
-    scores.iter().flat_map(|s| s.map.iter().copied()).fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    scores
+        .iter()
+        .flat_map(|s| s.map.iter().copied())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
 /// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
@@ -273,18 +372,33 @@ fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize)
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (lo, hi) = map_range(scores);
     let span = (hi - lo).max(f32::MIN_POSITIVE);
-    let picks = tests.iter().enumerate().filter(|(_, s)| !s.anomalous).take(n).chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
+    let picks = tests
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.anomalous)
+        .take(n)
+        .chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
     for (i, s) in picks {
         let img = image::open(&s.path).map_err(|e| Error::io(&s.path, e))?.to_rgb8();
         let sc = &scores[i];
         let out = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
             let p = img.get_pixel(x, y).0;
             let a = ((sc.map[y as usize * sc.width + x as usize] - lo) / span).clamp(0.0, 1.0);
-            image::Rgb([(p[0] as f32 * (1.0 - a) + 255.0 * a) as u8, (p[1] as f32 * (1.0 - a)) as u8, (p[2] as f32 * (1.0 - a)) as u8])
+            image::Rgb([
+                (p[0] as f32 * (1.0 - a) + 255.0 * a) as u8,
+                (p[1] as f32 * (1.0 - a)) as u8,
+                (p[2] as f32 * (1.0 - a)) as u8,
+            ])
         });
-        let name = format!("{}_{}_{:.3}.png", s.defect, s.path.file_stem().and_then(|n| n.to_str()).unwrap_or("image"), sc.score);
+        let name = format!(
+            "{}_{}_{:.3}.png",
+            s.defect,
+            s.path.file_stem().and_then(|n| n.to_str()).unwrap_or("image"),
+            sc.score
+        );
         let mut bytes = Vec::new();
-        out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::io(dir.join(&name), e))?;
+        out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .map_err(|e| Error::io(dir.join(&name), e))?;
         write_atomic(&dir.join(name), &bytes)?;
     }
     Ok(())
@@ -296,26 +410,54 @@ mod tests {
 
     fn sample(dir: &Path, name: &str, anomalous: bool) -> Sample {
         let path = dir.join(format!("{name}.png"));
-        image::RgbImage::from_pixel(4, 2, image::Rgb([100, 100, 100])).save(&path).unwrap();
-        Sample { path, anomalous, defect: if anomalous { "crack".into() } else { "good".into() }, mask: None }
+        image::RgbImage::from_pixel(4, 2, image::Rgb([100, 100, 100]))
+            .save(&path)
+            .unwrap();
+        Sample {
+            path,
+            anomalous,
+            defect: if anomalous { "crack".into() } else { "good".into() },
+            mask: None,
+        }
     }
 
     fn score(map: Vec<f32>) -> ImageScore {
         let score = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        ImageScore { score, language: None, association: score, map, height: 2, width: 4 }
+        ImageScore {
+            score,
+            language: None,
+            association: score,
+            map,
+            height: 2,
+            width: 4,
+        }
     }
 
     #[test]
     fn overlays_share_one_colour_scale() {
         let dir = tempfile::tempdir().unwrap();
         let tests = [sample(dir.path(), "a", false), sample(dir.path(), "b", true)];
-        let scores = [score(vec![0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10]), score(vec![0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.50])];
+        let scores = [
+            score(vec![0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10]),
+            score(vec![0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.50]),
+        ];
         let out = dir.path().join("overlays");
         write_overlays(&out, &tests, &scores, 1).unwrap();
-        let red = |name: &str| image::open(out.join(name)).unwrap().to_rgb8().pixels().map(|p| p.0[0]).max().unwrap();
+        let red = |name: &str| {
+            image::open(out.join(name))
+                .unwrap()
+                .to_rgb8()
+                .pixels()
+                .map(|p| p.0[0])
+                .max()
+                .unwrap()
+        };
         let (good, bad) = (red("good_a_0.120.png"), red("crack_b_0.500.png"));
         assert_eq!(bad, 255, "the run's highest value is full red");
-        assert!(good < 120, "a good photo's small bumps stay pale on the shared scale (red {good})");
+        assert!(
+            good < 120,
+            "a good photo's small bumps stay pale on the shared scale (red {good})"
+        );
     }
 }
 
@@ -354,14 +496,29 @@ mod metric_table_tests {
 
     #[test]
     fn markdown_has_f1_and_aupro_tables() {
-        let report = Report { provenance: Provenance::default(), runs: vec![run(0, 0.8, Some(0.6)), run(1, 0.9, Some(0.7))] };
+        let report = Report {
+            provenance: Provenance::default(),
+            runs: vec![run(0, 0.8, Some(0.6)), run(1, 0.9, Some(0.7))],
+        };
         let md = markdown(&report, &options());
-        assert!(md.contains("### Image F1-max (%)") && md.contains("| tile | 85.0 ± 5.0 |"), "{md}");
-        assert!(md.contains("### AUPRO up to FPR 0.3 (%)") && md.contains("| tile | 65.0 ± 5.0 |"), "{md}");
+        assert!(
+            md.contains("### Image F1-max (%)") && md.contains("| tile | 85.0 ± 5.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("### AUPRO up to FPR 0.3 (%)") && md.contains("| tile | 65.0 ± 5.0 |"),
+            "{md}"
+        );
         // Without masks there is no pixel AUROC and no AUPRO table; F1-max stays.
-        let report = Report { provenance: Provenance::default(), runs: vec![run(0, 0.8, None)] };
+        let report = Report {
+            provenance: Provenance::default(),
+            runs: vec![run(0, 0.8, None)],
+        };
         let md = markdown(&report, &options());
-        assert!(md.contains("Image F1-max") && !md.contains("AUPRO") && !md.contains("Pixel AUROC"), "{md}");
+        assert!(
+            md.contains("Image F1-max") && !md.contains("AUPRO") && !md.contains("Pixel AUROC"),
+            "{md}"
+        );
     }
 
     #[test]
@@ -370,6 +527,9 @@ mod metric_table_tests {
         let r: Report = serde_json::from_str(old).unwrap();
         assert_eq!((r.runs[0].image_f1_max, r.runs[0].aupro), (0.0, None));
         let json = serde_json::to_value(run(0, 0.8, Some(0.6))).unwrap();
-        assert_eq!((json["image_f1_max"].as_f64(), json["aupro"].as_f64()), (Some(0.8), Some(0.6)));
+        assert_eq!(
+            (json["image_f1_max"].as_f64(), json["aupro"].as_f64()),
+            (Some(0.8), Some(0.6))
+        );
     }
 }

@@ -19,7 +19,9 @@ pub fn load(path: &Path) -> Result<Plugin> {
 
 /// Whether a file name looks like an adp plugin on this platform (`libadp_plugin_*.so`, …).
 fn is_plugin_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
     let stem = name.strip_prefix(std::env::consts::DLL_PREFIX).unwrap_or(name);
     stem.starts_with("adp_plugin_") && name.ends_with(std::env::consts::DLL_SUFFIX)
 }
@@ -27,9 +29,18 @@ fn is_plugin_file(path: &Path) -> bool {
 /// Every plugin-named file in `dir`, sorted; each entry is the plugin or why it failed to load.
 pub fn discover(dir: &Path) -> Result<Vec<(PathBuf, Result<Plugin>)>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_plugin_file(p))
+        .collect();
     paths.sort();
-    Ok(paths.into_iter().map(|p| { let r = load(&p); (p, r) }).collect())
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let r = load(&p);
+            (p, r)
+        })
+        .collect())
 }
 
 /// The folders to search: those given, else `ADP_PLUGIN_PATH`, else the running program's folder.
@@ -38,12 +49,18 @@ pub fn plugin_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
         return given.to_vec();
     }
     if let Some(path) = std::env::var_os(PLUGIN_PATH_ENV) {
-        let dirs: Vec<PathBuf> = std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()).collect();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
         if !dirs.is_empty() {
             return dirs;
         }
     }
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect()
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect()
 }
 
 /// Loads a plugin named by path, or by backend name from the search folders.
@@ -64,6 +81,13 @@ pub fn find(name_or_path: &str, dirs: &[PathBuf]) -> Result<Plugin> {
     }
     Err(Error::invalid(
         "plugin",
-        format!("no plugin named {name_or_path:?} in {dirs:?} (found: {})", if seen.is_empty() { "none".into() } else { seen.join(", ") }),
+        format!(
+            "no plugin named {name_or_path:?} in {dirs:?} (found: {})",
+            if seen.is_empty() {
+                "none".into()
+            } else {
+                seen.join(", ")
+            }
+        ),
     ))
 }

@@ -37,26 +37,40 @@ unsafe fn c_str(p: *const c_char) -> String {
 
 fn open_library(path: &Path) -> Result<Library> {
     // SAFETY: loading runs the library's initialisers; adp plugins are Rust cdylibs without any.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| {
-            // libloading's message is "dlopen failed"; the loader's own reason is its source.
-            let reason = match std::error::Error::source(&e) {
-                Some(why) => format!("{e}: {why}"),
-                None => e.to_string(),
-            };
-            Error::NotASharedLibrary { path: path.into(), reason }
-        })?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's message is "dlopen failed"; the loader's own reason is its source.
+        let reason = match std::error::Error::source(&e) {
+            Some(why) => format!("{e}: {why}"),
+            None => e.to_string(),
+        };
+        Error::NotASharedLibrary {
+            path: path.into(),
+            reason,
+        }
+    })?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     let symbol = String::from_utf8_lossy(&DECLARATION_SYMBOL[..DECLARATION_SYMBOL.len() - 1]).into_owned();
     // SAFETY: a data symbol's address; nothing is read through it until the version is checked.
     let decl: *const AdpPluginDeclaration = unsafe {
         *lib.get::<*const AdpPluginDeclaration>(DECLARATION_SYMBOL)
-            .map_err(|_| Error::MissingDeclaration { path: path.into(), symbol: symbol.clone() })?
+            .map_err(|_| Error::MissingDeclaration {
+                path: path.into(),
+                symbol: symbol.clone(),
+            })?
     };
     // SAFETY: every ABI version starts with these two u32 fields.
-    let (abi, size) = unsafe { (std::ptr::read(decl.cast::<u32>()), std::ptr::read(decl.cast::<u32>().add(1))) };
+    let (abi, size) = unsafe {
+        (
+            std::ptr::read(decl.cast::<u32>()),
+            std::ptr::read(decl.cast::<u32>().add(1)),
+        )
+    };
     if abi != ADP_ABI_VERSION {
-        return Err(Error::AbiMismatch { path: path.into(), plugin: abi, host: ADP_ABI_VERSION });
+        return Err(Error::AbiMismatch {
+            path: path.into(),
+            plugin: abi,
+            host: ADP_ABI_VERSION,
+        });
     }
     if size as usize != std::mem::size_of::<AdpPluginDeclaration>() {
         let want = std::mem::size_of::<AdpPluginDeclaration>();
@@ -65,7 +79,10 @@ fn open_library(path: &Path) -> Result<Library> {
     // SAFETY: the version and size match ours, so the layout is ours.
     let decl = unsafe { &*decl };
     if decl.backend.is_null() || decl.object.is_null() {
-        return Err(Error::Protocol { backend: path.display().to_string(), message: "null function table".into() });
+        return Err(Error::Protocol {
+            backend: path.display().to_string(),
+            message: "null function table".into(),
+        });
     }
     // SAFETY: checked above; the tables are statics of a library that is never unloaded.
     unsafe {
@@ -79,7 +96,6 @@ fn open_library(path: &Path) -> Result<Library> {
         })
     }
 }
-
 
 /// Opens the library at `canonical` (a canonical path), once per process.
 pub(crate) fn open(canonical: &Path) -> Result<Arc<Library>> {
@@ -111,14 +127,22 @@ impl Library {
         let bytes = self.take(buffer);
         match code {
             ADP_OK => Ok(bytes),
-            ADP_ERROR => Err(wire::decode::<Error>(&bytes).unwrap_or_else(|e| self.protocol(format!("undecodable error: {e}")))),
-            ADP_PANIC => Err(Error::PluginPanic { backend: self.name.clone(), message: String::from_utf8_lossy(&bytes).into_owned() }),
+            ADP_ERROR => {
+                Err(wire::decode::<Error>(&bytes).unwrap_or_else(|e| self.protocol(format!("undecodable error: {e}"))))
+            }
+            ADP_PANIC => Err(Error::PluginPanic {
+                backend: self.name.clone(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
             other => Err(self.protocol(format!("unknown status code {other}"))),
         }
     }
 
     pub(crate) fn protocol(&self, message: impl Into<String>) -> Error {
-        Error::Protocol { backend: self.name.clone(), message: message.into() }
+        Error::Protocol {
+            backend: self.name.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -169,7 +193,10 @@ impl Remote {
         if handle.is_null() {
             return Err(lib.protocol("open succeeded without an object"));
         }
-        Ok(Remote { lib: lib.clone(), handle })
+        Ok(Remote {
+            lib: lib.clone(),
+            handle,
+        })
     }
 
     pub(crate) fn call(&self, call: &Call, progress: Option<&mut dyn FnMut(&Progress) -> Flow>) -> Result<Reply> {
@@ -179,13 +206,28 @@ impl Remote {
             Some(mut observer) => {
                 let user: *mut &mut dyn FnMut(&Progress) -> Flow = &mut observer;
                 // SAFETY: `observer` lives across the call; the plugin calls back synchronously.
-                unsafe { (self.lib.object.call)(self.handle, AdpBytes::from_slice(&bytes), Some(forward_progress), user.cast(), &mut out) }
+                unsafe {
+                    (self.lib.object.call)(
+                        self.handle,
+                        AdpBytes::from_slice(&bytes),
+                        Some(forward_progress),
+                        user.cast(),
+                        &mut out,
+                    )
+                }
             }
             // SAFETY: as above, without a callback.
-            None => unsafe { (self.lib.object.call)(self.handle, AdpBytes::from_slice(&bytes), None, std::ptr::null_mut(), &mut out) },
+            None => unsafe {
+                (self.lib.object.call)(
+                    self.handle,
+                    AdpBytes::from_slice(&bytes),
+                    None,
+                    std::ptr::null_mut(),
+                    &mut out,
+                )
+            },
         };
         let reply = self.lib.outcome(code, out)?;
         wire::decode(&reply).map_err(|e| self.lib.protocol(format!("undecodable reply: {e}")))
     }
 }
-

@@ -18,7 +18,10 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("path", &self.lib.path).field("info", &self.info).finish()
+        f.debug_struct("Plugin")
+            .field("path", &self.lib.path)
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -51,7 +54,9 @@ macro_rules! expect {
     ($remote:expr, $reply:expr, $variant:ident) => {
         match $reply? {
             Reply::$variant(v) => Ok(v),
-            other => Err($remote.lib.protocol(format!("expected {} reply, got {other:?}", stringify!($variant)))),
+            other => Err($remote
+                .lib
+                .protocol(format!("expected {} reply, got {other:?}", stringify!($variant)))),
         }
     };
 }
@@ -61,24 +66,55 @@ impl Backend for Plugin {
         self.info.clone()
     }
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
-        let remote = Remote::open(&self.lib, &Open::TextImageEncoder { clip: Cow::Borrowed(clip), device })?;
+        let remote = Remote::open(
+            &self.lib,
+            &Open::TextImageEncoder {
+                clip: Cow::Borrowed(clip),
+                device,
+            },
+        )?;
         let dims = expect!(remote, remote.call(&Call::EncoderDims, None), EncoderDims)?;
         Ok(Box::new(ProxyEncoder { remote, dims }))
     }
     fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
-        let remote = Remote::open(&self.lib, &Open::LatentDiffuser { sd: Cow::Borrowed(sd), device })?;
+        let remote = Remote::open(
+            &self.lib,
+            &Open::LatentDiffuser {
+                sd: Cow::Borrowed(sd),
+                device,
+            },
+        )?;
         let dims = expect!(remote, remote.call(&Call::DiffuserDims, None), DiffuserDims)?;
         Ok(Box::new(ProxyDiffuser { remote, dims }))
     }
-    fn concept_optimizer(&self, clip: &ClipCheckpoint, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn ConceptOptimizer>> {
-        let open = Open::ConceptOptimizer { clip: Cow::Borrowed(clip), sd: Cow::Borrowed(sd), device };
-        Ok(Box::new(ProxyOptimizer { remote: Remote::open(&self.lib, &open)? }))
+    fn concept_optimizer(
+        &self,
+        clip: &ClipCheckpoint,
+        sd: &DiffusionSpec,
+        device: Device,
+    ) -> Result<Box<dyn ConceptOptimizer>> {
+        let open = Open::ConceptOptimizer {
+            clip: Cow::Borrowed(clip),
+            sd: Cow::Borrowed(sd),
+            device,
+        };
+        Ok(Box::new(ProxyOptimizer {
+            remote: Remote::open(&self.lib, &open)?,
+        }))
     }
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        Ok(Box::new(ProxyScorer { remote: Remote::open(&self.lib, &Open::Scorer { device })? }))
+        Ok(Box::new(ProxyScorer {
+            remote: Remote::open(&self.lib, &Open::Scorer { device })?,
+        }))
     }
     fn feature_extractor(&self, backbone: &BackboneCheckpoint, device: Device) -> Result<Box<dyn FeatureExtractor>> {
-        let remote = Remote::open(&self.lib, &Open::FeatureExtractor { backbone: Cow::Borrowed(backbone), device })?;
+        let remote = Remote::open(
+            &self.lib,
+            &Open::FeatureExtractor {
+                backbone: Cow::Borrowed(backbone),
+                device,
+            },
+        )?;
         let dims = expect!(remote, remote.call(&Call::FeatureDims, None), FeatureDims)?;
         Ok(Box::new(ProxyFeatures { remote, dims }))
     }
@@ -94,20 +130,36 @@ impl TextImageEncoder for ProxyEncoder {
         self.dims
     }
     fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::ImageEmbeddings(Cow::Borrowed(images)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::ImageEmbeddings(Cow::Borrowed(images)), None),
+            Tensor
+        )
     }
     fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
         let call = Call::DenseFeatures(Cow::Borrowed(images), Cow::Borrowed(window_sizes));
         expect!(self.remote, self.remote.call(&call, None), Dense)
     }
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::TextEmbeddings(Cow::Borrowed(prompts)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::TextEmbeddings(Cow::Borrowed(prompts)), None),
+            Tensor
+        )
     }
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        expect!(self.remote, self.remote.call(&Call::TokenEmbedding(Cow::Borrowed(word)), None), Vector)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::TokenEmbedding(Cow::Borrowed(word)), None),
+            Vector
+        )
     }
     fn state_probability(&self, request: &StateProbabilityRequest) -> Result<StateProbability> {
-        expect!(self.remote, self.remote.call(&Call::StateProbability(Cow::Borrowed(request)), None), StateProbability)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::StateProbability(Cow::Borrowed(request)), None),
+            StateProbability
+        )
     }
 }
 
@@ -121,22 +173,46 @@ impl LatentDiffuser for ProxyDiffuser {
         self.dims
     }
     fn vae_encode(&self, images: &ImageBatch) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::VaeEncode(Cow::Borrowed(images)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::VaeEncode(Cow::Borrowed(images)), None),
+            Tensor
+        )
     }
     fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch> {
-        expect!(self.remote, self.remote.call(&Call::VaeDecode(Cow::Borrowed(latents)), None), Images)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::VaeDecode(Cow::Borrowed(latents)), None),
+            Images
+        )
     }
     fn text_conditioning(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::TextConditioning(Cow::Borrowed(prompts)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::TextConditioning(Cow::Borrowed(prompts)), None),
+            Tensor
+        )
     }
     fn unet_prediction(&self, request: &UnetRequest) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::UnetPrediction(Cow::Borrowed(request)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::UnetPrediction(Cow::Borrowed(request)), None),
+            Tensor
+        )
     }
     fn denoising_loss(&self, request: &DenoisingLossRequest) -> Result<ValueAndGrad> {
-        expect!(self.remote, self.remote.call(&Call::DenoisingLoss(Cow::Borrowed(request)), None), ValueAndGrad)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::DenoisingLoss(Cow::Borrowed(request)), None),
+            ValueAndGrad
+        )
     }
     fn img2img(&self, request: &Img2ImgRequest) -> Result<ImageBatch> {
-        expect!(self.remote, self.remote.call(&Call::Img2Img(Cow::Borrowed(request)), None), Images)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::Img2Img(Cow::Borrowed(request)), None),
+            Images
+        )
     }
 }
 
@@ -146,7 +222,11 @@ struct ProxyOptimizer {
 
 impl ConceptOptimizer for ProxyOptimizer {
     fn learn(&self, request: &LearnRequest, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Concept> {
-        expect!(self.remote, self.remote.call(&Call::Learn(Cow::Borrowed(request)), Some(progress)), Concept)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::Learn(Cow::Borrowed(request)), Some(progress)),
+            Concept
+        )
     }
 }
 
@@ -156,7 +236,11 @@ struct ProxyScorer {
 
 impl Scorer for ProxyScorer {
     fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory> {
-        expect!(self.remote, self.remote.call(&Call::BuildMemory(kind, Cow::Borrowed(support)), None), Memory)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::BuildMemory(kind, Cow::Borrowed(support)), None),
+            Memory
+        )
     }
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor> {
         let call = Call::Associate(Cow::Borrowed(memory), Cow::Borrowed(test));
@@ -174,9 +258,17 @@ impl FeatureExtractor for ProxyFeatures {
         self.dims.clone()
     }
     fn patch_features(&self, images: &ImageBatch) -> Result<Tensor> {
-        expect!(self.remote, self.remote.call(&Call::PatchFeatures(Cow::Borrowed(images)), None), Tensor)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::PatchFeatures(Cow::Borrowed(images)), None),
+            Tensor
+        )
     }
     fn backbone_outputs(&self, images: &ImageBatch) -> Result<BackboneOutputs> {
-        expect!(self.remote, self.remote.call(&Call::BackboneOutputs(Cow::Borrowed(images)), None), BackboneOutputs)
+        expect!(
+            self.remote,
+            self.remote.call(&Call::BackboneOutputs(Cow::Borrowed(images)), None),
+            BackboneOutputs
+        )
     }
 }

@@ -16,13 +16,19 @@ impl ReferenceMemories {
         for w in &support.windows {
             memories.push(scorer.build_memory(FeatureKind::Window(w.size), &w.embeddings)?);
         }
-        Ok(Self { grid: support.grid, memories })
+        Ok(Self {
+            grid: support.grid,
+            memories,
+        })
     }
 
     /// `M^W` per image, `[N, grid²]`: the mean over feature kinds of the patch-grid maps.
     pub fn patch_maps(&self, scorer: &dyn Scorer, test: &DenseFeatures) -> Result<Tensor> {
         if test.grid != self.grid {
-            return Err(Error::invalid("test features", format!("patch grid {} but the memories were built on {}", test.grid, self.grid)));
+            return Err(Error::invalid(
+                "test features",
+                format!("patch grid {} but the memories were built on {}", test.grid, self.grid),
+            ));
         }
         let g = self.grid;
         let n = test.patch_tokens.shape()[0];
@@ -32,7 +38,10 @@ impl ReferenceMemories {
                 FeatureKind::PatchTokens => scorer.associate(memory, &test.patch_tokens)?,
                 FeatureKind::Window(size) => {
                     let w = test.windows.iter().find(|w| w.size == size).ok_or_else(|| {
-                        Error::invalid("test features", format!("no {size}×{size} window embeddings, but the memory has them"))
+                        Error::invalid(
+                            "test features",
+                            format!("no {size}×{size} window embeddings, but the memory has them"),
+                        )
                     })?;
                     spread_windows(&scorer.associate(memory, &w.embeddings)?, g, size)?
                 }
@@ -48,7 +57,10 @@ impl ReferenceMemories {
 /// gets the mean of the windows covering it.
 pub fn spread_windows(scores: &Tensor, grid: usize, size: usize) -> Result<Tensor> {
     let per_side = grid + 1 - size;
-    scores.expect_shape(&format!("{size}×{size} window scores"), &[None, Some(per_side * per_side)])?;
+    scores.expect_shape(
+        &format!("{size}×{size} window scores"),
+        &[None, Some(per_side * per_side)],
+    )?;
     let n = scores.shape()[0];
     let mut out = vec![0f32; n * grid * grid];
     let mut count = vec![0f32; grid * grid];
@@ -108,7 +120,9 @@ pub fn gaussian_blur(img: &[f32], height: usize, width: usize, sigma: f32) -> Ve
         return img.to_vec();
     }
     let r = (4.0 * sigma).ceil() as isize;
-    let k: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let sum: f32 = k.iter().sum();
     let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
     let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
@@ -117,8 +131,15 @@ pub fn gaussian_blur(img: &[f32], height: usize, width: usize, sigma: f32) -> Ve
             for x in 0..width {
                 out[y * width + x] = (-r..=r)
                     .map(|d| {
-                        let (yy, xx) = if horizontal { (y as isize, x as isize + d) } else { (y as isize + d, x as isize) };
-                        let (yy, xx) = (yy.clamp(0, height as isize - 1) as usize, xx.clamp(0, width as isize - 1) as usize);
+                        let (yy, xx) = if horizontal {
+                            (y as isize, x as isize + d)
+                        } else {
+                            (y as isize + d, x as isize)
+                        };
+                        let (yy, xx) = (
+                            yy.clamp(0, height as isize - 1) as usize,
+                            xx.clamp(0, width as isize - 1) as usize,
+                        );
                         src[yy * width + xx] * k[(d + r) as usize]
                     })
                     .sum();

@@ -59,6 +59,9 @@ mod tests {
     fn templates_and_states() {
         assert_eq!(TEMPLATES.len(), 27);
         assert!(TEMPLATES.iter().all(|t| t.matches("{}").count() == 1));
-        assert_eq!(State::Anomalous.prompt(TEMPLATES[1], "<c_a>"), "a rendering of a damaged <c_a>");
+        assert_eq!(
+            State::Anomalous.prompt(TEMPLATES[1], "<c_a>"),
+            "a rendering of a damaged <c_a>"
+        );
     }
 }

@@ -18,7 +18,9 @@ pub enum ConceptToken {
 impl ConceptToken {
     fn prompt(&self, template: &str, state: State) -> Prompt {
         match self {
-            ConceptToken::Learned(c) => Prompt::with_concept(state.prompt(template, &c.placeholder), &c.placeholder, &c.vector),
+            ConceptToken::Learned(c) => {
+                Prompt::with_concept(state.prompt(template, &c.placeholder), &c.placeholder, &c.vector)
+            }
             ConceptToken::Word(w) => Prompt::plain(state.prompt(template, w)),
         }
     }
@@ -39,7 +41,9 @@ pub fn state_embedding(enc: &dyn TextImageEncoder, c: &ConceptToken, state: Stat
     let g = enc.text_embeddings(&prompts)?;
     let mut mean = vec![0f32; g.shape()[1]];
     for i in 0..prompts.len() {
-        mean.iter_mut().zip(unit(g.row(i))).for_each(|(m, v)| *m += v / prompts.len() as f32);
+        mean.iter_mut()
+            .zip(unit(g.row(i)))
+            .for_each(|(m, v)| *m += v / prompts.len() as f32);
     }
     Ok(unit(&mean))
 }
@@ -67,12 +71,21 @@ pub struct WeightedConcept {
 /// A concept's state embeddings with weight 1: for a single concept, or without a
 /// pseudo-validation set.
 pub fn unweighted(enc: &dyn TextImageEncoder, c: &ConceptToken) -> Result<WeightedConcept> {
-    Ok(WeightedConcept { normal: state_embedding(enc, c, State::Normal)?, anomalous: state_embedding(enc, c, State::Anomalous)?, weight: 1.0 })
+    Ok(WeightedConcept {
+        normal: state_embedding(enc, c, State::Normal)?,
+        anomalous: state_embedding(enc, c, State::Anomalous)?,
+        weight: 1.0,
+    })
 }
 
 /// Eq. 5: `w(c) = mean_i P(S_n(c) | x_i) + mean_j P(S_a(c) | x̃_j)` on the support images and the
 /// pseudo-anomalies (given as unit image features).
-pub fn weigh(enc: &dyn TextImageEncoder, c: &ConceptToken, support: &[Vec<f32>], pseudo: &[Vec<f32>]) -> Result<WeightedConcept> {
+pub fn weigh(
+    enc: &dyn TextImageEncoder,
+    c: &ConceptToken,
+    support: &[Vec<f32>],
+    pseudo: &[Vec<f32>],
+) -> Result<WeightedConcept> {
     if support.is_empty() {
         return Err(Error::EmptySupportSet);
     }
@@ -81,9 +94,21 @@ pub fn weigh(enc: &dyn TextImageEncoder, c: &ConceptToken, support: &[Vec<f32>],
     }
     let normal = state_embedding(enc, c, State::Normal)?;
     let anomalous = state_embedding(enc, c, State::Anomalous)?;
-    let on_support = support.iter().map(|f| two_way_probability(f, &normal, &anomalous)).sum::<f32>() / support.len() as f32;
-    let on_pseudo = pseudo.iter().map(|f| two_way_probability(f, &anomalous, &normal)).sum::<f32>() / pseudo.len() as f32;
-    Ok(WeightedConcept { normal, anomalous, weight: on_support + on_pseudo })
+    let on_support = support
+        .iter()
+        .map(|f| two_way_probability(f, &normal, &anomalous))
+        .sum::<f32>()
+        / support.len() as f32;
+    let on_pseudo = pseudo
+        .iter()
+        .map(|f| two_way_probability(f, &anomalous, &normal))
+        .sum::<f32>()
+        / pseudo.len() as f32;
+    Ok(WeightedConcept {
+        normal,
+        anomalous,
+        weight: on_support + on_pseudo,
+    })
 }
 
 /// The normal and anomalous prototypes `p_n`, `p_a` (eq. 6), unit length.
@@ -97,16 +122,24 @@ pub struct Prototypes {
 pub fn prototypes(concepts: &[WeightedConcept]) -> Result<Prototypes> {
     let total: f32 = concepts.iter().map(|c| c.weight).sum();
     if concepts.is_empty() || total.is_nan() || total <= 0.0 {
-        return Err(Error::invalid("concept weights", format!("their sum {total} must be positive")));
+        return Err(Error::invalid(
+            "concept weights",
+            format!("their sum {total} must be positive"),
+        ));
     }
     let mix = |pick: fn(&WeightedConcept) -> &Vec<f32>| {
         let mut out = vec![0f32; pick(&concepts[0]).len()];
         for c in concepts {
-            out.iter_mut().zip(pick(c)).for_each(|(o, v)| *o += c.weight * v / total);
+            out.iter_mut()
+                .zip(pick(c))
+                .for_each(|(o, v)| *o += c.weight * v / total);
         }
         unit(&out)
     };
-    Ok(Prototypes { normal: mix(|c| &c.normal), anomalous: mix(|c| &c.anomalous) })
+    Ok(Prototypes {
+        normal: mix(|c| &c.normal),
+        anomalous: mix(|c| &c.anomalous),
+    })
 }
 
 /// Eq. 7 (with `p_a` in the numerator, SPEC §6): the probability of the anomalous prototype.
@@ -134,15 +167,27 @@ mod tests {
 
     #[test]
     fn prototypes_weigh_concepts_and_scores_rise_with_anomaly() {
-        let a = WeightedConcept { normal: vec![1.0, 0.0], anomalous: vec![0.0, 1.0], weight: 3.0 };
-        let b = WeightedConcept { normal: vec![0.0, 1.0], anomalous: vec![1.0, 0.0], weight: 1.0 };
+        let a = WeightedConcept {
+            normal: vec![1.0, 0.0],
+            anomalous: vec![0.0, 1.0],
+            weight: 3.0,
+        };
+        let b = WeightedConcept {
+            normal: vec![0.0, 1.0],
+            anomalous: vec![1.0, 0.0],
+            weight: 1.0,
+        };
         let p = prototypes(&[a, b]).unwrap();
         let s = 1.0 / 10f32.sqrt();
         assert!((p.normal[0] - 3.0 * s).abs() < 1e-6 && (p.normal[1] - s).abs() < 1e-6);
         // An image near the anomalous prototype scores above one near the normal prototype.
         assert!(language_score(&p.anomalous, &p) > 0.5 && language_score(&p.normal, &p) < 0.5);
         assert_eq!(final_score(0.2, &[0.1, 0.6, 0.3]), 0.4);
-        let zero = WeightedConcept { normal: vec![1.0], anomalous: vec![1.0], weight: 0.0 };
+        let zero = WeightedConcept {
+            normal: vec![1.0],
+            anomalous: vec![1.0],
+            weight: 0.0,
+        };
         assert!(prototypes(&[zero]).is_err());
     }
 }

@@ -30,7 +30,11 @@ struct Object {
 
 fn into_buffer(bytes: Vec<u8>) -> AdpBuffer {
     let mut bytes = std::mem::ManuallyDrop::new(bytes);
-    AdpBuffer { ptr: bytes.as_mut_ptr(), len: bytes.len(), capacity: bytes.capacity() }
+    AdpBuffer {
+        ptr: bytes.as_mut_ptr(),
+        len: bytes.len(),
+        capacity: bytes.capacity(),
+    }
 }
 
 /// # Safety
@@ -63,13 +67,20 @@ unsafe fn guarded(out: *mut AdpBuffer, f: impl FnOnce() -> Result<Vec<u8>>) -> i
 }
 
 fn protocol(backend: &str, message: impl std::fmt::Display) -> Error {
-    Error::Protocol { backend: backend.into(), message: message.to_string() }
+    Error::Protocol {
+        backend: backend.into(),
+        message: message.to_string(),
+    }
 }
 
 pub struct BackendTableFor<E>(PhantomData<E>);
 
 impl<E: PluginEntry> BackendTableFor<E> {
-    pub const TABLE: AdpBackendTable = AdpBackendTable { info: info::<E>, open: open::<E>, free_buffer };
+    pub const TABLE: AdpBackendTable = AdpBackendTable {
+        info: info::<E>,
+        open: open::<E>,
+        free_buffer,
+    };
 }
 
 pub static OBJECT_TABLE: AdpObjectTable = AdpObjectTable { call, close };
@@ -89,7 +100,9 @@ unsafe extern "C" fn open<E: PluginEntry>(request: AdpBytes, object: *mut *mut A
                 Part::Optimizer(backend.concept_optimizer(&clip, &sd, device)?)
             }
             Open::Scorer { device } => Part::Scorer(backend.scorer(device)?),
-            Open::FeatureExtractor { backbone, device } => Part::Features(backend.feature_extractor(&backbone, device)?),
+            Open::FeatureExtractor { backbone, device } => {
+                Part::Features(backend.feature_extractor(&backbone, device)?)
+            }
         };
         let boxed = Box::new(Object { backend: E::NAME, part });
         if object.is_null() {
@@ -115,7 +128,10 @@ unsafe extern "C" fn call(
     out: *mut AdpBuffer,
 ) -> i32 {
     guarded(out, || {
-        let object = object.cast::<Object>().as_ref().ok_or_else(|| protocol("?", "call on a null object"))?;
+        let object = object
+            .cast::<Object>()
+            .as_ref()
+            .ok_or_else(|| protocol("?", "call on a null object"))?;
         let call: Call = wire::decode(request.as_slice()).map_err(|e| protocol(object.backend, e))?;
         let mut observe = |p: &Progress| match progress {
             Some(f) if f(user, &AdpProgress::from(p)) != 0 => Flow::Cancel,
@@ -147,7 +163,12 @@ fn dispatch(object: &Object, call: Call, progress: &mut dyn FnMut(&Progress) -> 
         (Part::Features(f), C::FeatureDims) => Reply::FeatureDims(f.dims()),
         (Part::Features(f), C::PatchFeatures(b)) => Reply::Tensor(f.patch_features(&b)?),
         (Part::Features(f), C::BackboneOutputs(b)) => Reply::BackboneOutputs(f.backbone_outputs(&b)?),
-        (_, call) => return Err(protocol(object.backend, format!("{call:?} sent to the wrong kind of object"))),
+        (_, call) => {
+            return Err(protocol(
+                object.backend,
+                format!("{call:?} sent to the wrong kind of object"),
+            ))
+        }
     })
 }
 

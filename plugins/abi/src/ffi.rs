@@ -24,7 +24,10 @@ pub struct AdpBytes {
 
 impl AdpBytes {
     pub fn from_slice(s: &[u8]) -> Self {
-        Self { ptr: s.as_ptr(), len: s.len() }
+        Self {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
     /// # Safety
     /// `ptr` must point at `len` readable bytes for the returned lifetime.
@@ -48,7 +51,11 @@ pub struct AdpBuffer {
 
 impl AdpBuffer {
     pub const fn empty() -> Self {
-        Self { ptr: std::ptr::null_mut(), len: 0, capacity: 0 }
+        Self {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            capacity: 0,
+        }
     }
 }
 

@@ -8,11 +8,26 @@ use std::borrow::Cow;
 /// Opens one of the pipeline parts.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Open<'a> {
-    TextImageEncoder { clip: Cow<'a, ClipCheckpoint>, device: Device },
-    LatentDiffuser { sd: Cow<'a, DiffusionSpec>, device: Device },
-    ConceptOptimizer { clip: Cow<'a, ClipCheckpoint>, sd: Cow<'a, DiffusionSpec>, device: Device },
-    Scorer { device: Device },
-    FeatureExtractor { backbone: Cow<'a, BackboneCheckpoint>, device: Device },
+    TextImageEncoder {
+        clip: Cow<'a, ClipCheckpoint>,
+        device: Device,
+    },
+    LatentDiffuser {
+        sd: Cow<'a, DiffusionSpec>,
+        device: Device,
+    },
+    ConceptOptimizer {
+        clip: Cow<'a, ClipCheckpoint>,
+        sd: Cow<'a, DiffusionSpec>,
+        device: Device,
+    },
+    Scorer {
+        device: Device,
+    },
+    FeatureExtractor {
+        backbone: Cow<'a, BackboneCheckpoint>,
+        device: Device,
+    },
 }
 
 /// One trait method call on an opened object. Borrowed on the host side, owned after decoding.
@@ -115,15 +130,28 @@ mod tests {
     #[test]
     fn diffusion_specs_and_concepts_cross() {
         let v: adp_api::config::diffusion::PerBlock = serde_json::from_str("[2, 4]").unwrap();
-        assert_eq!(decode::<adp_api::config::diffusion::PerBlock>(&encode(&v).unwrap()).unwrap(), v);
-        let mut c = Concept { name: "c".into(), placeholder: "<c>".into(), vector: vec![1.0], provenance: Default::default() };
-        c.provenance.hyperparameters.insert("alpha".into(), serde_json::json!({"x": [1, 2.5]}));
+        assert_eq!(
+            decode::<adp_api::config::diffusion::PerBlock>(&encode(&v).unwrap()).unwrap(),
+            v
+        );
+        let mut c = Concept {
+            name: "c".into(),
+            placeholder: "<c>".into(),
+            vector: vec![1.0],
+            provenance: Default::default(),
+        };
+        c.provenance
+            .hyperparameters
+            .insert("alpha".into(), serde_json::json!({"x": [1, 2.5]}));
         assert_eq!(decode::<Concept>(&encode(&c).unwrap()).unwrap(), c);
     }
 
     #[test]
     fn errors_round_trip_exactly() {
-        let e = Error::MissingTensor { file: "w.safetensors".into(), tensor: "visual.proj".into() };
+        let e = Error::MissingTensor {
+            file: "w.safetensors".into(),
+            tensor: "visual.proj".into(),
+        };
         assert_eq!(decode::<Error>(&encode(&e).unwrap()).unwrap(), e);
     }
 }

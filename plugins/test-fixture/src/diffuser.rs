@@ -16,14 +16,20 @@ fn alpha_bar(t: u32) -> Result<f32> {
     if t >= 1000 {
         return Err(Error::invalid("timestep", format!("{t} (train timesteps: 1000)")));
     }
-    Ok((0..=t).map(|s| 1.0 - (1e-4 + (0.02 - 1e-4) * s as f32 / 999.0)).product())
+    Ok((0..=t)
+        .map(|s| 1.0 - (1e-4 + (0.02 - 1e-4) * s as f32 / 999.0))
+        .product())
 }
 
 impl FixtureDiffuser {
     fn predict(&self, latents: &Tensor, timesteps: &[u32], cond: &[Vec<f32>]) -> Result<Tensor> {
         latents.expect_shape("latents", &[Some(cond.len()), Some(WIDTH), None, None])?;
         if timesteps.len() != cond.len() {
-            return Err(Error::shape("timesteps", format!("[{}]", cond.len()), &[timesteps.len()]));
+            return Err(Error::shape(
+                "timesteps",
+                format!("[{}]", cond.len()),
+                &[timesteps.len()],
+            ));
         }
         let plane = latents.shape()[2] * latents.shape()[3];
         let mut out = latents.clone();
@@ -79,8 +85,11 @@ impl LatentDiffuser for FixtureDiffuser {
     }
 
     fn unet_prediction(&self, r: &UnetRequest) -> Result<Tensor> {
-        r.conditioning.expect_shape("conditioning", &[None, Some(8), Some(WIDTH)])?;
-        let cond: Vec<Vec<f32>> = (0..r.conditioning.shape()[0]).map(|n| r.conditioning.row(n)[..WIDTH].to_vec()).collect();
+        r.conditioning
+            .expect_shape("conditioning", &[None, Some(8), Some(WIDTH)])?;
+        let cond: Vec<Vec<f32>> = (0..r.conditioning.shape()[0])
+            .map(|n| r.conditioning.row(n)[..WIDTH].to_vec())
+            .collect();
         self.predict(&r.latents, &r.timesteps, &cond)
     }
 
@@ -94,13 +103,21 @@ impl LatentDiffuser for FixtureDiffuser {
             return Err(Error::shape("noise", format!("{:?}", z0.shape()), r.noise.shape()));
         }
         if r.prompts.len() != r.images.len() {
-            return Err(Error::shape("prompts", format!("[{}]", r.images.len()), &[r.prompts.len()]));
+            return Err(Error::shape(
+                "prompts",
+                format!("[{}]", r.images.len()),
+                &[r.prompts.len()],
+            ));
         }
         let cond = r.prompts.iter().map(prompt_vector).collect::<Result<Vec<_>>>()?;
         let plane = 4;
         let mut zt = z0.clone();
         for (i, v) in zt.data_mut().iter_mut().enumerate() {
-            let ab = alpha_bar(*r.timesteps.get(i / (WIDTH * plane)).ok_or_else(|| Error::shape("timesteps", "one per image", &[r.timesteps.len()]))?)?;
+            let ab = alpha_bar(
+                *r.timesteps
+                    .get(i / (WIDTH * plane))
+                    .ok_or_else(|| Error::shape("timesteps", "one per image", &[r.timesteps.len()]))?,
+            )?;
             *v = ab.sqrt() * *v + (1.0 - ab).sqrt() * r.noise.data()[i];
         }
         let pred = self.predict(&zt, &r.timesteps, &cond)?;
@@ -128,12 +145,19 @@ impl LatentDiffuser for FixtureDiffuser {
         let px = r.images.pixels();
         if let Some(noise) = &r.noise {
             if noise.shape() != px.shape() {
-                return Err(Error::shape("img2img noise", format!("{:?}", px.shape()), noise.shape()));
+                return Err(Error::shape(
+                    "img2img noise",
+                    format!("{:?}", px.shape()),
+                    noise.shape(),
+                ));
             }
         }
         let nudge = r.guidance * p[0] / 1000.0;
         let out = Tensor::from_fn(px.shape().to_vec(), |i| {
-            let u = r.noise.as_ref().map_or_else(|| uniform(r.seed, i as u64), |n| n.data()[i]);
+            let u = r
+                .noise
+                .as_ref()
+                .map_or_else(|| uniform(r.seed, i as u64), |n| n.data()[i]);
             ((1.0 - r.strength) * px.data()[i] + r.strength * u + nudge).clamp(0.0, 1.0)
         });
         ImageBatch::new(out)

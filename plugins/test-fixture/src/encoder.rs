@@ -30,15 +30,26 @@ pub fn prompt_vector(prompt: &Prompt) -> Result<Vec<f32>> {
     }
     let words = prompt.text.split_whitespace().count();
     if words > CONTEXT {
-        return Err(Error::PromptTooLong { prompt: prompt.text.clone(), tokens: words, context: CONTEXT });
+        return Err(Error::PromptTooLong {
+            prompt: prompt.text.clone(),
+            tokens: words,
+            context: CONTEXT,
+        });
     }
     let mut v = vec![words as f32, prompt.text.len() as f32 / 10.0, 1.0];
     for slot in &prompt.concepts {
         if !prompt.text.contains(&slot.placeholder) {
-            return Err(Error::invalid("prompt", format!("{:?} lacks placeholder {}", prompt.text, slot.placeholder)));
+            return Err(Error::invalid(
+                "prompt",
+                format!("{:?} lacks placeholder {}", prompt.text, slot.placeholder),
+            ));
         }
         if slot.vector.len() != WIDTH {
-            return Err(Error::shape(format!("concept {}", slot.placeholder), format!("[{WIDTH}]"), &[slot.vector.len()]));
+            return Err(Error::shape(
+                format!("concept {}", slot.placeholder),
+                format!("[{WIDTH}]"),
+                &[slot.vector.len()],
+            ));
         }
         v.iter_mut().zip(&slot.vector).for_each(|(a, b)| *a += b);
     }
@@ -51,7 +62,14 @@ fn sigmoid(x: f32) -> f32 {
 
 impl TextImageEncoder for FixtureEncoder {
     fn dims(&self) -> EncoderDims {
-        EncoderDims { image_size: 4, grid: 2, embed_dim: WIDTH, vision_width: WIDTH, text_width: WIDTH, context_length: CONTEXT }
+        EncoderDims {
+            image_size: 4,
+            grid: 2,
+            embed_dim: WIDTH,
+            vision_width: WIDTH,
+            text_width: WIDTH,
+            context_length: CONTEXT,
+        }
     }
 
     fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
@@ -83,10 +101,17 @@ impl TextImageEncoder for FixtureEncoder {
                         }
                     }
                 }
-                Ok(WindowFeatures { size: s, embeddings: Tensor::new(vec![images.len(), per_side * per_side, WIDTH], data)? })
+                Ok(WindowFeatures {
+                    size: s,
+                    embeddings: Tensor::new(vec![images.len(), per_side * per_side, WIDTH], data)?,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(DenseFeatures { grid: 2, patch_tokens, windows })
+        Ok(DenseFeatures {
+            grid: 2,
+            patch_tokens,
+            windows,
+        })
     }
 
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
@@ -111,14 +136,24 @@ impl TextImageEncoder for FixtureEncoder {
         let mut grad = vec![0.0; WIDTH];
         for i in 0..r.images.len() {
             let fi = f.row(i);
-            let z: f32 = fi.iter().zip(gn.iter().zip(&ga)).map(|(x, (n, a))| x * (n - a)).sum::<f32>() / r.temperature;
+            let z: f32 = fi
+                .iter()
+                .zip(gn.iter().zip(&ga))
+                .map(|(x, (n, a))| x * (n - a))
+                .sum::<f32>()
+                / r.temperature;
             let p = sigmoid(z);
             normal.push(p);
             if let Some(name) = &r.gradient_of {
                 let k = (sign(&r.normal, name) - sign(&r.anomalous, name)) / r.temperature;
-                grad.iter_mut().zip(fi).for_each(|(g, x)| *g += p * (1.0 - p) * k * x / r.images.len() as f32);
+                grad.iter_mut()
+                    .zip(fi)
+                    .for_each(|(g, x)| *g += p * (1.0 - p) * k * x / r.images.len() as f32);
             }
         }
-        Ok(StateProbability { normal, grad: r.gradient_of.as_ref().map(|_| grad) })
+        Ok(StateProbability {
+            normal,
+            grad: r.gradient_of.as_ref().map(|_| grad),
+        })
     }
 }

@@ -13,12 +13,19 @@ impl Scorer for FixtureScorer {
     fn build_memory(&self, kind: FeatureKind, support: &Tensor) -> Result<ReferenceMemory> {
         let d = *support.shape().last().unwrap_or(&0);
         if support.is_empty() || d == 0 || !(2..=3).contains(&support.shape().len()) {
-            return Err(Error::shape("support features", "[K, P, D] or [M, D], non-empty", support.shape()));
+            return Err(Error::shape(
+                "support features",
+                "[K, P, D] or [M, D], non-empty",
+                support.shape(),
+            ));
         }
         support.check_finite("support features")?;
         let rows = support.len() / d;
         let data = support.data().chunks(d).flat_map(unit).collect();
-        Ok(ReferenceMemory { kind, features: Tensor::new(vec![rows, d], data)? })
+        Ok(ReferenceMemory {
+            kind,
+            features: Tensor::new(vec![rows, d], data)?,
+        })
     }
 
     fn associate(&self, memory: &ReferenceMemory, test: &Tensor) -> Result<Tensor> {
@@ -30,7 +37,12 @@ impl Scorer for FixtureScorer {
             .chunks(d)
             .map(|q| {
                 let q: Vec<f32> = unit(q).collect();
-                memory.features.data().chunks(d).map(|r| 0.5 * (1.0 - r.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>())).fold(f32::INFINITY, f32::min)
+                memory
+                    .features
+                    .data()
+                    .chunks(d)
+                    .map(|r| 0.5 * (1.0 - r.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>()))
+                    .fold(f32::INFINITY, f32::min)
             })
             .collect();
         Tensor::new(test.shape()[..2].to_vec(), scores)

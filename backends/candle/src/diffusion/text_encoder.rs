@@ -1,12 +1,12 @@
 //! transformers' `CLIPTextModel` (`text_model.*`), fed token embeddings so that a concept vector
 //! can be substituted and differentiated. Returns `last_hidden_state` (final layer norm applied),
 //! which Stable Diffusion's UNet cross-attends to.
-use adp_api::config::diffusion::TextEncoderConfig;
-use adp_api::tokenizer::Tokens;
-use candle_core::{Device, Module, Result, Tensor, D};
 use crate::convert::err;
 use crate::nn::{layer_norm, substitute, LayerNorm};
+use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::layout::{causal_mask, Substitution};
+use adp_api::tokenizer::Tokens;
+use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 struct EncoderLayer {
@@ -44,13 +44,25 @@ impl EncoderLayer {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
         let h = self.layer_norm1.forward(x)?;
-        let split = |l: &Linear| -> Result<Tensor> { l.forward(&h)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous() };
+        let split = |l: &Linear| -> Result<Tensor> {
+            l.forward(&h)?
+                .reshape((b, t, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let (q, k, v) = (split(&self.q_proj)?, split(&self.k_proj)?, split(&self.v_proj)?);
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask)?;
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
+        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, w))?;
         let x = (x + self.out_proj.forward(&attn)?)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let h = if self.quick_gelu { (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)? } else { h.gelu_erf()? };
+        let h = if self.quick_gelu {
+            (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
+        } else {
+            h.gelu_erf()?
+        };
         x + self.fc2.forward(&h)?
     }
 }
@@ -71,7 +83,9 @@ impl TextEncoder {
         Ok(Self {
             token_embedding: vb.get((c.vocab_size, c.hidden_size), "embeddings.token_embedding.weight")?,
             position_embedding: vb.get((n, c.hidden_size), "embeddings.position_embedding.weight")?,
-            layers: (0..c.num_hidden_layers).map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), c)).collect::<Result<_>>()?,
+            layers: (0..c.num_hidden_layers)
+                .map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), c))
+                .collect::<Result<_>>()?,
             final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
             mask: Tensor::from_vec(causal_mask(n), (n, n), device)?,
             vocab: c.vocab_size,

@@ -2,14 +2,24 @@
 //! from candle-transformers because the concept's gradient must flow back through
 //! cross-attention (candle-transformers uses a softmax without a backward pass there), and
 //! because every sample of a batch needs its own timestep.
+use crate::nn::{layer_norm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
 use adp_api::layout;
 use candle_core::{Module, Result, Tensor, D};
-use crate::nn::{layer_norm, LayerNorm};
 use candle_nn::{conv2d, group_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
-    conv2d(cin, cout, 3, Conv2dConfig { padding: 1, stride, ..Default::default() }, vb)
+    conv2d(
+        cin,
+        cout,
+        3,
+        Conv2dConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 struct Resnet {
@@ -29,14 +39,18 @@ impl Resnet {
             time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
             norm2: group_norm(c.norm_num_groups, cout, c.norm_eps, vb.pp("norm2"))?,
             conv2: conv3(vb.pp("conv2"), cout, cout, 1)?,
-            shortcut: (cin != cout).then(|| conv2d(cin, cout, 1, Default::default(), vb.pp("conv_shortcut"))).transpose()?,
+            shortcut: (cin != cout)
+                .then(|| conv2d(cin, cout, 1, Default::default(), vb.pp("conv_shortcut")))
+                .transpose()?,
         })
     }
 
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h.broadcast_add(&t)?)?.silu()?)?;
+        let h = self
+            .conv2
+            .forward(&self.norm2.forward(&h.broadcast_add(&t)?)?.silu()?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -71,9 +85,16 @@ impl Attention {
             let s = y.dim(1)?;
             y.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous()
         };
-        let (q, k, v) = (heads(self.to_q.forward(x)?)?, heads(self.to_k.forward(context)?)?, heads(self.to_v.forward(context)?)?);
+        let (q, k, v) = (
+            heads(self.to_q.forward(x)?)?,
+            heads(self.to_k.forward(context)?)?,
+            heads(self.to_v.forward(context)?)?,
+        );
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        let out = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
+        let out = candle_nn::ops::softmax(&scores, D::Minus1)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, w))?;
         self.to_out.forward(&out)
     }
 }
@@ -112,7 +133,12 @@ impl SpatialTransformer {
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         // `.contiguous()`: candle's batched matmul mis-reads non-contiguous left operands (batch > 1).
-        let hs = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let hs = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let hs = self.proj_in.forward(&hs)?;
         let n1 = self.norm1.forward(&hs)?;
         let hs = (&hs + self.attn1.forward(&n1, &n1)?)?;
@@ -120,7 +146,12 @@ impl SpatialTransformer {
         let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
         let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
         let hs = (&hs + self.ff_out.forward(&(a * gate.gelu_erf()?)?)?)?;
-        let out = self.proj_out.forward(&hs)?.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))?;
+        let out = self
+            .proj_out
+            .forward(&hs)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, c, h, w))?;
         out + x
     }
 }
@@ -166,7 +197,9 @@ impl UNet {
         let layer = |vb: &VarBuilder, j: usize, cin: usize, cout: usize, attn: bool, heads: usize| -> Result<Layer> {
             Ok(Layer {
                 resnet: Resnet::new(vb.pp(format!("resnets.{j}")), cin, cout, temb, c)?,
-                attention: attn.then(|| SpatialTransformer::new(vb.pp(format!("attentions.{j}")), cout, heads, c)).transpose()?,
+                attention: attn
+                    .then(|| SpatialTransformer::new(vb.pp(format!("attentions.{j}")), cout, heads, c))
+                    .transpose()?,
             })
         };
         let mut down = Vec::new();
@@ -174,9 +207,20 @@ impl UNet {
             let vb = vb.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
             let layers = (0..c.layers_per_block)
-                .map(|j| layer(&vb, j, if j == 0 { cin } else { ch[i] }, ch[i], cross(&c.down_block_types[i]), c.attention_head_dim.get(i)))
+                .map(|j| {
+                    layer(
+                        &vb,
+                        j,
+                        if j == 0 { cin } else { ch[i] },
+                        ch[i],
+                        cross(&c.down_block_types[i]),
+                        c.attention_head_dim.get(i),
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| conv3(vb.pp("downsamplers.0.conv"), ch[i], ch[i], 2)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| conv3(vb.pp("downsamplers.0.conv"), ch[i], ch[i], 2))
+                .transpose()?;
             down.push(Block { layers, resample });
         }
         let last = ch[n - 1];
@@ -197,10 +241,19 @@ impl UNet {
                 .map(|j| {
                     let skip = if j + 1 == layers_n { input } else { out };
                     let res_in = if j == 0 { prev } else { out };
-                    layer(&vb, j, res_in + skip, out, cross(&c.up_block_types[i]), c.attention_head_dim.get(n - 1 - i))
+                    layer(
+                        &vb,
+                        j,
+                        res_in + skip,
+                        out,
+                        cross(&c.up_block_types[i]),
+                        c.attention_head_dim.get(n - 1 - i),
+                    )
                 })
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| conv3(vb.pp("upsamplers.0.conv"), out, out, 1)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| conv3(vb.pp("upsamplers.0.conv"), out, out, 1))
+                .transpose()?;
             up.push(Block { layers, resample });
         }
         Ok(Self {
@@ -219,7 +272,11 @@ impl UNet {
     /// diffusers' `get_timestep_embedding`, one timestep per sample.
     fn timestep_embedding(&self, timesteps: &[f64], device: &candle_core::Device) -> Result<Tensor> {
         let data = layout::timestep_embedding(&self.config, timesteps);
-        Tensor::from_vec(data, (timesteps.len(), self.config.block_out_channels[0] / 2 * 2), device)
+        Tensor::from_vec(
+            data,
+            (timesteps.len(), self.config.block_out_channels[0] / 2 * 2),
+            device,
+        )
     }
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.

@@ -17,7 +17,9 @@ impl MbConv {
     /// `vb` at `_blocks.{index}`.
     pub fn new(vb: VarBuilder, b: &BlockSpec) -> Result<Self> {
         let hidden = b.expanded();
-        let expand = (b.expand_ratio != 1).then(|| SameConv::new(vb.pp("_expand_conv"), b.input, hidden, 1, 1, 1)).transpose()?;
+        let expand = (b.expand_ratio != 1)
+            .then(|| SameConv::new(vb.pp("_expand_conv"), b.input, hidden, 1, 1, 1))
+            .transpose()?;
         Ok(Self {
             expand,
             depthwise: SameConv::new(vb.pp("_depthwise_conv"), hidden, hidden, b.kernel, b.stride, hidden)?,

@@ -31,7 +31,10 @@ impl EfficientNet {
     /// `vb` at the root of the folded tensors.
     pub fn new(vb: VarBuilder, cfg: &EfficientNetConfig) -> Result<Self> {
         let specs = cfg.blocks();
-        let blocks = specs.iter().map(|b| MbConv::new(vb.pp("_blocks").pp(b.index), b)).collect::<Result<_>>()?;
+        let blocks = specs
+            .iter()
+            .map(|b| MbConv::new(vb.pp("_blocks").pp(b.index), b))
+            .collect::<Result<_>>()?;
         let last = specs.last().map(|b| b.output).unwrap_or(STEM_WIDTH);
         Ok(Self {
             stem: SameConv::new(vb.pp("_conv_stem"), 3, STEM_WIDTH, 3, 2, 1)?,

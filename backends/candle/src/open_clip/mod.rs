@@ -15,6 +15,9 @@ pub struct OpenClip {
 impl OpenClip {
     /// `vb` at the root of an open_clip state dict.
     pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
-        Ok(Self { visual: vision::VisionTransformer::new(vb.pp("visual"), cfg)?, text: text::TextTransformer::new(vb, cfg)? })
+        Ok(Self {
+            visual: vision::VisionTransformer::new(vb.pp("visual"), cfg)?,
+            text: text::TextTransformer::new(vb, cfg)?,
+        })
     }
 }

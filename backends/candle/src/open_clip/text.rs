@@ -2,11 +2,11 @@
 //! `ln_final`, `text_projection`) with concept vectors substituted at placeholder positions.
 use super::transformer::Transformer;
 use crate::convert::err;
+use crate::nn::{layer_norm, substitute, LayerNorm};
 use adp_api::layout::{causal_mask, Substitution};
 use adp_api::tokenizer::Tokens;
 use adp_api::ClipConfig;
 use candle_core::{Module, Result, Tensor};
-use crate::nn::{layer_norm, substitute, LayerNorm};
 use candle_nn::VarBuilder;
 
 pub struct TextTransformer {
@@ -26,7 +26,14 @@ impl TextTransformer {
         Ok(Self {
             token_embedding: vb.get((t.vocab_size, t.width), "token_embedding.weight")?,
             positional_embedding: vb.get((t.context_length, t.width), "positional_embedding")?,
-            transformer: Transformer::new(vb.pp("transformer"), t.width, t.layers, t.heads, t.mlp_ratio, cfg.quick_gelu)?,
+            transformer: Transformer::new(
+                vb.pp("transformer"),
+                t.width,
+                t.layers,
+                t.heads,
+                t.mlp_ratio,
+                cfg.quick_gelu,
+            )?,
             ln_final: layer_norm(t.width, 1e-5, vb.pp("ln_final"))?,
             text_projection: vb.get((t.width, cfg.embed_dim), "text_projection")?,
             causal_mask: Tensor::from_vec(causal_mask(n), (n, n), vb.device())?,

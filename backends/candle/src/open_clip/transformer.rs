@@ -1,6 +1,6 @@
 //! open_clip's `Transformer`: `resblocks.N.{ln_1, attn, ln_2, mlp}`, pre-norm, batch first.
-use candle_core::{Module, Result, Tensor, D};
 use crate::nn::{layer_norm, LayerNorm};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 /// `nn.MultiheadAttention` with its packed `in_proj_weight` / `in_proj_bias`.
@@ -25,9 +25,14 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
-        let qkv = x.broadcast_matmul(&self.in_proj_weight.t()?)?.broadcast_add(&self.in_proj_bias)?;
+        let qkv = x
+            .broadcast_matmul(&self.in_proj_weight.t()?)?
+            .broadcast_add(&self.in_proj_bias)?;
         let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(D::Minus1, i * w, w)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous()
+            qkv.narrow(D::Minus1, i * w, w)?
+                .reshape((b, t, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
@@ -65,7 +70,11 @@ impl ResidualAttentionBlock {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
-        let h = if self.quick_gelu { (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)? } else { h.gelu_erf()? };
+        let h = if self.quick_gelu {
+            (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
+        } else {
+            h.gelu_erf()?
+        };
         x + self.c_proj.forward(&h)?
     }
 }
@@ -75,7 +84,14 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    pub fn new(vb: VarBuilder, width: usize, layers: usize, heads: usize, mlp_ratio: f32, quick_gelu: bool) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        mlp_ratio: f32,
+        quick_gelu: bool,
+    ) -> Result<Self> {
         let resblocks = (0..layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(format!("resblocks.{i}")), width, heads, mlp_ratio, quick_gelu))
             .collect::<Result<_>>()?;
@@ -85,6 +101,8 @@ impl Transformer {
     /// Runs the first `layers` blocks (all when `None`).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, layers: Option<usize>) -> Result<Tensor> {
         let n = layers.unwrap_or(self.resblocks.len());
-        self.resblocks[..n].iter().try_fold(x.clone(), |x, b| b.forward(&x, mask))
+        self.resblocks[..n]
+            .iter()
+            .try_fold(x.clone(), |x, b| b.forward(&x, mask))
     }
 }

@@ -1,9 +1,9 @@
 //! open_clip's `VisionTransformer` (`visual.*`), with the dense features WinCLIP needs.
 use super::transformer::Transformer;
+use crate::nn::{layer_norm, LayerNorm};
 use adp_api::layout::window_positions;
 use adp_api::ClipConfig;
 use candle_core::{Module, Result, Tensor, D};
-use crate::nn::{layer_norm, LayerNorm};
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 pub struct VisionTransformer {
@@ -20,14 +20,24 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
         let v = &cfg.vision_cfg;
-        let conv = Conv2dConfig { stride: v.patch_size, ..Default::default() };
+        let conv = Conv2dConfig {
+            stride: v.patch_size,
+            ..Default::default()
+        };
         let grid = cfg.grid();
         Ok(Self {
             conv1: conv2d_no_bias(3, v.width, v.patch_size, conv, vb.pp("conv1"))?,
             class_embedding: vb.get(v.width, "class_embedding")?,
             positional_embedding: vb.get((grid * grid + 1, v.width), "positional_embedding")?,
             ln_pre: layer_norm(v.width, 1e-5, vb.pp("ln_pre"))?,
-            transformer: Transformer::new(vb.pp("transformer"), v.width, v.layers, cfg.vision_heads(), v.mlp_ratio, cfg.quick_gelu)?,
+            transformer: Transformer::new(
+                vb.pp("transformer"),
+                v.width,
+                v.layers,
+                cfg.vision_heads(),
+                v.mlp_ratio,
+                cfg.quick_gelu,
+            )?,
             ln_post: layer_norm(v.width, 1e-5, vb.pp("ln_post"))?,
             proj: vb.get((v.width, cfg.embed_dim), "proj")?,
             grid,
@@ -54,7 +64,10 @@ impl VisionTransformer {
         let x = self.transformer.forward(&x, None, layers)?;
         match layers {
             Some(_) => Ok(x),
-            None => self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.matmul(&self.proj),
+            None => self
+                .ln_post
+                .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?
+                .matmul(&self.proj),
         }
     }
 
@@ -74,11 +87,16 @@ impl VisionTransformer {
     /// of every image goes through the tower in one batch of `[N·windows, 1 + size², W]`.
     pub fn window_embeddings(&self, images: &Tensor, size: usize) -> Result<Tensor> {
         let per_side = self.grid + 1 - size;
-        let index: Vec<u32> = window_positions(self.grid, size).into_iter().map(|i| i as u32).collect();
+        let index: Vec<u32> = window_positions(self.grid, size)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
         let patches = self.patches(images)?;
         let (n, _, w) = patches.dims3()?;
         let index = Tensor::new(index, patches.device())?;
-        let windows = patches.index_select(&index, 1)?.reshape((n * per_side * per_side, size * size, w))?;
+        let windows = patches
+            .index_select(&index, 1)?
+            .reshape((n * per_side * per_side, size * size, w))?;
         let e = self.run(&windows, None)?;
         e.reshape((n, per_side * per_side, e.dim(D::Minus1)?))
     }

@@ -27,7 +27,10 @@ impl Schedule {
     pub fn step(&self, output: &Tensor, t: usize, prev: Option<usize>, sample: &Tensor) -> TchResult<Tensor> {
         let ((a, b), (a_prev, b_prev)) = (self.0.at(t), self.0.at_prev(prev));
         let (x0, eps) = match self.0.prediction {
-            Prediction::Epsilon => (sample.f_sub(&output.f_mul_scalar(b)?)?.f_div_scalar(a)?, output.shallow_clone()),
+            Prediction::Epsilon => (
+                sample.f_sub(&output.f_mul_scalar(b)?)?.f_div_scalar(a)?,
+                output.shallow_clone(),
+            ),
             Prediction::VPrediction => (
                 sample.f_mul_scalar(a)?.f_sub(&output.f_mul_scalar(b)?)?,
                 output.f_mul_scalar(a)?.f_add(&sample.f_mul_scalar(b)?)?,

@@ -3,8 +3,8 @@
 //! which Stable Diffusion's UNet cross-attends to. Mirrors the candle backend's text encoder.
 use crate::convert::{err, to_tch};
 use crate::nn::{split_heads, substitute, LayerNorm, Linear, Prefixed, TchResult, Weights};
-use adp_api::layout::{causal_mask, Substitution};
 use adp_api::config::diffusion::TextEncoderConfig;
+use adp_api::layout::{causal_mask, Substitution};
 use adp_api::tokenizer::Tokens;
 use adp_api::Result;
 use tch::Tensor;
@@ -46,11 +46,22 @@ impl EncoderLayer {
         let h = self.layer_norm1.forward(x)?;
         let split = |l: &Linear| -> TchResult<Tensor> { split_heads(&l.forward(&h)?, self.heads) };
         let (q, k, v) = (split(&self.q_proj)?, split(&self.k_proj)?, split(&self.v_proj)?);
-        let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?.f_add(mask)?;
-        let attn = scores.f_softmax(-1, tch::Kind::Float)?.f_matmul(&v)?.f_transpose(1, 2)?.f_reshape([b, t, w])?;
+        let scores = q
+            .f_matmul(&k.f_transpose(-2, -1)?)?
+            .f_div_scalar((d as f64).sqrt())?
+            .f_add(mask)?;
+        let attn = scores
+            .f_softmax(-1, tch::Kind::Float)?
+            .f_matmul(&v)?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, w])?;
         let x = x.f_add(&self.out_proj.forward(&attn)?)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let h = if self.quick_gelu { h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)? } else { h.f_gelu("none")? };
+        let h = if self.quick_gelu {
+            h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)?
+        } else {
+            h.f_gelu("none")?
+        };
         x.f_add(&self.fc2.forward(&h)?)
     }
 }
@@ -75,7 +86,9 @@ impl TextEncoder {
         Ok(Self {
             token_embedding,
             position_embedding: w.get("embeddings.position_embedding.weight", &[n, c.hidden_size])?,
-            layers: (0..c.num_hidden_layers).map(|i| EncoderLayer::new(w.pp(format!("encoder.layers.{i}")), c)).collect::<Result<_>>()?,
+            layers: (0..c.num_hidden_layers)
+                .map(|i| EncoderLayer::new(w.pp(format!("encoder.layers.{i}")), c))
+                .collect::<Result<_>>()?,
             final_layer_norm: LayerNorm::new(w.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps)?,
             mask,
             vocab: c.vocab_size,
@@ -89,7 +102,9 @@ impl TextEncoder {
         let x = substitute(&self.token_embedding, &s, slots)?;
         let (p, c) = (s.prompts as i64, s.context as i64);
         let run = || -> TchResult<Tensor> {
-            let mut x = x.f_reshape([p, c, -1])?.f_add(&self.position_embedding.f_narrow(0, 0, c)?)?;
+            let mut x = x
+                .f_reshape([p, c, -1])?
+                .f_add(&self.position_embedding.f_narrow(0, 0, c)?)?;
             let mask = self.mask.f_narrow(0, 0, c)?.f_narrow(1, 0, c)?;
             for layer in &self.layers {
                 x = layer.forward(&x, &mask)?;

@@ -24,13 +24,19 @@ impl Resnet {
             time_emb_proj: Linear::new(w.pp("time_emb_proj"), temb, cout, true)?,
             norm2: GroupNorm::new(w.pp("norm2"), c.norm_num_groups, cout, c.norm_eps)?,
             conv2: Conv2d::k3(w.pp("conv2"), cout, cout, 1)?,
-            shortcut: (cin != cout).then(|| Conv2d::k1(w.pp("conv_shortcut"), cin, cout)).transpose()?,
+            shortcut: (cin != cout)
+                .then(|| Conv2d::k1(w.pp("conv_shortcut"), cin, cout))
+                .transpose()?,
         })
     }
 
     fn forward(&self, x: &Tensor, temb: &Tensor) -> TchResult<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.f_silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.f_silu()?)?.f_unsqueeze(2)?.f_unsqueeze(3)?;
+        let t = self
+            .time_emb_proj
+            .forward(&temb.f_silu()?)?
+            .f_unsqueeze(2)?
+            .f_unsqueeze(3)?;
         let h = self.conv2.forward(&self.norm2.forward(&h.f_add(&t)?)?.f_silu()?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
@@ -158,7 +164,9 @@ impl UNet {
         let layer = |w: &Prefixed, j: usize, cin: usize, cout: usize, attn: bool, heads: usize| -> Result<Layer> {
             Ok(Layer {
                 resnet: Resnet::new(w.pp(format!("resnets.{j}")), cin, cout, temb, c)?,
-                attention: attn.then(|| SpatialTransformer::new(w.pp(format!("attentions.{j}")), cout, heads, c)).transpose()?,
+                attention: attn
+                    .then(|| SpatialTransformer::new(w.pp(format!("attentions.{j}")), cout, heads, c))
+                    .transpose()?,
             })
         };
         let mut down = Vec::new();
@@ -166,9 +174,20 @@ impl UNet {
             let wb = w.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
             let layers = (0..c.layers_per_block)
-                .map(|j| layer(&wb, j, if j == 0 { cin } else { ch[i] }, ch[i], cross(&c.down_block_types[i]), c.attention_head_dim.get(i)))
+                .map(|j| {
+                    layer(
+                        &wb,
+                        j,
+                        if j == 0 { cin } else { ch[i] },
+                        ch[i],
+                        cross(&c.down_block_types[i]),
+                        c.attention_head_dim.get(i),
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| Conv2d::k3(wb.pp("downsamplers.0.conv"), ch[i], ch[i], 2)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| Conv2d::k3(wb.pp("downsamplers.0.conv"), ch[i], ch[i], 2))
+                .transpose()?;
             down.push(Block { layers, resample });
         }
         let last = ch[n - 1];
@@ -189,10 +208,19 @@ impl UNet {
                 .map(|j| {
                     let skip = if j + 1 == layers_n { input } else { out };
                     let res_in = if j == 0 { prev } else { out };
-                    layer(&wb, j, res_in + skip, out, cross(&c.up_block_types[i]), c.attention_head_dim.get(n - 1 - i))
+                    layer(
+                        &wb,
+                        j,
+                        res_in + skip,
+                        out,
+                        cross(&c.up_block_types[i]),
+                        c.attention_head_dim.get(n - 1 - i),
+                    )
                 })
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| Conv2d::k3(wb.pp("upsamplers.0.conv"), out, out, 1)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| Conv2d::k3(wb.pp("upsamplers.0.conv"), out, out, 1))
+                .transpose()?;
             up.push(Block { layers, resample });
         }
         Ok(Self {
@@ -212,7 +240,9 @@ impl UNet {
     fn timestep_embedding(&self, timesteps: &[f64], device: tch::Device) -> TchResult<Tensor> {
         let data = layout::timestep_embedding(&self.config, timesteps);
         let width = (self.config.block_out_channels[0] / 2 * 2) as i64;
-        Tensor::f_from_slice(&data)?.f_reshape([timesteps.len() as i64, width])?.f_to_device(device)
+        Tensor::f_from_slice(&data)?
+            .f_reshape([timesteps.len() as i64, width])?
+            .f_to_device(device)
     }
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.
@@ -236,7 +266,9 @@ impl UNet {
         h = self.mid.2.forward(&h, &temb)?;
         for block in &self.up {
             for l in &block.layers {
-                let skip = skips.pop().ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
                 h = l.forward(&Tensor::f_cat(&[&h, &skip], 1)?, &temb, context)?;
             }
             if let Some(conv) = &block.resample {

@@ -23,7 +23,9 @@ impl Resnet {
             conv1: Conv2d::k3(w.pp("conv1"), cin, cout, 1)?,
             norm2: GroupNorm::new(w.pp("norm2"), groups, cout, EPS)?,
             conv2: Conv2d::k3(w.pp("conv2"), cout, cout, 1)?,
-            shortcut: (cin != cout).then(|| Conv2d::k1(w.pp("conv_shortcut"), cin, cout)).transpose()?,
+            shortcut: (cin != cout)
+                .then(|| Conv2d::k1(w.pp("conv_shortcut"), cin, cout))
+                .transpose()?,
         })
     }
 
@@ -60,7 +62,11 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
         let (b, c, h, w) = x.size4()?;
-        let hs = self.group_norm.forward(x)?.f_reshape([b, c, h * w])?.f_transpose(1, 2)?;
+        let hs = self
+            .group_norm
+            .forward(x)?
+            .f_reshape([b, c, h * w])?
+            .f_transpose(1, 2)?;
         let q = split_heads(&self.to_q.forward(&hs)?, 1)?;
         let k = split_heads(&self.to_k.forward(&hs)?, 1)?;
         let v = split_heads(&self.to_v.forward(&hs)?, 1)?;
@@ -84,7 +90,8 @@ impl Mid {
         })
     }
     fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        self.resnet1.forward(&self.attention.forward(&self.resnet0.forward(x)?)?)
+        self.resnet1
+            .forward(&self.attention.forward(&self.resnet0.forward(x)?)?)
     }
 }
 
@@ -122,9 +129,18 @@ impl Vae {
             let wb = e.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
             let resnets = (0..c.layers_per_block)
-                .map(|j| Resnet::new(wb.pp(format!("resnets.{j}")), if j == 0 { cin } else { ch[i] }, ch[i], g))
+                .map(|j| {
+                    Resnet::new(
+                        wb.pp(format!("resnets.{j}")),
+                        if j == 0 { cin } else { ch[i] },
+                        ch[i],
+                        g,
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| Conv2d::new(wb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 2, 0)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| Conv2d::new(wb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 2, 0))
+                .transpose()?;
             enc_down.push(Block { resnets, resample });
         }
         let d = w.pp("decoder");
@@ -136,7 +152,9 @@ impl Vae {
             let resnets = (0..c.layers_per_block + 1)
                 .map(|j| Resnet::new(wb.pp(format!("resnets.{j}")), if j == 0 { prev } else { out }, out, g))
                 .collect::<Result<_>>()?;
-            let resample = (i + 1 < n).then(|| Conv2d::k3(wb.pp("upsamplers.0.conv"), out, out, 1)).transpose()?;
+            let resample = (i + 1 < n)
+                .then(|| Conv2d::k3(wb.pp("upsamplers.0.conv"), out, out, 1))
+                .transpose()?;
             dec_up.push(Block { resnets, resample });
         }
         Ok(Self {

@@ -18,7 +18,9 @@ impl MbConv {
     /// `w` at `_blocks.{index}`.
     pub fn new(w: Prefixed, b: &BlockSpec) -> Result<Self> {
         let hidden = b.expanded();
-        let expand = (b.expand_ratio != 1).then(|| SameConv::new(w.pp("_expand_conv"), b.input, hidden, 1, 1, 1)).transpose()?;
+        let expand = (b.expand_ratio != 1)
+            .then(|| SameConv::new(w.pp("_expand_conv"), b.input, hidden, 1, 1, 1))
+            .transpose()?;
         Ok(Self {
             expand,
             depthwise: SameConv::new(w.pp("_depthwise_conv"), hidden, hidden, b.kernel, b.stride, hidden)?,

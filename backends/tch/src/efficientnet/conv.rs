@@ -42,7 +42,14 @@ impl SameConv {
             padded = x.f_constant_pad_nd([left, right, top, bottom])?;
             &padded
         };
-        x.f_conv2d(&self.weight, Some(&self.bias), [self.stride, self.stride], [0, 0], [1, 1], self.groups)
+        x.f_conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [0, 0],
+            [1, 1],
+            self.groups,
+        )
     }
 }
 

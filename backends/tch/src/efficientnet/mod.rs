@@ -38,7 +38,10 @@ impl EfficientNet {
     /// `w` holds the folded tensors under the checkpoint's names.
     pub fn new(w: &Weights, cfg: &EfficientNetConfig) -> Result<Self> {
         let specs = cfg.blocks();
-        let blocks = specs.iter().map(|b| MbConv::new(w.pp(format!("_blocks.{}", b.index)), b)).collect::<Result<_>>()?;
+        let blocks = specs
+            .iter()
+            .map(|b| MbConv::new(w.pp(format!("_blocks.{}", b.index)), b))
+            .collect::<Result<_>>()?;
         let last = specs.last().map(|b| b.output).unwrap_or(STEM_WIDTH);
         Ok(Self {
             stem: SameConv::new(w.pp("_conv_stem"), 3, STEM_WIDTH, 3, 2, 1)?,

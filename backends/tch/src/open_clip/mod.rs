@@ -20,6 +20,9 @@ unsafe impl Sync for OpenClip {}
 
 impl OpenClip {
     pub fn new(w: &Weights, cfg: &ClipConfig) -> Result<Self> {
-        Ok(Self { visual: vision::VisionTransformer::new(w.pp("visual"), cfg)?, text: text::TextTransformer::new(w, cfg)? })
+        Ok(Self {
+            visual: vision::VisionTransformer::new(w.pp("visual"), cfg)?,
+            text: text::TextTransformer::new(w, cfg)?,
+        })
     }
 }

@@ -29,7 +29,14 @@ impl TextTransformer {
         Ok(Self {
             token_embedding,
             positional_embedding: w.get("positional_embedding", &[t.context_length, t.width])?,
-            transformer: Transformer::new(w.pp("transformer"), t.width, t.layers, t.heads, t.mlp_ratio, cfg.quick_gelu)?,
+            transformer: Transformer::new(
+                w.pp("transformer"),
+                t.width,
+                t.layers,
+                t.heads,
+                t.mlp_ratio,
+                cfg.quick_gelu,
+            )?,
             ln_final: LayerNorm::new(w.pp("ln_final"), t.width, 1e-5)?,
             text_projection: w.get("text_projection", &[t.width, cfg.embed_dim])?,
             causal_mask: to_tch(&adp_api::Tensor::new(vec![n, n], causal_mask(n))?, device)?,
@@ -55,6 +62,9 @@ impl TextTransformer {
 
     /// Row `id` of the token embedding table.
     pub fn token_row(&self, id: usize) -> Result<Tensor> {
-        self.token_embedding.f_get(id as i64).and_then(|t| t.f_to_kind(Kind::Float)).map_err(err)
+        self.token_embedding
+            .f_get(id as i64)
+            .and_then(|t| t.f_to_kind(Kind::Float))
+            .map_err(err)
     }
 }

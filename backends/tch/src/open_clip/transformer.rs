@@ -13,7 +13,11 @@ pub struct Attention {
 impl Attention {
     pub fn new(w: Prefixed, width: usize, heads: usize) -> Result<Self> {
         let in_proj = Linear::named(&w, "in_proj_weight", Some("in_proj_bias"), width, 3 * width)?;
-        Ok(Self { in_proj, out_proj: Linear::new(w.pp("out_proj"), width, width, true)?, heads: heads as i64 })
+        Ok(Self {
+            in_proj,
+            out_proj: Linear::new(w.pp("out_proj"), width, width, true)?,
+            heads: heads as i64,
+        })
     }
 
     /// `x`: `[B, T, W]`; `mask`: additive `[T, T]`.
@@ -21,7 +25,11 @@ impl Attention {
         let (b, t, w) = x.size3()?;
         let d = w / self.heads;
         let qkv = self.in_proj.forward(x)?;
-        let split = |i: i64| -> TchResult<Tensor> { qkv.f_narrow(-1, i * w, w)?.f_reshape([b, t, self.heads, d])?.f_transpose(1, 2) };
+        let split = |i: i64| -> TchResult<Tensor> {
+            qkv.f_narrow(-1, i * w, w)?
+                .f_reshape([b, t, self.heads, d])?
+                .f_transpose(1, 2)
+        };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let mut scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?;
         if let Some(mask) = mask {
@@ -58,7 +66,11 @@ impl ResidualAttentionBlock {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> TchResult<Tensor> {
         let x = x.f_add(&self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
-        let h = if self.quick_gelu { h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)? } else { h.f_gelu("none")? };
+        let h = if self.quick_gelu {
+            h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)?
+        } else {
+            h.f_gelu("none")?
+        };
         x.f_add(&self.c_proj.forward(&h)?)
     }
 }
@@ -68,7 +80,14 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    pub fn new(w: Prefixed, width: usize, layers: usize, heads: usize, mlp_ratio: f32, quick_gelu: bool) -> Result<Self> {
+    pub fn new(
+        w: Prefixed,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        mlp_ratio: f32,
+        quick_gelu: bool,
+    ) -> Result<Self> {
         let resblocks = (0..layers)
             .map(|i| ResidualAttentionBlock::new(w.pp(format!("resblocks.{i}")), width, heads, mlp_ratio, quick_gelu))
             .collect::<Result<_>>()?;
@@ -78,6 +97,8 @@ impl Transformer {
     /// Runs the first `layers` blocks (all when `None`).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, layers: Option<usize>) -> TchResult<Tensor> {
         let n = layers.unwrap_or(self.resblocks.len()).min(self.resblocks.len());
-        self.resblocks[..n].iter().try_fold(x.shallow_clone(), |x, b| b.forward(&x, mask))
+        self.resblocks[..n]
+            .iter()
+            .try_fold(x.shallow_clone(), |x, b| b.forward(&x, mask))
     }
 }

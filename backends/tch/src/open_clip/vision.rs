@@ -29,7 +29,14 @@ impl VisionTransformer {
             class_embedding: w.get("class_embedding", &[v.width])?,
             positional_embedding: w.get("positional_embedding", &[grid * grid + 1, v.width])?,
             ln_pre: LayerNorm::new(w.pp("ln_pre"), v.width, 1e-5)?,
-            transformer: Transformer::new(w.pp("transformer"), v.width, v.layers, cfg.vision_heads(), v.mlp_ratio, cfg.quick_gelu)?,
+            transformer: Transformer::new(
+                w.pp("transformer"),
+                v.width,
+                v.layers,
+                cfg.vision_heads(),
+                v.mlp_ratio,
+                cfg.quick_gelu,
+            )?,
             ln_post: LayerNorm::new(w.pp("ln_post"), v.width, 1e-5)?,
             proj: w.get("proj", &[v.width, cfg.embed_dim])?,
             grid,
@@ -40,7 +47,10 @@ impl VisionTransformer {
     /// Patch embeddings with their positional embeddings: `[N, G², W]`.
     fn patches(&self, images: &Tensor) -> TchResult<Tensor> {
         let p = self.patch;
-        let x = images.f_conv2d(&self.conv1, None::<&Tensor>, [p, p], [0, 0], [1, 1], 1)?.f_flatten(2, -1)?.f_transpose(1, 2)?;
+        let x = images
+            .f_conv2d(&self.conv1, None::<&Tensor>, [p, p], [0, 0], [1, 1], 1)?
+            .f_flatten(2, -1)?
+            .f_transpose(1, 2)?;
         let g2 = (self.grid * self.grid) as i64;
         x.f_add(&self.positional_embedding.f_narrow(0, 1, g2)?)
     }
@@ -80,13 +90,18 @@ impl VisionTransformer {
     /// `size` must be in `1..=grid` (the encoder checks).
     pub fn window_embeddings(&self, images: &Tensor, size: usize) -> Result<Tensor> {
         let per_side = self.grid + 1 - size;
-        let positions: Vec<u32> = window_positions(self.grid, size).into_iter().map(|i| i as u32).collect();
+        let positions: Vec<u32> = window_positions(self.grid, size)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
         let patches = self.patches(images).map_err(err)?;
         let positions = index(&positions, patches.device())?;
         let windows = (per_side * per_side) as i64;
         let run = || -> TchResult<Tensor> {
             let (n, _, w) = patches.size3()?;
-            let batch = patches.f_index_select(1, &positions)?.f_reshape([n * windows, (size * size) as i64, w])?;
+            let batch = patches
+                .f_index_select(1, &positions)?
+                .f_reshape([n * windows, (size * size) as i64, w])?;
             let e = self.run(&batch, None)?;
             let d = e.size().last().copied().unwrap_or(0);
             e.f_reshape([n, windows, d])

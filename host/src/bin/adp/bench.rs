@@ -30,7 +30,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let loaded = a.plugins.iter().map(|p| Ok((p.clone(), a.dirs.find(p)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let loaded = a
+        .plugins
+        .iter()
+        .map(|p| Ok((p.clone(), a.dirs.find(p)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let backends: Vec<(String, &dyn Backend)> = loaded.iter().map(|(n, b)| (n.clone(), b as &dyn Backend)).collect();
     let backbone = BackboneCheckpoint::from_file(&a.backbone.unwrap_or_else(default_backbone))?;
     let files = list(&a.images)?;
@@ -42,8 +46,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let size = backbone.config.image_size;
-    let (support, test) = (read_resized(&files[..shots], size)?, read_resized(&files[shots..], size)?);
-    let rows = bench::visual(&backends, &backbone, &support, &test, BenchOptions { repeats: a.repeats, device: a.run.device })?;
+    let (support, test) = (
+        read_resized(&files[..shots], size)?,
+        read_resized(&files[shots..], size)?,
+    );
+    let rows = bench::visual(
+        &backends,
+        &backbone,
+        &support,
+        &test,
+        BenchOptions {
+            repeats: a.repeats,
+            device: a.run.device,
+        },
+    )?;
     for r in &rows {
         println!("{}", serde_json::to_string(r)?);
     }

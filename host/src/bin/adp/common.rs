@@ -65,10 +65,15 @@ impl Models {
     /// CLIP where given; the backbone where one of `methods` needs it.
     pub fn checkpoints(&self, methods: &[Method]) -> anyhow::Result<Checkpoints> {
         let backbone = match methods.iter().any(|m| !m.needs_clip()) {
-            true => Some(BackboneCheckpoint::from_file(&self.backbone.clone().unwrap_or_else(default_backbone))?),
+            true => Some(BackboneCheckpoint::from_file(
+                &self.backbone.clone().unwrap_or_else(default_backbone),
+            )?),
             false => None,
         };
-        Ok(Checkpoints { clip: self.clip.as_deref().map(ClipCheckpoint::from_dir).transpose()?, backbone })
+        Ok(Checkpoints {
+            clip: self.clip.as_deref().map(ClipCheckpoint::from_dir).transpose()?,
+            backbone,
+        })
     }
     pub fn sd(&self) -> anyhow::Result<Option<adp_api::DiffusionSpec>> {
         Ok(self.sd.as_deref().map(adp_api::DiffusionSpec::from_dir).transpose()?)

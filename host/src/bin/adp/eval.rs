@@ -43,9 +43,17 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let backend = a.models.backend()?;
-    let methods = if a.methods.is_empty() { vec![a.models.default_method()] } else { a.methods };
+    let methods = if a.methods.is_empty() {
+        vec![a.models.default_method()]
+    } else {
+        a.methods
+    };
     let (checkpoints, sd) = (a.models.checkpoints(&methods)?, a.models.sd()?);
-    let categories = if a.categories.is_empty() { dataset::categories(&a.data)? } else { a.categories };
+    let categories = if a.categories.is_empty() {
+        dataset::categories(&a.data)?
+    } else {
+        a.categories
+    };
     let t = a.training;
     let fit = FitOptions {
         device: a.run.device,
@@ -69,7 +77,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let runs = options.categories.len() * options.methods.len() * options.shots.len() * options.seeds.len();
     let mut bars = StageBars::with_runs(Output::detect(a.run.quiet), runs);
-    let report = eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, s| bars.observe_run(tag, s))?;
+    let report = eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, s| {
+        bars.observe_run(tag, s)
+    })?;
     bars.finish();
     for r in &report.runs {
         println!("{}", serde_json::to_string(r)?);

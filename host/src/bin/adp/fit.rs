@@ -52,10 +52,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
     let mut bars = StageBars::new(Output::detect(a.run.quiet));
-    let detector = fit_files(&backend, &checkpoints, sd.as_ref(), &files, options, &mut |s| bars.observe(s))?;
+    let detector = fit_files(&backend, &checkpoints, sd.as_ref(), &files, options, &mut |s| {
+        bars.observe(s)
+    })?;
     bars.finish();
     detector.save(&a.output)?;
-    let mut line = serde_json::json!({ "detector": a.output, "method": detector.header.method, "support": files.len() });
+    let mut line =
+        serde_json::json!({ "detector": a.output, "method": detector.header.method, "support": files.len() });
     if method.needs_clip() {
         line["weights"] = serde_json::json!(detector.header.weights);
     }

@@ -19,6 +19,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let paths = fixtures::write_all_with(&a.out, a.seed, &a.preset, DiffusionPreset::from_name(&a.diffusion)?)?;
-    println!("{}\n{}\n{}", paths.clip.display(), paths.sd_epsilon.display(), paths.sd_v.display());
+    println!(
+        "{}\n{}\n{}",
+        paths.clip.display(),
+        paths.sd_epsilon.display(),
+        paths.sd_v.display()
+    );
     Ok(())
 }

@@ -35,9 +35,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 (Ok(p), false) => {
                     let i = p.backend_info();
                     let list = |v: Vec<String>| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-                    println!("{} {} (ABI {}, {})", i.name, p.crate_version(), p.abi_version(), i.runtime);
+                    println!(
+                        "{} {} (ABI {}, {})",
+                        i.name,
+                        p.crate_version(),
+                        p.abi_version(),
+                        i.runtime
+                    );
                     println!("  devices: {}", list(i.devices.iter().map(|d| d.to_string()).collect()));
-                    println!("  traits:  {}", list(i.provides.iter().map(|c| c.to_string()).collect()));
+                    println!(
+                        "  traits:  {}",
+                        list(i.provides.iter().map(|c| c.to_string()).collect())
+                    );
                     println!("  path:    {}", path.display());
                 }
                 (Err(e), false) => println!("(not loadable) {}\n  error:   {e}", path.display()),

@@ -1,8 +1,8 @@
 //! Progress on stderr for the command line: bars (indicatif) when stderr is a terminal, sparse
 //! plain lines when it is not (logs, CI), nothing with `--quiet`. stdout is never touched, so it
 //! stays machine-readable.
-use adp_host::detect::Stage;
 use adp_api::requests::Flow;
+use adp_host::detect::Stage;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -31,7 +31,9 @@ impl Output {
 }
 
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).expect("progress template").progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .expect("progress template")
+        .progress_chars("=> ")
 }
 
 const BAR: &str = "{prefix:>18} [{bar:32}] {pos}/{len} {msg} ({elapsed}, eta {eta})";
@@ -75,16 +77,34 @@ struct Runs {
 impl StageBars {
     /// For one fit.
     pub fn new(output: Output) -> Self {
-        let multi = MultiProgress::with_draw_target(if output == Output::Bars { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-        Self { output, multi, stage: None, runs: None }
+        let multi = MultiProgress::with_draw_target(if output == Output::Bars {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        Self {
+            output,
+            multi,
+            stage: None,
+            runs: None,
+        }
     }
 
     /// For `total` runs, each a fit and a scoring, told apart by the tag given to
     /// [`StageBars::observe_run`].
     pub fn with_runs(output: Output, total: usize) -> Self {
         let mut s = Self::new(output);
-        let bar = if output == Output::Bars { s.multi.add(item_bar(output, total as u64, "runs")) } else { ProgressBar::hidden() };
-        s.runs = Some(Runs { bar, total, started: 0, tag: None });
+        let bar = if output == Output::Bars {
+            s.multi.add(item_bar(output, total as u64, "runs"))
+        } else {
+            ProgressBar::hidden()
+        };
+        s.runs = Some(Runs {
+            bar,
+            total,
+            started: 0,
+            tag: None,
+        });
         s
     }
 
@@ -132,7 +152,10 @@ impl StageBars {
             }
             Output::Lines => match stage {
                 Stage::Learning { concept, progress: p } if p.step % 50 == 0 || p.step == p.total_steps => {
-                    eprintln!("learning {concept}: step {}/{} loss {:.5}", p.step, p.total_steps, p.loss)
+                    eprintln!(
+                        "learning {concept}: step {}/{} loss {:.5}",
+                        p.step, p.total_steps, p.loss
+                    )
                 }
                 Stage::Synthesis { done, total } => eprintln!("pseudo-anomalies: {done}/{total}"),
                 Stage::Memories => eprintln!("building reference memories"),
@@ -151,7 +174,8 @@ impl StageBars {
                     bar.set_position(*done as u64);
                 }
                 Stage::Memories => {
-                    self.bar(Kind::Memories, None).set_message("building reference memories");
+                    self.bar(Kind::Memories, None)
+                        .set_message("building reference memories");
                 }
             },
         }
@@ -160,7 +184,12 @@ impl StageBars {
 
     /// The observer of `adp eval`: a new `tag` starts the next run.
     pub fn observe_run(&mut self, tag: &str, stage: &Stage) -> Flow {
-        let runs = self.runs.get_or_insert_with(|| Runs { bar: ProgressBar::hidden(), total: 0, started: 0, tag: None });
+        let runs = self.runs.get_or_insert_with(|| Runs {
+            bar: ProgressBar::hidden(),
+            total: 0,
+            started: 0,
+            tag: None,
+        });
         if runs.tag.as_deref() != Some(tag) {
             runs.bar.set_position(runs.started as u64); // the previous runs are done
             runs.started += 1;
@@ -208,14 +237,29 @@ mod tests {
     use adp_api::requests::Progress;
 
     fn learning(step: u64) -> Stage {
-        Stage::Learning { concept: "c_n".into(), progress: Progress { step, total_steps: 4, loss: 0.5, diffusion_loss: 0.5, clip_normal: 0.0, clip_anomaly: 0.0 } }
+        Stage::Learning {
+            concept: "c_n".into(),
+            progress: Progress {
+                step,
+                total_steps: 4,
+                loss: 0.5,
+                diffusion_loss: 0.5,
+                clip_normal: 0.0,
+                clip_anomaly: 0.0,
+            },
+        }
     }
 
     #[test]
     fn every_output_follows_every_stage() {
         for output in [Output::Bars, Output::Lines, Output::Quiet] {
             let mut bars = StageBars::new(output);
-            for s in [learning(1), learning(4), Stage::Synthesis { done: 1, total: 2 }, Stage::Memories] {
+            for s in [
+                learning(1),
+                learning(4),
+                Stage::Synthesis { done: 1, total: 2 },
+                Stage::Memories,
+            ] {
                 assert_eq!(bars.observe(&s), Flow::Continue);
             }
             bars.finish();

@@ -35,7 +35,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let detector = DetectorFile::load(&a.detector)?;
-    let backend = a.plugins.find(a.plugin.as_deref().unwrap_or(&detector.header.backend))?;
+    let backend = a
+        .plugins
+        .find(a.plugin.as_deref().unwrap_or(&detector.header.backend))?;
     let checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
     let scoring = Scoring::open(&backend, &checkpoints, detector, a.run.device)?;
     let files = adp_host::images::list(&a.images)?;
@@ -53,7 +55,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let bar = item_bar(Output::detect(a.run.quiet), files.len() as u64, "scoring");
     for (file, map) in files.into_iter().zip(maps) {
-        let s = scoring.score(&[ImageBatch::read_files(std::slice::from_ref(&file))?])?.remove(0);
+        let s = scoring
+            .score(&[ImageBatch::read_files(std::slice::from_ref(&file))?])?
+            .remove(0);
         if let Some(out) = &map {
             adp_host::images::write_map(out, &s.map, s.height, s.width, a.overwrite)?;
         }

@@ -37,7 +37,12 @@ impl PixelAuroc {
         if bins == 0 {
             return Err(Error::invalid("pixel AUROC bins", "need at least one bin, got 0"));
         }
-        Ok(Self { lo: lo as f64, hi: hi as f64, pos: vec![0; bins], neg: vec![0; bins] })
+        Ok(Self {
+            lo: lo as f64,
+            hi: hi as f64,
+            pos: vec![0; bins],
+            neg: vec![0; bins],
+        })
     }
 
     /// Number of bins.
@@ -108,7 +113,12 @@ impl PixelAuroc {
     pub fn error_bound(&self) -> Result<f64> {
         let (p, n) = self.counts();
         check_classes(p, n)?;
-        let same: u128 = self.pos.iter().zip(&self.neg).map(|(&a, &b)| a as u128 * b as u128).sum();
+        let same: u128 = self
+            .pos
+            .iter()
+            .zip(&self.neg)
+            .map(|(&a, &b)| a as u128 * b as u128)
+            .sum();
         Ok(same as f64 / (2.0 * p as f64 * n as f64))
     }
 }
@@ -143,7 +153,8 @@ mod tests {
         assert_eq!(p.finish().unwrap(), 0.75);
         // Out-of-range values are clamped into the end bins (and ±inf too).
         let mut p = PixelAuroc::new(0.0, 1.0, 10).unwrap();
-        p.add(&[-5.0, f32::NEG_INFINITY, 7.0, f32::INFINITY, 1.0], &[F, F, T, T, T]).unwrap();
+        p.add(&[-5.0, f32::NEG_INFINITY, 7.0, f32::INFINITY, 1.0], &[F, F, T, T, T])
+            .unwrap();
         assert_eq!(p.finish().unwrap(), 1.0);
         assert_eq!(p.counts(), (3, 2));
     }
