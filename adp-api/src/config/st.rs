@@ -1,8 +1,33 @@
-//! Reading f32 tensors out of safetensors files with errors that name the file and tensor.
+//! Reading f32 tensors out of safetensors files with errors that name the file and tensor, and
+//! writing them (detectors, fixture checkpoints).
 use crate::{Error, Result, Tensor};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+
+/// The bytes of a safetensors file holding `tensors` (name, shape, values) as little-endian f32,
+/// with `metadata`; `file` names the destination in errors.
+pub fn serialize_f32(
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: Option<HashMap<String, String>>,
+    file: &Path,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), b)
+                .map_err(|e| Error::invalid(name.as_str(), e.to_string()))?;
+            Ok((name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| Error::io(file, e))
+}
 
 /// Reads `name` as f32 (f16 and bf16 are widened), or fails naming `file` and `name`.
 pub fn read_f32(st: &SafeTensors<'_>, name: &str, file: &Path) -> Result<Tensor> {

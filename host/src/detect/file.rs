@@ -4,10 +4,11 @@
 use super::{default_backbone, Checkpoints, Method};
 use crate::score::prototypes::Prototypes;
 use adp_api::atomic::write_atomic;
+use adp_api::config::st::serialize_f32;
 use adp_api::requests::{FeatureKind, ReferenceMemory};
 use adp_api::{BackboneCheckpoint, ClipCheckpoint};
 use adp_api::{Concept, Error, Result, Tensor};
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -70,38 +71,19 @@ fn memory_name(kind: FeatureKind) -> String {
 
 impl DetectorFile {
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         if let Some(p) = &self.prototypes {
-            tensors.push(("prototype.normal".into(), vec![p.normal.len()], bytes(&p.normal)));
-            tensors.push((
-                "prototype.anomalous".into(),
-                vec![p.anomalous.len()],
-                bytes(&p.anomalous),
-            ));
+            tensors.push(("prototype.normal".into(), vec![p.normal.len()], &p.normal));
+            tensors.push(("prototype.anomalous".into(), vec![p.anomalous.len()], &p.anomalous));
         }
         for m in &self.memories {
-            tensors.push((
-                memory_name(m.kind),
-                m.features.shape().to_vec(),
-                bytes(m.features.data()),
-            ));
+            tensors.push((memory_name(m.kind), m.features.shape().to_vec(), m.features.data()));
         }
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| {
-                Ok((
-                    n.as_str(),
-                    TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::invalid(n.as_str(), e.to_string()))?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let meta = HashMap::from([(
             "adp.detector".to_string(),
             serde_json::to_string(&self.header).expect("json"),
         )]);
-        let out = safetensors::serialize(views, Some(meta)).map_err(|e| Error::io(path, e))?;
-        write_atomic(path, &out)
+        write_atomic(path, &serialize_f32(&tensors, Some(meta), path)?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {

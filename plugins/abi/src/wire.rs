@@ -80,26 +80,42 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, rmp_s
 
 impl From<&Progress> for crate::ffi::AdpProgress {
     fn from(p: &Progress) -> Self {
+        let Progress {
+            step,
+            total_steps,
+            loss,
+            diffusion_loss,
+            clip_normal,
+            clip_anomaly,
+        } = *p;
         Self {
-            step: p.step,
-            total_steps: p.total_steps,
-            loss: p.loss,
-            diffusion_loss: p.diffusion_loss,
-            clip_normal: p.clip_normal,
-            clip_anomaly: p.clip_anomaly,
+            step,
+            total_steps,
+            loss,
+            diffusion_loss,
+            clip_normal,
+            clip_anomaly,
         }
     }
 }
 
 impl From<&crate::ffi::AdpProgress> for Progress {
     fn from(p: &crate::ffi::AdpProgress) -> Self {
+        let crate::ffi::AdpProgress {
+            step,
+            total_steps,
+            loss,
+            diffusion_loss,
+            clip_normal,
+            clip_anomaly,
+        } = *p;
         Self {
-            step: p.step,
-            total_steps: p.total_steps,
-            loss: p.loss,
-            diffusion_loss: p.diffusion_loss,
-            clip_normal: p.clip_normal,
-            clip_anomaly: p.clip_anomaly,
+            step,
+            total_steps,
+            loss,
+            diffusion_loss,
+            clip_normal,
+            clip_anomaly,
         }
     }
 }
