@@ -8,7 +8,7 @@ use adp_api::config::st::serialize_f32;
 use adp_api::requests::{FeatureKind, ReferenceMemory};
 use adp_api::{BackboneCheckpoint, ClipCheckpoint};
 use adp_api::{Concept, Error, Result, Tensor};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
