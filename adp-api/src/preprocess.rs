@@ -284,13 +284,16 @@ mod tests {
             .fold(0xcbf29ce484222325, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
     }
 
+    /// `(h, w, oh, ow, seed, Pillow's bytes)`.
+    type Vector = (usize, usize, usize, usize, u64, &'static [u8]);
+
     /// Pillow 13.0.0's `Image.fromarray(a).resize((ow, oh), Image.BICUBIC)` bytes, from
     /// `tools/golden/check_pillow_resize.py --emit-rust`. Both pass orders; in every case but the
     /// 1×N / N×1 ones the other order gives different bytes.
     #[test]
     fn pillow_bicubic_small_non_square() {
         #[rustfmt::skip]
-        let cases: [(usize, usize, usize, usize, u64, &[u8]); 7] = [
+        let cases: [Vector; 7] = [
             (9, 4, 5, 3, 1, &[145, 146, 85, 171, 98, 140, 158, 143, 117, 187, 186, 92, 163, 145, 100]), // V first
             (4, 9, 3, 5, 2, &[227, 167, 93, 85, 103, 175, 120, 90, 70, 32, 167, 68, 84, 176, 117]), // H first
             (7, 3, 3, 5, 3, &[70, 90, 121, 133, 138, 133, 156, 192, 201, 203, 149, 145, 141, 148, 154]), // V, upscales w
