@@ -66,6 +66,15 @@ impl Golden {
         )
     }
 
+    pub fn u8(&self, tensor: &str) -> (Vec<usize>, Vec<u8>) {
+        let st = self.st();
+        let v = st
+            .tensor(tensor)
+            .unwrap_or_else(|_| panic!("golden {} lacks `{tensor}`", self.name));
+        assert_eq!(v.dtype(), Dtype::U8, "{tensor}");
+        (v.shape().to_vec(), v.data().to_vec())
+    }
+
     pub fn meta_str(&self, key: &str) -> String {
         match self.meta.get(key) {
             Some(serde_json::Value::String(s)) => s.clone(),
