@@ -233,7 +233,14 @@ fn a_score_on_a_non_square_photo_is_the_score_of_the_photo_resized_straight_to_t
             3,
             true,
         );
-        let got = &score(&Recording::default(), &ck, &detector, &[test.clone()], Device::Cpu).unwrap()[0];
+        let got = &score(
+            &Recording::default(),
+            &ck,
+            &detector,
+            std::slice::from_ref(&test),
+            Device::Cpu,
+        )
+        .unwrap()[0];
         let square = &score(
             &Recording::default(),
             &ck,
