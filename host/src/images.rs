@@ -36,14 +36,36 @@ pub fn list(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Reads images of any sizes into one batch at `size`×`size` (Pillow-style bicubic).
+/// Reads images of any sizes into one batch at `size`×`size`: each photo resized once, straight
+/// from the file's pixels, to the square (Pillow's bicubic, no crop; SPEC §2).
 pub fn read_resized(files: &[PathBuf], size: usize) -> Result<ImageBatch> {
     let batches = files
         .iter()
         .map(|f| ImageBatch::read_files(std::slice::from_ref(f)).map(|b| adp_api::preprocess::resize(&b, size, size)))
         .collect::<Result<Vec<_>>>()?;
-    let data: Vec<f32> = batches.iter().flat_map(|b| b.pixels().data().to_vec()).collect();
-    ImageBatch::new(adp_api::Tensor::new(vec![batches.len(), 3, size, size], data)?)
+    squares(&batches, size)
+}
+
+/// Reads each file as it is, one batch per photo at its own size (for a fit that resizes the
+/// originals to more than one model's input, see [`squares`]).
+pub fn read_each(files: &[PathBuf]) -> Result<Vec<ImageBatch>> {
+    files
+        .iter()
+        .map(|f| ImageBatch::read_files(std::slice::from_ref(f)))
+        .collect()
+}
+
+/// Photos of any sizes (each batch one size) in one batch at `size`×`size`: every photo resized
+/// once, straight from the pixels given, to the square (Pillow's bicubic, no crop; SPEC §2); a
+/// photo already at that size is taken as it is.
+pub fn squares(photos: &[ImageBatch], size: usize) -> Result<ImageBatch> {
+    let mut data = Vec::new();
+    let mut n = 0;
+    for b in photos {
+        data.extend_from_slice(adp_api::preprocess::resize(b, size, size).pixels().data());
+        n += b.len();
+    }
+    ImageBatch::new(adp_api::Tensor::new(vec![n, 3, size, size], data)?)
 }
 
 /// `path` made absolute against the current folder, with `.` and `..` resolved lexically (no

@@ -312,13 +312,17 @@ impl DiffusionSpec {
             .ok_or_else(|| Error::io(&dir, "no diffusion_pytorch_model.safetensors or model.safetensors"))
     }
 
+    /// The image side the pipeline generates at, as diffusers computes it (SPEC §2): the UNet's
+    /// `sample_size` (64 when absent) × 2^(VAE blocks − 1): 512 for 2.1-base, 768 for 2.1. The
+    /// VAE config's own `sample_size` is not the image size (2.1-base's says 768).
+    pub fn image_size(&self) -> usize {
+        self.unet.sample_size.unwrap_or(64) * self.vae_downsampling()
+    }
+
     /// The shapes a diffuser on this checkpoint works at.
     pub fn dims(&self) -> crate::requests::DiffuserDims {
         crate::requests::DiffuserDims {
-            image_size: self
-                .vae
-                .sample_size
-                .unwrap_or(self.unet.sample_size.unwrap_or(64) * self.vae_downsampling()),
+            image_size: self.image_size(),
             latent_channels: self.vae.latent_channels,
             vae_downsampling: self.vae_downsampling(),
             text_width: self.text_encoder.hidden_size,
@@ -440,6 +444,22 @@ mod tests {
             scheduler: serde_json::from_str("{}").unwrap(),
             prediction: Prediction::Epsilon,
         }
+    }
+
+    #[test]
+    fn image_size_is_the_unet_sample_size_times_the_vae_downsampling() {
+        // 2.1-base: unet.sample_size 64, 4 VAE blocks; its VAE config says sample_size 768.
+        let mut spec = tiny_spec();
+        spec.unet.sample_size = Some(64);
+        spec.vae = serde_json::from_str(r#"{"block_out_channels": [128, 256, 512, 512], "sample_size": 768}"#).unwrap();
+        assert_eq!((spec.image_size(), spec.dims().image_size), (512, 512));
+        // 2.1: 96 × 8.
+        spec.unet.sample_size = Some(96);
+        assert_eq!(spec.dims().image_size, 768);
+        // No UNet sample_size: diffusers' 64 latents.
+        spec.unet.sample_size = None;
+        spec.vae.sample_size = Some(256);
+        assert_eq!(spec.dims().image_size, 512);
     }
 
     #[test]

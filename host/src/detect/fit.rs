@@ -4,7 +4,7 @@
 use super::file::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use super::visual::VisualModel;
 use super::{Checkpoints, FitOptions, Method, Stage};
-use crate::images::read_resized;
+use crate::images::{read_each, read_resized, squares};
 use crate::score::association::ReferenceMemories;
 use crate::score::prompts::TEMPLATES;
 use crate::score::prototypes::{image_features, prototypes, unweighted, weigh, ConceptToken};
@@ -123,11 +123,22 @@ impl Fitter<'_> {
         })
     }
 
-    /// Fits a detector on the support set (any image size; at least one image).
+    /// Fits a detector on the support set: photos of one size, any size (at least one photo).
+    /// See [`Fitter::fit_photos`].
     pub fn fit(&self, support: &ImageBatch, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
+        self.fit_photos(std::slice::from_ref(support), observer)
+    }
+
+    /// Fits a detector on support photos as read (each batch one size, any size; at least one
+    /// photo), in the detection geometry of SPEC §2: CLIP (reference memories, self-tuning
+    /// features) sees every photo resized once, straight from its pixels, to its square input;
+    /// the diffusion model (concept learning, SDEdit sources) sees every photo resized once,
+    /// straight from its pixels, to its own image size; pseudo-anomalies are resized straight to
+    /// CLIP's input. No crop anywhere, and never a resize of a resize of a photo.
+    pub fn fit_photos(&self, photos: &[ImageBatch], observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
         // Before anything is loaded or learned: a run that cannot finish must not start.
         self.options.check_label()?;
-        if support.is_empty() {
+        if photos.iter().all(|p| p.is_empty()) {
             return Err(Error::EmptySupportSet);
         }
         let o = &self.options;
@@ -138,6 +149,8 @@ impl Fitter<'_> {
             ));
         }
         let enc = self.backend.text_image_encoder(self.clip, o.device)?;
+        let s = enc.dims().image_size;
+        let support = squares(photos, s)?;
         let scorer = self.backend.scorer(o.device)?;
         let mut checkpoints = BTreeMap::from([("clip".to_string(), file_hash(&self.clip.weights)?)]);
 
@@ -153,7 +166,7 @@ impl Fitter<'_> {
             checkpoints.insert("diffusion".into(), file_hash(&sd.weights("unet")?)?);
             let dif = self.backend.latent_diffuser(sd, o.device)?;
             let opt = self.backend.concept_optimizer(self.clip, sd, o.device)?;
-            let sd_support = resize(support, dif.dims().image_size, dif.dims().image_size);
+            let sd_support = squares(photos, dif.dims().image_size)?;
             let init = enc.token_embedding("object")?;
             if o.method == Method::Ti {
                 concepts.push(ConceptToken::Learned(self.learn(
@@ -161,7 +174,7 @@ impl Fitter<'_> {
                     "c_ti",
                     init,
                     (Objective::DiffusionOnly, None),
-                    support,
+                    &sd_support,
                     observer,
                 )?));
             } else {
@@ -170,7 +183,7 @@ impl Fitter<'_> {
                     "c_n",
                     init,
                     (Objective::NormalAware { alpha: o.alpha_normal }, None),
-                    support,
+                    &sd_support,
                     observer,
                 )?;
                 if o.method != Method::Cn {
@@ -195,7 +208,7 @@ impl Fitter<'_> {
                         "c_a",
                         c_n.vector.clone(),
                         (objective, Some(pseudo)),
-                        support,
+                        &sd_support,
                         observer,
                     )?;
                     let ph = &c_a.placeholder;
@@ -219,18 +232,23 @@ impl Fitter<'_> {
         }
 
         // Self-tuning (eq. 5) where there is a pseudo-validation set; equal weights otherwise.
-        let support_f = image_features(&*enc, support)?;
+        let support_f = image_features(&*enc, &support)?;
+        let validation_f = match &validation_pseudo {
+            // Pseudo-anomalies come at the diffusion model's size: straight to CLIP's input.
+            Some(p) if concepts.len() > 1 => Some(image_features(&*enc, &resize(p, s, s))?),
+            _ => None,
+        };
         let weighted = concepts
             .iter()
-            .map(|c| match &validation_pseudo {
-                Some(p) if concepts.len() > 1 => weigh(&*enc, c, &support_f, &image_features(&*enc, p)?),
+            .map(|c| match &validation_f {
+                Some(p) => weigh(&*enc, c, &support_f, p),
                 _ => unweighted(&*enc, c),
             })
             .collect::<Result<Vec<_>>>()?;
         let protos = prototypes(&weighted)?;
 
         observer(&Stage::Memories);
-        let dense = enc.dense_features(support, &o.window_sizes)?;
+        let dense = enc.dense_features(&support, &o.window_sizes)?;
         let memories = ReferenceMemories::build(&*scorer, &dense)?;
         let header = DetectorHeader {
             format: DETECTOR_FORMAT.into(),
@@ -269,15 +287,6 @@ impl Fitter<'_> {
     }
 }
 
-/// The side at which support photos are read for the CLIP methods: CLIP's input size, or the
-/// diffusion model's where synthesis needs more.
-pub fn support_size(clip: &ClipCheckpoint, sd: Option<&DiffusionSpec>) -> usize {
-    clip.config
-        .vision_cfg
-        .image_size
-        .max(sd.map_or(0, |s| s.vae.sample_size.unwrap_or(0)))
-}
-
 /// Fits a detector on support photo files, any method: `visual` on `checkpoints.backbone`, the
 /// others on `checkpoints.clip` (and `sd` where they synthesise or learn).
 pub fn fit_files(
@@ -295,6 +304,7 @@ pub fn fit_files(
             .as_ref()
             .ok_or_else(|| Error::invalid("method", "visual needs an image backbone (--backbone)"))?;
         let model = VisualModel::open(backend, backbone, options.device)?;
+        // One resize, straight from the file's pixels, to the backbone's square.
         let support = read_resized(files, model.extractor.dims().image_size)?;
         return model.fit(&support, &options, observer);
     }
@@ -304,12 +314,13 @@ pub fn fit_files(
             format!("{} needs a CLIP checkpoint (--clip)", options.method.name()),
         )
     })?;
-    let support = read_resized(files, support_size(clip, sd))?;
+    // Read as they are: the fit resizes each photo straight to each model's input.
+    let photos = read_each(files)?;
     Fitter {
         backend,
         clip,
         sd,
         options,
     }
-    .fit(&support, observer)
+    .fit_photos(&photos, observer)
 }

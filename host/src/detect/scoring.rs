@@ -3,8 +3,9 @@
 use super::file::{check_checkpoint, DetectorFile};
 use super::visual::VisualModel;
 use super::{Checkpoints, ImageScore, Method};
-use crate::score::association::{anomaly_map, ReferenceMemories};
+use crate::score::association::{photo_map, ReferenceMemories};
 use crate::score::prototypes::{final_score, image_features, language_score, Prototypes};
+use adp_api::preprocess::resize;
 use adp_api::requests::{FeatureKind, ReferenceMemory};
 use adp_api::{Backend, Device, Error, ImageBatch, Result};
 
@@ -88,6 +89,10 @@ impl Scoring {
         })
     }
 
+    /// Scores photos of any size (each batch one size), in the detection geometry of SPEC §2:
+    /// the whole photo resized once, straight from its pixels, to the model's square input (no
+    /// crop: no part of a non-square photo is left unseen), the map computed there and resized
+    /// back over the whole photo (`height × width` of the photo).
     pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
         let (encoder, scorer, memories, windows, protos) = match self {
             Scoring::Visual { model, memory } => return model.score(memory, images),
@@ -102,8 +107,12 @@ impl Scoring {
         images
             .iter()
             .map(|img| {
-                let f = image_features(&**encoder, img)?;
-                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(img, windows)?)?;
+                // On an s×s input the encoder's own shorter-side resize and centre crop are the
+                // identity (no second resampling).
+                let s = encoder.dims().image_size;
+                let square = resize(img, s, s);
+                let f = image_features(&**encoder, &square)?;
+                let maps = memories.patch_maps(&**scorer, &encoder.dense_features(&square, windows)?)?;
                 let g = memories.grid;
                 Ok((0..img.len())
                     .map(|i| {
@@ -113,7 +122,7 @@ impl Scoring {
                             score: final_score(language, patch),
                             language: Some(language),
                             association: patch.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                            map: anomaly_map(patch, g, img.height(), img.width(), 4.0),
+                            map: photo_map(patch, g, s, img.height(), img.width(), 4.0),
                             height: img.height(),
                             width: img.width(),
                         }

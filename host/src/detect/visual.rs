@@ -5,7 +5,7 @@
 //! PatchCore does.
 use super::file::{check_checkpoint, file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use super::{FitOptions, ImageScore, Stage};
-use crate::score::association::anomaly_map;
+use crate::score::association::{anomaly_map, resize_square};
 use adp_api::requests::{FeatureKind, Flow, ReferenceMemory};
 use adp_api::{BackboneCheckpoint, Backend, Device, Error, FeatureExtractor, ImageBatch, Result, Scorer, Tensor};
 use std::collections::BTreeMap;
@@ -32,7 +32,12 @@ impl VisualModel {
         })
     }
 
-    /// `[N, grid², dim]` patch features of images of any (common) size.
+    /// `[N, grid², dim]` patch features of images of any (common) size. The backbone's input is
+    /// [`adp_api::preprocess::backbone_input`]: the whole photo resized once, straight from the
+    /// pixels it is given, to the backbone's square (no crop). Support photos
+    /// ([`crate::images::read_resized`] at the backbone's size, one resize from the file's pixels;
+    /// then the identity here) and test photos (read as they are, resized here) thus follow the
+    /// same geometry as the CLIP methods (SPEC §2), and maps are resized back over the whole photo.
     pub fn features(&self, images: &ImageBatch) -> Result<Tensor> {
         self.extractor.patch_features(images)
     }
@@ -127,14 +132,4 @@ impl VisualModel {
         }
         Ok(out)
     }
-}
-
-/// A square map resized bilinearly to `height`×`width` (the map is already smooth).
-fn resize_square(map: &[f32], side: usize, height: usize, width: usize) -> Vec<f32> {
-    if (height, width) == (side, side) {
-        return map.to_vec();
-    }
-    let up = anomaly_map(map, side, height, width, 0.0);
-    debug_assert_eq!(up.len(), height * width);
-    up
 }

@@ -114,6 +114,24 @@ pub fn anomaly_map(patch_map: &[f32], grid: usize, height: usize, width: usize, 
     gaussian_blur(&up, height, width, sigma)
 }
 
+/// A map computed on the model's `side`×`side` input (the whole photo resized straight to the
+/// square, SPEC §2) resized back bilinearly (align_corners = false, no further smoothing) over the
+/// whole photo, `height`×`width`: the one way every method's map returns to the photo.
+pub fn resize_square(map: &[f32], side: usize, height: usize, width: usize) -> Vec<f32> {
+    debug_assert_eq!(map.len(), side * side);
+    if (height, width) == (side, side) {
+        return map.to_vec();
+    }
+    anomaly_map(map, side, height, width, 0.0)
+}
+
+/// The anomaly map of a photo of `height`×`width` from its `grid`×`grid` patch map computed on
+/// the `side`×`side` input: upsampled and smoothed (σ pixels) at the input resolution, then
+/// resized back over the whole photo ([`resize_square`]).
+pub fn photo_map(patch_map: &[f32], grid: usize, side: usize, height: usize, width: usize, sigma: f32) -> Vec<f32> {
+    resize_square(&anomaly_map(patch_map, grid, side, side, sigma), side, height, width)
+}
+
 /// Separable Gaussian blur, truncated at 4σ, edges replicated.
 pub fn gaussian_blur(img: &[f32], height: usize, width: usize, sigma: f32) -> Vec<f32> {
     if sigma <= 0.0 {
@@ -173,5 +191,28 @@ mod tests {
         let argmax = m.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         let (y, x) = (argmax / 32, argmax % 32);
         assert!((8..16).contains(&y) && (8..16).contains(&x), "peak at {y},{x}");
+    }
+
+    /// One hot patch in the bottom-right corner of the grid lands in the bottom-right corner of a
+    /// non-square photo's map: the map covers the whole photo, not a centre crop of it.
+    #[test]
+    fn a_corner_patch_lands_in_the_same_corner_of_a_non_square_photo() {
+        let mut patch = vec![0f32; 16];
+        patch[15] = 1.0; // row 3, column 3 of a 4×4 grid
+        for (h, w) in [(24, 60), (60, 24)] {
+            let m = photo_map(&patch, 4, 32, h, w, 2.0);
+            assert_eq!(m.len(), h * w);
+            let argmax = m.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            let (y, x) = (argmax / w, argmax % w);
+            assert!(y >= h * 3 / 4 && x >= w * 3 / 4, "{h}×{w}: peak at {y},{x}");
+            // The opposite corner stays cold, and the square map is the same one resized.
+            assert!(m[0] < 1e-3, "{h}×{w}: {}", m[0]);
+            let square = anomaly_map(&patch, 4, 32, 32, 2.0);
+            assert_eq!(m, resize_square(&square, 32, h, w));
+        }
+        assert_eq!(
+            photo_map(&patch, 4, 32, 32, 32, 2.0),
+            anomaly_map(&patch, 4, 32, 32, 2.0)
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! `adp embed`: a CLIP checkpoint's image and text embeddings as JSON lines, to check it against
-//! open_clip.
+//! open_clip. Each photo goes to the encoder as read, so it gets open_clip's own preprocessing
+//! (shorter side resized, centre crop: `adp_api::preprocess::clip_preprocess`), as open_clip
+//! would; detection instead resizes the whole photo straight to the square input (SPEC §2).
 use crate::common::PluginDirs;
 use adp_api::{Backend, ClipCheckpoint, Device, ImageBatch, Prompt};
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ pub struct Args {
     /// Folder with `open_clip_config.json` and `open_clip_model.safetensors`.
     #[arg(long)]
     clip: PathBuf,
+    /// A photo to embed, with open_clip's own preprocessing (shorter side, centre crop).
     #[arg(long = "image")]
     images: Vec<PathBuf>,
     #[arg(long = "text")]

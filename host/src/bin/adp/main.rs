@@ -24,7 +24,8 @@ enum Command {
     /// List every plugin found, with its version, ABI, devices and the traits it provides.
     Plugins(plugins::Args),
     /// Print image and text embeddings of a CLIP checkpoint as JSON, to check it against a
-    /// reference.
+    /// reference. Images get open_clip's own preprocessing (shorter side resized, centre crop),
+    /// not the whole-photo square resize that detection uses.
     Embed(embed::Args),
     /// Fit a detector on a support set of normal images. With `--clip` (and `--sd`): ADP;
     /// without: the `visual` method on the pretrained EfficientNet-Lite backbone.

@@ -1,0 +1,288 @@
+//! The detection geometry of SPEC §2 on the in-process test fixture (CLIP input 4×4, diffusion
+//! images 4×4): every photo, support or test, square or not, is resized once, straight from its
+//! own pixels, to the model's square input (no crop), and the map computed there is resized back
+//! over the whole photo.
+use adp_api::preprocess::{clip_preprocess, resize, CLIP_MEAN, CLIP_STD};
+use adp_api::requests::{self, DenseFeatures, EncoderDims, Flow, Prompt, StateProbability, StateProbabilityRequest};
+use adp_api::{
+    Backend, BackendInfo, ClipCheckpoint, Concept, ConceptOptimizer, Device, DiffusionSpec, ImageBatch, LatentDiffuser,
+    Result, Scorer, Tensor, TextImageEncoder,
+};
+use adp_host::detect::fit::fit_files;
+use adp_host::detect::{score, Checkpoints, DetectorFile, FitOptions, Fitter, Method};
+use adp_host::score::association::resize_square;
+use adp_plugin_test_fixture::{dummy_specs, FixtureBackend};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Every image batch the pipeline gave the encoder, and every support set it gave the learner.
+#[derive(Default)]
+struct Log {
+    encoded: Vec<ImageBatch>,
+    learned_on: Vec<ImageBatch>,
+}
+
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Log>>);
+
+struct Encoder(Box<dyn TextImageEncoder>, Recording);
+
+impl TextImageEncoder for Encoder {
+    fn dims(&self) -> EncoderDims {
+        self.0.dims()
+    }
+    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
+        self.1 .0.lock().unwrap().encoded.push(images.clone());
+        self.0.image_embeddings(images)
+    }
+    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
+        self.1 .0.lock().unwrap().encoded.push(images.clone());
+        self.0.dense_features(images, window_sizes)
+    }
+    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        self.0.text_embeddings(prompts)
+    }
+    fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
+        self.0.token_embedding(word)
+    }
+    fn state_probability(&self, request: &StateProbabilityRequest) -> Result<StateProbability> {
+        self.0.state_probability(request)
+    }
+}
+
+struct Optimizer(Box<dyn ConceptOptimizer>, Recording);
+
+impl ConceptOptimizer for Optimizer {
+    fn learn(
+        &self,
+        request: &requests::LearnRequest,
+        progress: &mut dyn FnMut(&requests::Progress) -> Flow,
+    ) -> Result<Concept> {
+        self.1 .0.lock().unwrap().learned_on.push(request.support.clone());
+        self.0.learn(request, progress)
+    }
+}
+
+impl Backend for Recording {
+    fn info(&self) -> BackendInfo {
+        FixtureBackend.info()
+    }
+    fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
+        Ok(Box::new(Encoder(
+            FixtureBackend.text_image_encoder(clip, device)?,
+            self.clone(),
+        )))
+    }
+    fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
+        FixtureBackend.latent_diffuser(sd, device)
+    }
+    fn concept_optimizer(
+        &self,
+        clip: &ClipCheckpoint,
+        sd: &DiffusionSpec,
+        device: Device,
+    ) -> Result<Box<dyn ConceptOptimizer>> {
+        Ok(Box::new(Optimizer(
+            FixtureBackend.concept_optimizer(clip, sd, device)?,
+            self.clone(),
+        )))
+    }
+    fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
+        FixtureBackend.scorer(device)
+    }
+}
+
+/// The fixture's specs with their weight files present; the VAE config claims a larger
+/// `sample_size` than the diffusion image size, as 2.1-base's does (768 against 512).
+fn specs(dir: &Path) -> (ClipCheckpoint, DiffusionSpec) {
+    let (mut clip, mut sd) = dummy_specs();
+    clip.config.vision_cfg.image_size = 4;
+    clip.weights = dir.join("open_clip_model.safetensors");
+    std::fs::write(&clip.weights, b"").unwrap();
+    sd.root = dir.join("sd");
+    sd.vae.sample_size = Some(16);
+    std::fs::create_dir_all(sd.root.join("unet")).unwrap();
+    std::fs::write(sd.root.join("unet/diffusion_pytorch_model.safetensors"), b"").unwrap();
+    (clip, sd)
+}
+
+/// A `height`×`width` photo with structure everywhere (so that any second resampling or crop
+/// shows), and an optional bright block in its bottom-right corner.
+fn photo(path: &Path, height: u32, width: u32, seed: u32, defect: bool) -> ImageBatch {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(width, height, |x, y| {
+        if defect && y >= height * 3 / 4 && x >= width * 3 / 4 {
+            return image::Rgb([255, 255, 255]);
+        }
+        let v = (x * 37 + y * 91 + seed * 13) % 200;
+        image::Rgb([v as u8, (200 - v) as u8, ((x * 7) % 120 + 40) as u8])
+    })
+    .save(path)
+    .unwrap();
+    ImageBatch::read_files(&[path]).unwrap()
+}
+
+fn quick(method: Method) -> FitOptions {
+    FitOptions {
+        method,
+        steps: 2,
+        batch_size: 1,
+        ddim_steps: 2,
+        pseudo_per_image: 1,
+        validation_pseudo: 2,
+        window_sizes: vec![2],
+        ..FitOptions::default()
+    }
+}
+
+fn memories(d: &DetectorFile) -> Vec<Vec<f32>> {
+    d.memories.iter().map(|m| m.features.data().to_vec()).collect()
+}
+
+#[test]
+fn clip_preprocessing_of_a_square_input_is_the_identity_then_normalisation() {
+    // A photo already at the CLIP side is neither resampled nor cropped by the encoder's
+    // shorter-side + centre-crop step: exactly the normalised pixels.
+    let dir = tempfile::tempdir().unwrap();
+    let square = resize(&photo(&dir.path().join("p.png"), 30, 70, 1, false), 24, 24);
+    let got = clip_preprocess(&square, 24);
+    let want: Vec<f32> = square
+        .pixels()
+        .data()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = (i / (24 * 24)) % 3;
+            (v - CLIP_MEAN[c]) / CLIP_STD[c]
+        })
+        .collect();
+    assert_eq!(got.shape(), &[1, 3, 24, 24]);
+    assert_eq!(got.data(), &want[..]);
+}
+
+#[test]
+fn a_fit_on_non_square_photos_uses_each_photo_resized_straight_to_each_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, sd) = specs(dir.path());
+    let files: Vec<PathBuf> = vec![dir.path().join("good/0.png"), dir.path().join("good/1.png")];
+    let originals = [photo(&files[0], 10, 22, 0, false), photo(&files[1], 19, 7, 1, false)];
+    let straight: Vec<ImageBatch> = originals.iter().map(|p| resize(p, 4, 4)).collect();
+    let straight_batch = adp_host::images::squares(&straight, 4).unwrap();
+
+    for method in [Method::Adp, Method::Winclip] {
+        let backend = Recording::default();
+        let fitted = fit_files(
+            &backend,
+            &Checkpoints::clip(&clip),
+            Some(&sd),
+            &files,
+            quick(method),
+            &mut |_| Flow::Continue,
+        )
+        .unwrap();
+        backend.0.lock().unwrap().encoded.iter().for_each(|b| {
+            assert_eq!((b.height(), b.width()), (4, 4), "{method}: CLIP sees its square input");
+        });
+        // The support set CLIP encoded is the originals resized straight to 4×4, not via a larger
+        // square.
+        assert!(
+            backend.0.lock().unwrap().encoded.iter().any(|b| b == &straight_batch),
+            "{method}: the support photos resized straight to CLIP's input"
+        );
+        // The diffusion model's support set: the originals resized straight to its image size.
+        for b in &backend.0.lock().unwrap().learned_on {
+            assert_eq!(
+                b, &straight_batch,
+                "{method}: learned on the photos straight at the SD size"
+            );
+        }
+
+        // The same memories as a fit on the photos resized straight to CLIP's square beforehand.
+        let reference = Fitter {
+            backend: &Recording::default(),
+            clip: &clip,
+            sd: Some(&sd),
+            options: quick(method),
+        }
+        .fit(&straight_batch, &mut |_| Flow::Continue)
+        .unwrap();
+        assert_eq!(memories(&fitted), memories(&reference), "{method}");
+        assert_eq!(fitted.prototypes, reference.prototypes, "{method}");
+    }
+}
+
+#[test]
+fn a_score_on_a_non_square_photo_is_the_score_of_the_photo_resized_straight_to_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, sd) = specs(dir.path());
+    let support = photo(&dir.path().join("good/0.png"), 12, 30, 0, false);
+    let detector = Fitter {
+        backend: &Recording::default(),
+        clip: &clip,
+        sd: Some(&sd),
+        options: quick(Method::Winclip),
+    }
+    .fit(&support, &mut |_| Flow::Continue)
+    .unwrap();
+    let ck = Checkpoints::clip(&clip);
+    for (h, w) in [(12usize, 30usize), (33, 9)] {
+        let test = photo(
+            &dir.path().join(format!("test/{h}x{w}.png")),
+            h as u32,
+            w as u32,
+            3,
+            true,
+        );
+        let got = &score(
+            &Recording::default(),
+            &ck,
+            &detector,
+            std::slice::from_ref(&test),
+            Device::Cpu,
+        )
+        .unwrap()[0];
+        let square = &score(
+            &Recording::default(),
+            &ck,
+            &detector,
+            &[resize(&test, 4, 4)],
+            Device::Cpu,
+        )
+        .unwrap()[0];
+        assert_eq!((got.height, got.width, got.map.len()), (h, w, h * w));
+        assert_eq!(
+            (got.score, got.language, got.association),
+            (square.score, square.language, square.association)
+        );
+        assert_eq!(got.map, resize_square(&square.map, 4, h, w), "{h}×{w}");
+    }
+}
+
+#[test]
+fn a_defect_in_the_corner_of_a_non_square_photo_lands_in_the_same_corner_of_its_map() {
+    // Outside the centre crop of a wide photo: seen, and mapped where it is.
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, sd) = specs(dir.path());
+    let support = photo(&dir.path().join("good/0.png"), 16, 48, 0, false);
+    let detector = Fitter {
+        backend: &Recording::default(),
+        clip: &clip,
+        sd: Some(&sd),
+        options: quick(Method::Winclip),
+    }
+    .fit(&support, &mut |_| Flow::Continue)
+    .unwrap();
+    let test = photo(&dir.path().join("test/bad.png"), 16, 48, 0, true);
+    let s = &score(
+        &Recording::default(),
+        &Checkpoints::clip(&clip),
+        &detector,
+        &[test],
+        Device::Cpu,
+    )
+    .unwrap()[0];
+    let argmax = s.map.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let (y, x) = (argmax / 48, argmax % 48);
+    assert!(y >= 8 && x >= 24, "peak at {y},{x}, not in the bottom-right quadrant");
+    assert!(s.map[0] < s.map[argmax], "the opposite corner is colder");
+}
