@@ -65,7 +65,7 @@ TEMPLATES = [
 ]
 STATES = {"normal": "flawless", "anomalous": "damaged"}
 SIGMA = 4.0
-DETECTORS = ["adp", "winclip", "cn"]
+DETECTORS = ["adp", "adp-label", "winclip", "cn"]
 
 # Photos, relative to the shared data root (`../shared/data` from the repository). Each detector
 # was fitted on its two support photos (README.md gives the `adp fit` commands): a mixed, a square
@@ -73,6 +73,7 @@ DETECTORS = ["adp", "winclip", "cn"]
 # photos get larger association values.
 SUPPORT = {
     "adp": ["mvtec_ad/bottle/train/good/000.png", "magnetic_tile/tile/train/good/000.png"],
+    "adp-label": ["mvtec_ad/bottle/train/good/000.png", "magnetic_tile/tile/train/good/000.png"],
     "winclip": ["mvtec_ad/bottle/train/good/000.png", "mvtec_ad/bottle/train/good/001.png"],
     "cn": ["magnetic_tile/tile/train/good/000.png", "magnetic_tile/tile/train/good/001.png"],
 }
