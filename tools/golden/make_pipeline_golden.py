@@ -297,6 +297,9 @@ def main():
         "tolerance": TOLERANCE,
         "diagnostics": _DIAG,
     }
+    # safetensors writes an array's buffer as it lies in memory: a Fortran-ordered array (which
+    # numpy's broadcasting in `bilinear` can produce) would be read back transposed.
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     save_file(tensors, a.out, metadata={k: json.dumps(v) for k, v in meta.items()})
     print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes, {len(tensors)} tensors)")
 
