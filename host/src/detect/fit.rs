@@ -186,8 +186,10 @@ impl Fitter<'_> {
                         1,
                         observer,
                     )?;
+                    // Eq. 4: eq. 3's attraction keeps α_n; α_a weighs the hinge.
                     let objective = Objective::AnomalyAware {
-                        alpha: o.alpha_anomaly,
+                        alpha_normal: o.alpha_normal,
+                        alpha_anomaly: o.alpha_anomaly,
                         gamma: o.gamma,
                     };
                     let c_a = self.learn(
