@@ -259,8 +259,17 @@ impl Img2ImgRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Objective {
     DiffusionOnly,
-    NormalAware { alpha: f32 },
-    AnomalyAware { alpha: f32, gamma: f32 },
+    /// Eq. 3: `L_diff − alpha · mean_i P(S_n | x_i, T_i)`.
+    NormalAware {
+        alpha: f32,
+    },
+    /// Eq. 4: eq. 3 with `alpha_normal`, plus `alpha_anomaly · Σ_j max(P(S_n | x̃_j, T) − gamma, 0)`
+    /// over every pseudo-anomaly.
+    AnomalyAware {
+        alpha_normal: f32,
+        alpha_anomaly: f32,
+        gamma: f32,
+    },
 }
 
 /// Where and how often a learning run saves a resumable checkpoint.

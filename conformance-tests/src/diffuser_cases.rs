@@ -114,9 +114,9 @@ pub fn denoising_loss_gradient_matches_finite_differences(backend: &dyn Backend)
     assert_gradient_matches_finite_differences(&grad, &concept, [0, 11, concept.len() - 1], 5e-2, (0.05, 1e-5), value);
 }
 
-pub fn img2img_matches_diffusers(backend: &dyn Backend) {
-    let g = Golden::open("img2img_epsilon");
-    let d = diffuser(backend, false);
+fn img2img_matches(backend: &dyn Backend, v_prediction: bool) {
+    let g = Golden::open(if v_prediction { "img2img_v" } else { "img2img_epsilon" });
+    let d = diffuser(backend, v_prediction);
     let text = |k: &str| Prompt::plain(g.meta_str(k));
     let request = Img2ImgRequest {
         images: ImageBatch::new(g.f32("image")).unwrap(),
@@ -130,6 +130,14 @@ pub fn img2img_matches_diffusers(backend: &dyn Backend) {
     };
     let out = d.img2img(&request).unwrap();
     assert_close("img2img output", out.pixels(), &g.f32("output"), SAMPLED);
+}
+
+pub fn img2img_matches_diffusers(backend: &dyn Backend) {
+    img2img_matches(backend, false);
+}
+
+pub fn img2img_matches_diffusers_v_prediction(backend: &dyn Backend) {
+    img2img_matches(backend, true);
 }
 
 pub fn img2img_is_deterministic_under_a_seed(backend: &dyn Backend) {

@@ -143,6 +143,7 @@ macro_rules! with_suite {
                 denoising_loss_matches_diffusers_v_prediction,
                 denoising_loss_gradient_matches_finite_differences,
                 img2img_matches_diffusers,
+                img2img_matches_diffusers_v_prediction,
                 img2img_is_deterministic_under_a_seed,
                 diffuser_rejects_bad_inputs,
             ]

@@ -64,7 +64,8 @@ pub fn anomaly_aware_objective_runs(backend: &dyn Backend) {
     let opt = optimizer(backend);
     let mut r = request(backend, 2);
     r.objective = Objective::AnomalyAware {
-        alpha: 0.002,
+        alpha_normal: 0.003,
+        alpha_anomaly: 0.002,
         gamma: 0.0,
     };
     assert!(
@@ -75,6 +76,30 @@ pub fn anomaly_aware_objective_runs(backend: &dyn Backend) {
     let c = opt.learn(&r, &mut |_| Flow::Continue).unwrap();
     // γ = 0: every pseudo-anomaly's P(S_n) > 0 is penalised.
     assert!(c.provenance.loss_history.iter().all(|l| l.clip_anomaly > 0.0));
+    // One template: the first step's hinge (at `init`) is Σ_j P(S_n | x̃_j, T) over all three, and
+    // the loss weighs the attraction by α_n = 0.003 and the hinge by α_a = 0.002.
+    r.templates.truncate(1);
+    let first = opt.learn(&r, &mut |_| Flow::Continue).unwrap().provenance.loss_history[0];
+    let enc = backend.text_image_encoder(&clip_checkpoint(), Device::Cpu).unwrap();
+    let state = |s: &str| Prompt::with_concept(r.templates[0].replace("{}", &format!("{s} <c_n>")), "<c_n>", &r.init);
+    let p = enc
+        .state_probability(&StateProbabilityRequest {
+            images: r.pseudo_anomalies.clone().unwrap(),
+            normal: state("flawless"),
+            anomalous: state("damaged"),
+            temperature: 0.01,
+            gradient_of: None,
+        })
+        .unwrap()
+        .normal;
+    let sum: f32 = p.iter().sum();
+    assert!(
+        (first.clip_anomaly - sum).abs() < 1e-4 * sum.max(1.0),
+        "hinge {} ≠ Σ_j P(S_n | x̃_j) = {sum} over all pseudo-anomalies",
+        first.clip_anomaly
+    );
+    let eq4 = first.diffusion_loss - 0.003 * first.clip_normal + 0.002 * first.clip_anomaly;
+    assert!((first.loss - eq4).abs() < 1e-5, "loss {} ≠ eq. 4 {eq4}", first.loss);
 }
 
 /// `request` run straight, then with a checkpoint every `every` steps and killed at step `kill`

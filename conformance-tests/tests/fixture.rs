@@ -239,6 +239,25 @@ fn progress_reaches_the_host_and_cancellation_reaches_the_plugin() {
     assert_eq!(err, Error::Cancelled { step: 2 });
 }
 
+/// Eq. 4's two weights and γ cross the plugin boundary intact (ABI 3).
+#[test]
+fn the_anomaly_aware_objective_crosses_the_boundary_with_both_weights() {
+    let (clip, sd) = dummy_specs();
+    let mut r = learn_request(1);
+    r.objective = Objective::AnomalyAware {
+        alpha_normal: 0.003,
+        alpha_anomaly: 0.002,
+        gamma: 0.8,
+    };
+    r.pseudo_anomalies = Some(images(3, 4));
+    for b in [adp_conformance::in_process(FixtureBackend), plugin()] {
+        let opt = b.concept_optimizer(&clip, &sd, Device::Cpu).unwrap();
+        let c = opt.learn(&r, &mut |_| Flow::Continue).unwrap();
+        let got: Objective = serde_json::from_value(c.provenance.hyperparameters["objective"].clone()).unwrap();
+        assert_eq!(got, r.objective, "{}", b.info().name);
+    }
+}
+
 #[test]
 fn a_killed_run_resumes_from_its_checkpoint_to_the_same_result() {
     let (clip, sd) = dummy_specs();

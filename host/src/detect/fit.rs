@@ -45,6 +45,16 @@ fn concat(batches: &[ImageBatch]) -> Result<ImageBatch> {
     ImageBatch::new(Tensor::new(vec![n, 3, first.height(), first.width()], data)?)
 }
 
+/// Which source image and which prompt each of `count` pseudo-anomalies uses: the sources in
+/// turn, each prompt drawn uniformly from its own seeded stream, independently of the source
+/// (SPEC §5).
+fn synthesis_plan(seed: u64, count: usize, sources: usize, prompts: usize) -> Vec<(usize, usize)> {
+    let mut rng = SplitMix64(seed ^ 0x9E6C_63D0_676A_9A99);
+    (0..count)
+        .map(|k| (k % sources, rng.below(prompts as u64) as usize))
+        .collect()
+}
+
 pub struct Fitter<'a> {
     pub backend: &'a dyn Backend,
     pub clip: &'a ClipCheckpoint,
@@ -54,7 +64,7 @@ pub struct Fitter<'a> {
 
 impl Fitter<'_> {
     /// SDEdit pseudo-anomalies: `count` images cycling through `sources`, each with one of
-    /// `prompts` in turn, then a random resized crop.
+    /// `prompts` drawn independently of its source ([`synthesis_plan`]), then a random resized crop.
     fn synthesize(
         &self,
         dif: &dyn adp_api::LatentDiffuser,
@@ -67,12 +77,11 @@ impl Fitter<'_> {
         let o = &self.options;
         let mut rng = SplitMix64(o.seed ^ salt);
         let mut out = Vec::with_capacity(count);
-        for k in 0..count {
-            let mut r = Img2ImgRequest::spec_defaults(
-                sources.image(k % sources.len()),
-                prompts[k % prompts.len()].clone(),
-                rng.next_u64(),
-            );
+        for (k, (source, prompt)) in synthesis_plan(o.seed ^ salt, count, sources.len(), prompts.len())
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = Img2ImgRequest::spec_defaults(sources.image(source), prompts[prompt].clone(), rng.next_u64());
             (r.strength, r.guidance, r.steps) = (o.strength, o.guidance, o.ddim_steps);
             out.push(random_resized_crop(&dif.img2img(&r)?, &mut rng)?);
             if observer(&Stage::Synthesis {
@@ -199,8 +208,10 @@ impl Fitter<'_> {
                         1,
                         observer,
                     )?;
+                    // Eq. 4: eq. 3's attraction keeps α_n; α_a weighs the hinge.
                     let objective = Objective::AnomalyAware {
-                        alpha: o.alpha_anomaly,
+                        alpha_normal: o.alpha_normal,
+                        alpha_anomaly: o.alpha_anomaly,
                         gamma: o.gamma,
                     };
                     let c_a = self.learn(
@@ -323,4 +334,26 @@ pub fn fit_files(
         options,
     }
     .fit_photos(&photos, observer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §5: each pseudo-anomaly's prompt is drawn independently of its source, from the seed.
+    #[test]
+    fn synthesis_draws_each_prompt_independently_of_the_source() {
+        let seed = FitOptions::default().seed ^ 1;
+        let plan = synthesis_plan(seed, 8, 2, 2);
+        assert_eq!(plan, synthesis_plan(seed, 8, 2, 2), "the draw is not reproducible");
+        // The sources still cycle, so each is used equally.
+        assert!(plan.iter().enumerate().all(|(k, &(s, _))| s == k % 2), "{plan:?}");
+        assert!(
+            (0..2).any(|s| (0..2).all(|p| plan.contains(&(s, p)))),
+            "no source meets both prompts: {plan:?}"
+        );
+        assert!(plan.iter().all(|&(_, p)| p < 2));
+        // Another seed, another draw (for some seed among a few).
+        assert!((2..10).any(|other| synthesis_plan(other, 8, 2, 2) != plan));
+    }
 }

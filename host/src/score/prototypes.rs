@@ -35,7 +35,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `mean_T unit(g(T(S(c))))`, renormalised: a concept's state embedding over the templates.
+/// `mean_T unit(g(T(S(c))))`: a concept's state embedding over the templates, **not** renormalised
+/// (eq. 6 mixes these as they are; only the mix `p_s` is unit-normalised).
 pub fn state_embedding(enc: &dyn TextImageEncoder, c: &ConceptToken, state: State) -> Result<Vec<f32>> {
     let prompts: Vec<Prompt> = TEMPLATES.iter().map(|t| c.prompt(t, state)).collect();
     let g = enc.text_embeddings(&prompts)?;
@@ -45,7 +46,7 @@ pub fn state_embedding(enc: &dyn TextImageEncoder, c: &ConceptToken, state: Stat
             .zip(unit(g.row(i)))
             .for_each(|(m, v)| *m += v / prompts.len() as f32);
     }
-    Ok(unit(&mean))
+    Ok(mean)
 }
 
 /// `P(first | x)` for unit image embeddings against two unit text embeddings at `TAU`.
@@ -60,7 +61,8 @@ pub fn image_features(enc: &dyn TextImageEncoder, images: &ImageBatch) -> Result
     Ok((0..images.len()).map(|i| unit(f.row(i))).collect())
 }
 
-/// A concept with its normal and anomalous state embeddings and its weight (eq. 5).
+/// A concept with its normal and anomalous state embeddings (template means, not unit length) and
+/// its weight (eq. 5).
 #[derive(Debug, Clone)]
 pub struct WeightedConcept {
     pub normal: Vec<f32>,
@@ -94,16 +96,10 @@ pub fn weigh(
     }
     let normal = state_embedding(enc, c, State::Normal)?;
     let anomalous = state_embedding(enc, c, State::Anomalous)?;
-    let on_support = support
-        .iter()
-        .map(|f| two_way_probability(f, &normal, &anomalous))
-        .sum::<f32>()
-        / support.len() as f32;
-    let on_pseudo = pseudo
-        .iter()
-        .map(|f| two_way_probability(f, &anomalous, &normal))
-        .sum::<f32>()
-        / pseudo.len() as f32;
+    // P_CLIP against the template-averaged text embedding: a cosine, so its direction.
+    let (n, a) = (unit(&normal), unit(&anomalous));
+    let on_support = support.iter().map(|f| two_way_probability(f, &n, &a)).sum::<f32>() / support.len() as f32;
+    let on_pseudo = pseudo.iter().map(|f| two_way_probability(f, &a, &n)).sum::<f32>() / pseudo.len() as f32;
     Ok(WeightedConcept {
         normal,
         anomalous,
@@ -118,7 +114,8 @@ pub struct Prototypes {
     pub anomalous: Vec<f32>,
 }
 
-/// Eq. 6: the weight-averaged state embeddings of the concepts.
+/// Eq. 6: `p_s = unit(Σ_c w(c) · mean_T unit(g(T(S_s(c)))) / Σ_c w(c))`, the weight-averaged state
+/// embeddings of the concepts, each template mean as it is.
 pub fn prototypes(concepts: &[WeightedConcept]) -> Result<Prototypes> {
     let total: f32 = concepts.iter().map(|c| c.weight).sum();
     if concepts.is_empty() || total.is_nan() || total <= 0.0 {
@@ -155,6 +152,115 @@ pub fn final_score(language: f32, patch_map: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use adp_api::requests::*;
+    use adp_api::Tensor;
+
+    /// Text embeddings by word, state and template: "wobbly" varies with the template's parity (so
+    /// its template mean is shorter than 1), "steady" does not.
+    fn g(word: &str, state: State, template: usize) -> [f32; 2] {
+        let s = if template.is_multiple_of(2) { 1.0 } else { -1.0 };
+        match (word, state) {
+            ("wobbly", State::Normal) => [1.0, s],
+            ("wobbly", State::Anomalous) => [s, 1.0],
+            ("steady", State::Normal) => [0.0, 1.0],
+            ("steady", State::Anomalous) => [1.0, 0.0],
+            _ => unreachable!("{word}"),
+        }
+    }
+
+    struct StubText;
+
+    impl TextImageEncoder for StubText {
+        fn dims(&self) -> EncoderDims {
+            unimplemented!()
+        }
+        fn image_embeddings(&self, _: &ImageBatch) -> Result<Tensor> {
+            unimplemented!()
+        }
+        fn dense_features(&self, _: &ImageBatch, _: &[usize]) -> Result<DenseFeatures> {
+            unimplemented!()
+        }
+        fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
+            let rows = prompts.iter().flat_map(|p| {
+                let (k, word, state) = (0..TEMPLATES.len())
+                    .flat_map(|k| {
+                        ["wobbly", "steady"]
+                            .into_iter()
+                            .flat_map(move |w| [State::Normal, State::Anomalous].map(move |st| (k, w, st)))
+                    })
+                    .find(|&(k, w, st)| st.prompt(TEMPLATES[k], w) == p.text)
+                    .expect("a known prompt");
+                g(word, state, k)
+            });
+            Tensor::new(vec![prompts.len(), 2], rows.collect())
+        }
+        fn token_embedding(&self, _: &str) -> Result<Vec<f32>> {
+            unimplemented!()
+        }
+        fn state_probability(&self, _: &StateProbabilityRequest) -> Result<StateProbability> {
+            unimplemented!()
+        }
+    }
+
+    fn word(w: &str) -> ConceptToken {
+        ConceptToken::Word(w.into())
+    }
+
+    /// `mean_T unit(g(T(S(c))))`, by hand.
+    fn template_mean(w: &str, state: State) -> Vec<f32> {
+        let mut m = vec![0f32; 2];
+        for k in 0..TEMPLATES.len() {
+            let u = unit(&g(w, state, k));
+            m.iter_mut().zip(u).for_each(|(m, u)| *m += u / TEMPLATES.len() as f32);
+        }
+        m
+    }
+
+    /// Eq. 6: `p_s = unit(Σ_c w(c) · mean_T unit(g(T(S_s(c)))) / Σ_c w(c))`, with no renormalisation
+    /// of a concept's template mean before the mix.
+    #[test]
+    fn eq6_mixes_the_template_means_as_they_are() {
+        let (wa, wb) = (3.0, 1.0);
+        let mut a = unweighted(&StubText, &word("wobbly")).unwrap();
+        let mut b = unweighted(&StubText, &word("steady")).unwrap();
+        (a.weight, b.weight) = (wa, wb);
+        let p = prototypes(&[a, b]).unwrap();
+        for (state, got) in [(State::Normal, &p.normal), (State::Anomalous, &p.anomalous)] {
+            let (ma, mb) = (template_mean("wobbly", state), template_mean("steady", state));
+            let mix = |ma: &[f32]| unit(&[wa * ma[0] + wb * mb[0], wa * ma[1] + wb * mb[1]]);
+            let (want, renormalised) = (mix(&ma), mix(&unit(&ma)));
+            assert!(
+                (want[0] - renormalised[0]).abs() > 1e-2,
+                "the test cannot tell renormalisation apart"
+            );
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5),
+                "{state:?}: p_s {got:?} ≠ {want:?} by hand (renormalised per concept: {renormalised:?})"
+            );
+        }
+    }
+
+    /// Eq. 5: `w(c) = mean_i P(S_n(c) | x_i) + mean_j P(S_a(c) | x̃_j)`, neither state swapped.
+    #[test]
+    fn eq5_weighs_normal_on_support_and_anomalous_on_pseudo_anomalies() {
+        let support = vec![unit(&[1.0, 1.01]), unit(&[1.0, 1.03])];
+        let pseudo = vec![unit(&[1.02, 1.0])];
+        let c = weigh(&StubText, &word("steady"), &support, &pseudo).unwrap();
+        // "steady": S_n ↦ [0, 1], S_a ↦ [1, 0] under every template.
+        let p = |f: &[f32], first: usize| 1.0 / (1.0 + (-(f[first] - f[1 - first]) / TAU).exp());
+        let p_n = |f: &Vec<f32>| p(f, 1);
+        let p_a = |f: &Vec<f32>| p(f, 0);
+        let mean = |fs: &[Vec<f32>], q: &dyn Fn(&Vec<f32>) -> f32| fs.iter().map(q).sum::<f32>() / fs.len() as f32;
+        let want = mean(&support, &p_n) + mean(&pseudo, &p_a);
+        for wrong in [
+            mean(&support, &p_a) + mean(&pseudo, &p_n),
+            mean(&support, &p_n) + mean(&pseudo, &p_n),
+            mean(&support, &p_a) + mean(&pseudo, &p_a),
+        ] {
+            assert!((want - wrong).abs() > 1e-2, "the test cannot tell {wrong} from {want}");
+        }
+        assert!((c.weight - want).abs() < 1e-5, "w(c) = {} ≠ {want} by hand", c.weight);
+    }
 
     #[test]
     fn probability_is_a_two_way_softmax_at_tau() {

@@ -81,7 +81,14 @@ impl ConceptOptimizer for FixtureOptimizer {
                 return Err(Error::Cancelled { step: state.step });
             }
         }
+        // The objective as it arrived, so that a test can see what crossed the boundary.
+        let hyperparameters = [(
+            "objective".to_string(),
+            serde_json::to_value(r.objective).expect("json"),
+        )]
+        .into();
         let provenance = Provenance {
+            hyperparameters,
             seed: r.seed,
             backend: crate::NAME.into(),
             steps: state.step,
