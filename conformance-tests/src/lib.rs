@@ -204,3 +204,28 @@ macro_rules! conformance_tests {
         $crate::with_suite!(case_tests);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// Missing shared data: skipped (loudly) on a developer's machine, a failure under CI. One
+    /// test, so that setting `CI` races with nothing else in this binary.
+    #[test]
+    fn missing_shared_data_skips_locally_and_fails_under_ci() {
+        let ci = std::env::var_os("CI");
+        std::env::remove_var("CI");
+        assert!(super::shared_data("no/such/folder", "this check").is_none());
+        std::env::set_var("CI", "true");
+        let under_ci = std::panic::catch_unwind(|| super::shared_data("no/such/folder", "this check"));
+        match ci {
+            Some(v) => std::env::set_var("CI", v),
+            None => std::env::remove_var("CI"),
+        }
+        let message = under_ci.expect_err("under CI a missing data folder must fail the test");
+        let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            text.contains("absent under CI") && text.contains("this check"),
+            "{text}"
+        );
+        assert!(super::shared_data("", "the shared data").is_some() || std::env::var_os("CI").is_none());
+    }
+}
