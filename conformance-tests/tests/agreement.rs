@@ -83,12 +83,8 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
     assert_close("penultimate patch tokens", &dt.patch_tokens, &dc.patch_tokens, FORWARD);
     for (wt, wc) in dt.windows.iter().zip(&dc.windows) {
         assert_eq!(wt.size, wc.size);
-        assert_close(
-            &format!("{0}×{0} windows", wt.size),
-            &wt.embeddings,
-            &wc.embeddings,
-            FORWARD,
-        );
+        let what = format!("{0}×{0} windows", wt.size);
+        assert_close(&what, &wt.embeddings, &wc.embeddings, FORWARD);
     }
 
     let concept = t.token_embedding("object").unwrap();
@@ -116,12 +112,8 @@ fn tch_encoder_matches_candle_on_the_fixture_clip() {
     for tau in [0.07f32, 1.0] {
         let pc = c.state_probability(&request(tau, &concept, None)).unwrap();
         let pt = t.state_probability(&request(tau, &concept, Some("<c>"))).unwrap();
-        assert_close(
-            &format!("P(S_n|x) at τ={tau}"),
-            &vec_tensor(pt.normal.clone()),
-            &vec_tensor(pc.normal),
-            FORWARD,
-        );
+        let (nt, nc) = (vec_tensor(pt.normal.clone()), vec_tensor(pc.normal));
+        assert_close(&format!("P(S_n|x) at τ={tau}"), &nt, &nc, FORWARD);
         assert!(pt.grad.is_some());
         let plain = t.state_probability(&request(tau, &concept, None)).unwrap();
         assert!(plain.grad.is_none());
@@ -157,12 +149,8 @@ fn tch_scorer_matches_candle() {
     );
     assert_eq!(mt.kind, mc.kind);
     assert_close("memory", &mt.features, &mc.features, FORWARD);
-    assert_close(
-        "distances",
-        &t.associate(&mt, &test).unwrap(),
-        &c.associate(&mc, &test).unwrap(),
-        FORWARD,
-    );
+    let (dt, dc) = (t.associate(&mt, &test).unwrap(), c.associate(&mc, &test).unwrap());
+    assert_close("distances", &dt, &dc, FORWARD);
 }
 
 /// The tch diffuser against the candle one on one fixture diffusers folder: VAE both ways,
@@ -176,21 +164,14 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
     let s = dims.image_size;
     let side = s / dims.vae_downsampling;
     let images = ImageBatch::new(pattern(vec![2, 3, s, s], 1, 0.0, 1.0)).unwrap();
+    // tch's `got` against candle's `want`, named with the folder's label.
+    let close =
+        |what: &str, got: &Tensor, want: &Tensor, rel: f32| assert_close(&format!("{label} {what}"), got, want, rel);
 
     let zt = t.vae_encode(&images).unwrap();
-    assert_close(
-        &format!("{label} VAE latents"),
-        &zt,
-        &c.vae_encode(&images).unwrap(),
-        FORWARD,
-    );
+    close("VAE latents", &zt, &c.vae_encode(&images).unwrap(), FORWARD);
     let decoded = (t.vae_decode(&zt).unwrap(), c.vae_decode(&zt).unwrap());
-    assert_close(
-        &format!("{label} VAE decoded"),
-        decoded.0.pixels(),
-        decoded.1.pixels(),
-        FORWARD,
-    );
+    close("VAE decoded", decoded.0.pixels(), decoded.1.pixels(), FORWARD);
     let alone = |i| t.vae_encode(&images.image(i)).unwrap();
     alone_in_threads_matches_batch(&format!("{label} tch latents"), &zt, 3, alone);
 
@@ -202,12 +183,8 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
         Prompt::plain("a flawless object"),
     ];
     let cond = t.text_conditioning(&prompts).unwrap();
-    assert_close(
-        &format!("{label} text conditioning"),
-        &cond,
-        &c.text_conditioning(&prompts).unwrap(),
-        FORWARD,
-    );
+    let want = c.text_conditioning(&prompts).unwrap();
+    close("text conditioning", &cond, &want, FORWARD);
 
     let latents = pattern(vec![2, dims.latent_channels, side, side], 3, -1.5, 1.5);
     let unet = UnetRequest {
@@ -216,12 +193,7 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
         conditioning: cond,
     };
     let prediction = t.unet_prediction(&unet).unwrap();
-    assert_close(
-        &format!("{label} UNet"),
-        &prediction,
-        &c.unet_prediction(&unet).unwrap(),
-        FORWARD,
-    );
+    close("UNet", &prediction, &c.unet_prediction(&unet).unwrap(), FORWARD);
 
     let loss = DenoisingLossRequest {
         images: images.clone(),
@@ -231,14 +203,10 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
         gradient_of: Some("<c>".into()),
     };
     let (lt, lc) = (t.denoising_loss(&loss).unwrap(), c.denoising_loss(&loss).unwrap());
-    assert_close(
-        &format!("{label} loss"),
-        &vec_tensor(vec![lt.value]),
-        &vec_tensor(vec![lc.value]),
-        FORWARD,
-    );
+    let (vt, vc) = (vec_tensor(vec![lt.value]), vec_tensor(vec![lc.value]));
+    close("loss", &vt, &vc, FORWARD);
     let (gt, gc) = (vec_tensor(lt.grad.unwrap()), vec_tensor(lc.grad.unwrap()));
-    assert_close(&format!("{label} d loss / d concept"), &gt, &gc, GRADIENT);
+    close("d loss / d concept", &gt, &gc, GRADIENT);
     let no_grad = t
         .denoising_loss(&DenoisingLossRequest {
             gradient_of: None,
@@ -256,12 +224,7 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
     i2i.steps = 4;
     i2i.strength = 0.75;
     let sampled = (t.img2img(&i2i).unwrap(), c.img2img(&i2i).unwrap());
-    assert_close(
-        &format!("{label} img2img"),
-        sampled.0.pixels(),
-        sampled.1.pixels(),
-        SAMPLED,
-    );
+    close("img2img", sampled.0.pixels(), sampled.1.pixels(), SAMPLED);
 
     // Bad inputs: the same error variants as candle.
     let bad_concept = vec![Prompt::with_concept("a <c>", "<c>", &[0.0; 3])];

@@ -10,10 +10,26 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
+/// An `adp` argument list written as one line: the template's words (split on white space), each
+/// `{}` word replaced by the next of `values` in turn. The values (paths) are inserted after the
+/// split, so a space in one would stay inside its argument.
+fn argv(template: &str, values: &[&str]) -> Vec<String> {
+    let mut values = values.iter();
+    let args: Vec<String> = template
+        .split_whitespace()
+        .map(|w| match w {
+            "{}" => values.next().expect("a value for every {}").to_string(),
+            w => w.to_string(),
+        })
+        .collect();
+    assert!(values.next().is_none(), "more values than {{}} in {template:?}");
+    args
+}
+
+fn run<S: AsRef<str>>(args: &[S]) -> Output {
     let exe = build_dir().join("adp");
     Command::new(&exe)
-        .args(args)
+        .args(args.iter().map(|a| a.as_ref()))
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LIB_BACKTRACE", "0")
         .output()
@@ -22,7 +38,7 @@ fn run(args: &[&str]) -> Output {
 
 /// Runs `adp args`, asserts a clean failure (non-zero exit, no panic) whose stderr contains every
 /// one of `names`; returns stderr.
-fn fails(args: &[&str], names: &[&str]) -> String {
+fn fails<S: AsRef<str> + std::fmt::Debug>(args: &[S], names: &[&str]) -> String {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -36,7 +52,7 @@ fn fails(args: &[&str], names: &[&str]) -> String {
         "adp {args:?} was killed by a signal: {err}"
     );
     assert!(!err.contains("panicked at"), "adp {args:?} panicked: {err}");
-    eprintln!("adp {}: {}", args[0], err.trim_end());
+    eprintln!("adp {}: {}", args[0].as_ref(), err.trim_end());
     for name in names {
         assert!(
             err.contains(name),
@@ -44,6 +60,11 @@ fn fails(args: &[&str], names: &[&str]) -> String {
         );
     }
     err
+}
+
+/// `adp score --detector detector --plugin-dir plugin_dir image`.
+fn score_args<'a>(detector: &'a str, plugin_dir: &'a str, image: &'a str) -> [&'a str; 6] {
+    ["score", "--detector", detector, "--plugin-dir", plugin_dir, image]
 }
 
 fn s(p: &Path) -> &str {
@@ -69,24 +90,10 @@ fn support(dir: &Path) -> PathBuf {
     out
 }
 
-/// `adp fit --method winclip` (no Stable Diffusion, fast) with `extra` arguments.
-fn fit_args<'a>(clip: &'a str, support: &'a str, output: &'a str, dir: &'a str) -> Vec<&'a str> {
-    vec![
-        "fit",
-        "--plugin",
-        "candle",
-        "--plugin-dir",
-        dir,
-        "--clip",
-        clip,
-        "--method",
-        "winclip",
-        "--quiet",
-        "--support",
-        support,
-        "-o",
-        output,
-    ]
+/// `adp fit --method winclip` (no Stable Diffusion, fast) with the `candle` plugin from `dir`.
+fn fit_args(clip: &str, support: &str, output: &str, dir: &str) -> Vec<String> {
+    let line = "fit --plugin candle --plugin-dir {} --clip {} --method winclip --quiet --support {} -o {}";
+    argv(line, &[dir, clip, support, output])
 }
 
 /// A detector fitted on the fixture CLIP, at `dir/d.adp`.
@@ -103,13 +110,20 @@ fn detector(dir: &Path) -> PathBuf {
     path
 }
 
+/// A folder `dir/name` holding copies of the fixture CLIP's `files`.
+fn clip_copy(dir: &Path, name: &str, files: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in files {
+        std::fs::copy(clip().join(f), out.join(f)).unwrap();
+    }
+    out
+}
+
 /// A copy of the fixture CLIP folder whose safetensors went through `edit` (tensors by name).
 fn edited_clip(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) -> PathBuf {
-    let src = clip();
-    let out = dir.join("clip-edited");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::copy(src.join("open_clip_config.json"), out.join("open_clip_config.json")).unwrap();
-    let bytes = std::fs::read(src.join("open_clip_model.safetensors")).unwrap();
+    let out = clip_copy(dir, "clip-edited", &["open_clip_config.json"]);
+    let bytes = std::fs::read(clip().join("open_clip_model.safetensors")).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
@@ -162,21 +176,9 @@ fn a_corrupt_image_is_named() {
         &["score", "--detector", s(&d), "--plugin-dir", &pd, "--quiet", s(&bad)],
         &[s(&bad)],
     );
-    fails(
-        &["score", "--detector", s(&d), "--plugin-dir", &pd, s(&empty)],
-        &[s(&empty)],
-    );
-    fails(
-        &[
-            "score",
-            "--detector",
-            s(&d),
-            "--plugin-dir",
-            &pd,
-            s(&dir.path().join("missing.png")),
-        ],
-        &[s(&dir.path().join("missing.png"))],
-    );
+    fails(&score_args(s(&d), &pd, s(&empty)), &[s(&empty)]);
+    let missing = dir.path().join("missing.png");
+    fails(&score_args(s(&d), &pd, s(&missing)), &[s(&missing)]);
 }
 
 #[test]
@@ -208,19 +210,11 @@ fn a_missing_checkpoint_tensor_is_named() {
     assert!(err.contains("missing tensor"), "{err}");
     // Scoring with it is refused before the tensors are read: it is not the detector's checkpoint.
     let d = detector(&dir.path().join("fit"));
-    fails(
-        &[
-            "score",
-            "--detector",
-            s(&d),
-            "--plugin-dir",
-            &pd,
-            "--clip",
-            s(&edited),
-            s(&support),
-        ],
-        &[s(&file), "another CLIP checkpoint"],
+    let score = argv(
+        "score --detector {} --plugin-dir {} --clip {} {}",
+        &[s(&d), &pd, s(&edited), s(&support)],
     );
+    fails(&score, &[s(&file), "another CLIP checkpoint"]);
 }
 
 #[test]
@@ -254,33 +248,15 @@ fn a_checkpoint_folder_without_config_or_weights_is_named() {
     let support = support(dir.path());
     let pd = plugin_dir();
     let out = dir.path().join("x.adp");
-    let no_config = dir.path().join("clip-no-config");
-    std::fs::create_dir_all(&no_config).unwrap();
-    std::fs::copy(
-        clip().join("open_clip_model.safetensors"),
-        no_config.join("open_clip_model.safetensors"),
-    )
-    .unwrap();
+    let no_config = clip_copy(dir.path(), "clip-no-config", &["open_clip_model.safetensors"]);
     let err = fails(&fit_args(s(&no_config), s(&support), s(&out), &pd), &[s(&no_config)]);
     assert!(err.contains("open_clip_config.json"), "{err}");
-    let no_weights = dir.path().join("clip-no-weights");
-    std::fs::create_dir_all(&no_weights).unwrap();
-    std::fs::copy(
-        clip().join("open_clip_config.json"),
-        no_weights.join("open_clip_config.json"),
-    )
-    .unwrap();
+    let no_weights = clip_copy(dir.path(), "clip-no-weights", &["open_clip_config.json"]);
     fails(&fit_args(s(&no_weights), s(&support), s(&out), &pd), &[s(&no_weights)]);
     let nowhere = dir.path().join("no-such-clip");
     fails(&fit_args(s(&nowhere), s(&support), s(&out), &pd), &[s(&nowhere)]);
     // A truncated weights file.
-    let truncated = dir.path().join("clip-truncated");
-    std::fs::create_dir_all(&truncated).unwrap();
-    std::fs::copy(
-        clip().join("open_clip_config.json"),
-        truncated.join("open_clip_config.json"),
-    )
-    .unwrap();
+    let truncated = clip_copy(dir.path(), "clip-truncated", &["open_clip_config.json"]);
     let bytes = std::fs::read(clip().join("open_clip_model.safetensors")).unwrap();
     std::fs::write(truncated.join("open_clip_model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     fails(
@@ -309,23 +285,17 @@ fn a_truncated_or_corrupt_detector_file_is_named() {
     for (name, content) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
-        let err = fails(
-            &["score", "--detector", s(&path), "--plugin-dir", &pd, s(&image)],
-            &[s(&path)],
-        );
+        let err = fails(&score_args(s(&path), &pd, s(&image)), &[s(&path)]);
         assert!(err.contains("detector"), "{name}: {err}");
     }
     // A valid safetensors file that is not a detector (the CLIP weights).
     let weights = clip().join("open_clip_model.safetensors");
     fails(
-        &["score", "--detector", s(&weights), "--plugin-dir", &pd, s(&image)],
+        &score_args(s(&weights), &pd, s(&image)),
         &[s(&weights), "not a detector file"],
     );
     let missing = dir.path().join("missing.adp");
-    fails(
-        &["score", "--detector", s(&missing), "--plugin-dir", &pd, s(&image)],
-        &[s(&missing)],
-    );
+    fails(&score_args(s(&missing), &pd, s(&image)), &[s(&missing)]);
 }
 
 #[test]
@@ -338,19 +308,11 @@ fn a_detector_with_another_clip_checkpoint_is_refused() {
         data[0] ^= 0x40;
     });
     let image = support(dir.path()).join("000.png");
-    let err = fails(
-        &[
-            "score",
-            "--detector",
-            s(&d),
-            "--plugin-dir",
-            &plugin_dir(),
-            "--clip",
-            s(&other),
-            s(&image),
-        ],
-        &[s(&other.join("open_clip_model.safetensors"))],
+    let score = argv(
+        "score --detector {} --plugin-dir {} --clip {} {}",
+        &[s(&d), &plugin_dir(), s(&other), s(&image)],
     );
+    let err = fails(&score, &[s(&other.join("open_clip_model.safetensors"))]);
     assert!(err.contains("another CLIP checkpoint"), "{err}");
 }
 
@@ -360,27 +322,9 @@ fn a_file_that_is_not_a_plugin_is_named() {
     let dir = tmp.path().canonicalize().unwrap(); // the loader names plugins by their canonical path
     let support = support(&dir);
     let (c, out) = (clip(), dir.join("x.adp"));
-    let fit = |plugin: &str| {
-        vec![
-            "fit",
-            "--plugin",
-            plugin,
-            "--clip",
-            s(&c),
-            "--method",
-            "winclip",
-            "--support",
-            s(&support),
-            "-o",
-            s(&out),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>()
-    };
     let check = |plugin: &Path, names: &[&str]| {
-        let args = fit(s(plugin));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = "fit --plugin {} --clip {} --method winclip --support {} -o {}";
+        let args = argv(line, &[s(plugin), s(&c), s(&support), s(&out)]);
         let mut names = names.to_vec();
         names.push(s(plugin));
         fails(&args, &names)
@@ -405,22 +349,9 @@ fn a_file_that_is_not_a_plugin_is_named() {
     );
     // A name no plugin in the folder has.
     let pd = plugin_dir();
+    let line = "fit --plugin nonesuch --plugin-dir {} --clip {} --method winclip --support {} -o {}";
     fails(
-        &[
-            "fit",
-            "--plugin",
-            "nonesuch",
-            "--plugin-dir",
-            &pd,
-            "--clip",
-            s(&c),
-            "--method",
-            "winclip",
-            "--support",
-            s(&support),
-            "-o",
-            s(&out),
-        ],
+        &argv(line, &[&pd, s(&c), s(&support), s(&out)]),
         &["nonesuch", "candle"],
     );
     assert!(!out.exists());
@@ -433,43 +364,12 @@ fn an_unknown_method_is_named() {
     let pd = plugin_dir();
     let c = clip();
     let out = dir.path().join("x.adp");
-    let err = fails(
-        &[
-            "fit",
-            "--plugin",
-            "candle",
-            "--plugin-dir",
-            &pd,
-            "--clip",
-            s(&c),
-            "--method",
-            "bogus",
-            "--support",
-            s(&support),
-            "-o",
-            s(&out),
-        ],
-        &["bogus", "--method"],
-    );
+    let line = "fit --plugin candle --plugin-dir {} --clip {} --method bogus --support {} -o {}";
+    let err = fails(&argv(line, &[&pd, s(&c), s(&support), s(&out)]), &["bogus", "--method"]);
     assert!(err.contains("winclip"), "the error lists the methods: {err}");
-    let err = fails(
-        &[
-            "eval",
-            "--plugin",
-            "candle",
-            "--plugin-dir",
-            &pd,
-            "--clip",
-            s(&c),
-            "--method",
-            "bogus",
-            "--data",
-            s(dir.path()),
-            "--out",
-            s(&dir.path().join("report")),
-        ],
-        &["bogus"],
-    );
+    let line = "eval --plugin candle --plugin-dir {} --clip {} --method bogus --data {} --out {}";
+    let report = dir.path().join("report");
+    let err = fails(&argv(line, &[&pd, s(&c), s(dir.path()), s(&report)]), &["bogus"]);
     assert!(err.contains("adp-label"), "{err}");
 }
 
@@ -484,27 +384,9 @@ fn eval_names_a_missing_category_and_dataset() {
     let c = clip();
     let report = dir.path().join("report");
     let eval = |data: &Path, category: &str, names: &[&str]| {
-        fails(
-            &[
-                "eval",
-                "--plugin",
-                "candle",
-                "--plugin-dir",
-                &pd,
-                "--clip",
-                s(&c),
-                "--method",
-                "winclip",
-                "--data",
-                s(data),
-                "--category",
-                category,
-                "--quiet",
-                "--out",
-                s(&report),
-            ],
-            names,
-        )
+        let line =
+            "eval --plugin candle --plugin-dir {} --clip {} --method winclip --data {} --category {} --quiet --out {}";
+        fails(&argv(line, &[&pd, s(&c), s(data), category, s(&report)]), names)
     };
     eval(&data, "nonesuch", &["nonesuch", "widget", s(&data)]);
     let nowhere = dir.path().join("no-such-dataset");

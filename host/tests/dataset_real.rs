@@ -29,6 +29,16 @@ fn manifest_count(root: &Path, prefix: &str) -> usize {
         .count()
 }
 
+/// A README row of test images per defect folder, `"good 46, crack 20"`, as `(defect, count)` pairs.
+fn counts(row: &str) -> Vec<(&str, usize)> {
+    row.split(", ")
+        .map(|entry| {
+            let (defect, n) = entry.split_once(' ').expect("`defect count`");
+            (defect, n.parse().expect("a count"))
+        })
+        .collect()
+}
+
 fn count(c: &Category, defect: &str) -> usize {
     c.test.iter().filter(|s| s.defect == defect).count()
 }
@@ -93,19 +103,8 @@ fn mvtec_bottle() {
     let Some(root) = data_root() else { return };
     // README: 168 train/good; test good 46, broken_large 20, broken_small 22, contamination 21.
     // Its source has no pixel masks ("Pixel masks: no"), so no anomalous sample may carry one.
-    let c = check(
-        &root,
-        "mvtec_ad",
-        "bottle",
-        168,
-        &[
-            ("good", 46),
-            ("broken_large", 20),
-            ("broken_small", 22),
-            ("contamination", 21),
-        ],
-        false,
-    );
+    let test = counts("good 46, broken_large 20, broken_small 22, contamination 21");
+    let c = check(&root, "mvtec_ad", "bottle", 168, &test, false);
     assert_eq!(c.test.iter().filter(|s| s.anomalous).count(), 63);
 
     // Shots: reproducible, distinct, from train/good.
@@ -128,21 +127,8 @@ fn mvtec_bottle() {
 #[test]
 fn magnetic_tile_with_masks() {
     let Some(root) = data_root() else { return };
-    let c = check(
-        &root,
-        "magnetic_tile",
-        "tile",
-        100,
-        &[
-            ("good", 200),
-            ("blowhole", 115),
-            ("break", 85),
-            ("crack", 57),
-            ("fray", 32),
-            ("uneven", 103),
-        ],
-        true,
-    );
+    let test = counts("good 200, blowhole 115, break 85, crack 57, fray 32, uneven 103");
+    let c = check(&root, "magnetic_tile", "tile", 100, &test, true);
     // Masks are the size of their image (README); read one at its own and at another size.
     let s = c.test.iter().find(|s| s.anomalous).unwrap();
     let (w, h) = image::image_dimensions(&s.path).unwrap();

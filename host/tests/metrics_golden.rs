@@ -63,46 +63,46 @@ impl Golden<'_> {
     }
 }
 
-fn golden_bytes() -> Vec<u8> {
-    std::fs::read(GOLDEN)
-        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (regenerate with tools/golden/make_metrics_golden.py)"))
-}
-
-#[test]
-fn f1_max_matches_sklearn() {
-    let bytes = golden_bytes();
+/// Runs `check(golden, case)` on every case `case` = `{prefix}.{i}` of the golden (found by its
+/// `key` tensor), after asserting that there are at least `min` of them (`what` names them).
+fn each_case(prefix: &str, key: &str, min: usize, what: &str, mut check: impl FnMut(&Golden, &str)) {
+    let bytes = std::fs::read(GOLDEN)
+        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (regenerate with tools/golden/make_metrics_golden.py)"));
     let g = Golden(SafeTensors::deserialize(&bytes).unwrap());
-    let n = g.cases("f1", "scores");
-    assert!(n >= 3, "expected at least 3 F1 cases, found {n}");
+    let n = g.cases(prefix, key);
+    assert!(n >= min, "expected at least {min} {what} cases, found {n}");
     for i in 0..n {
-        let (_, scores) = g.f32s(&format!("f1.{i}.scores"));
-        let labels = g.bools(&format!("f1.{i}.labels"));
-        let want = g.f64_scalar(&format!("f1.{i}.f1_max"));
-        let (_, t) = g.f32s(&format!("f1.{i}.threshold"));
-        let got = f1_max(&scores, &labels).unwrap();
-        eprintln!(
-            "f1.{i}: ours {:.12} at {} | sklearn {want:.12} at {}",
-            got.f1, got.threshold, t[0]
-        );
-        assert!((got.f1 - want).abs() <= TOL, "f1.{i}: {} vs {want}", got.f1);
-        // The threshold is a score from the input, so it matches exactly.
-        assert_eq!(got.threshold, t[0], "f1.{i} threshold");
+        check(&g, &format!("{prefix}.{i}"));
     }
 }
 
 #[test]
+fn f1_max_matches_sklearn() {
+    each_case("f1", "scores", 3, "F1", |g, case| {
+        let (_, scores) = g.f32s(&format!("{case}.scores"));
+        let labels = g.bools(&format!("{case}.labels"));
+        let want = g.f64_scalar(&format!("{case}.f1_max"));
+        let (_, t) = g.f32s(&format!("{case}.threshold"));
+        let got = f1_max(&scores, &labels).unwrap();
+        eprintln!(
+            "{case}: ours {:.12} at {} | sklearn {want:.12} at {}",
+            got.f1, got.threshold, t[0]
+        );
+        assert!((got.f1 - want).abs() <= TOL, "{case}: {} vs {want}", got.f1);
+        // The threshold is a score from the input, so it matches exactly.
+        assert_eq!(got.threshold, t[0], "{case} threshold");
+    });
+}
+
+#[test]
 fn aupro_matches_mvtec_reference() {
-    let bytes = golden_bytes();
-    let g = Golden(SafeTensors::deserialize(&bytes).unwrap());
-    let n = g.cases("aupro", "maps");
-    assert!(n >= 4, "expected at least 4 AUPRO cases, found {n}");
-    for i in 0..n {
-        let (shape, maps) = g.f32s(&format!("aupro.{i}.maps"));
-        let masks = g.bools(&format!("aupro.{i}.masks"));
+    each_case("aupro", "maps", 4, "AUPRO", |g, case| {
+        let (shape, maps) = g.f32s(&format!("{case}.maps"));
+        let masks = g.bools(&format!("{case}.masks"));
         let (images, h, w) = (shape[0], shape[1], shape[2]);
         assert_eq!(masks.len(), maps.len());
-        let limit = g.f64_scalar(&format!("aupro.{i}.limit"));
-        let want = g.f64_scalar(&format!("aupro.{i}.aupro"));
+        let limit = g.f64_scalar(&format!("{case}.limit"));
+        let want = g.f64_scalar(&format!("{case}.aupro"));
         let mut acc = Aupro::new();
         for k in 0..images {
             let r = k * h * w..(k + 1) * h * w;
@@ -110,21 +110,21 @@ fn aupro_matches_mvtec_reference() {
         }
         assert_eq!(
             acc.regions() as i64,
-            g.i64_scalar(&format!("aupro.{i}.regions")),
-            "aupro.{i}: 8-connected regions"
+            g.i64_scalar(&format!("{case}.regions")),
+            "{case}: 8-connected regions"
         );
         let got = acc.finish_at(limit).unwrap();
-        let want64 = g.f64_scalar(&format!("aupro.{i}.aupro_f64"));
+        let want64 = g.f64_scalar(&format!("{case}.aupro_f64"));
         eprintln!(
-            "aupro.{i}: limit {limit} ours {got:.12} | reference {want:.12} (diff {:.1e}) | float64 port diff {:.1e}",
+            "{case}: limit {limit} ours {got:.12} | reference {want:.12} (diff {:.1e}) | float64 port diff {:.1e}",
             (got - want).abs(),
             (got - want64).abs()
         );
-        assert!((got - want).abs() <= TOL, "aupro.{i}: {got} vs {want}");
+        assert!((got - want).abs() <= TOL, "{case}: {got} vs {want}");
         // The same port with FPR in float64, as we compute it: only the summation order differs.
         assert!(
             (got - want64).abs() <= 1e-12,
-            "aupro.{i}: {got} vs float64 reference {want64}"
+            "{case}: {got} vs float64 reference {want64}"
         );
-    }
+    });
 }

@@ -494,6 +494,13 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// Asserts that the error text `e` contains every one of `parts`.
+    fn assert_mentions(e: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(e.contains(part), "{part:?} not in: {e}");
+        }
+    }
+
     fn touch(p: &Path) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, b"").unwrap();
@@ -575,10 +582,11 @@ mod tests {
         let e = load(root, "gadget").unwrap_err().to_string();
         assert!(e.contains("gadget") && e.contains("other, widget"), "{e}");
 
+        let widget_fails = |parts: &[&str]| assert_mentions(&load(root, "widget").unwrap_err().to_string(), parts);
+
         // Mask folder present, one mask missing.
         fs::remove_file(root.join("widget/ground_truth/crack/001.png")).unwrap();
-        let e = load(root, "widget").unwrap_err().to_string();
-        assert!(e.contains("001_mask.png") && e.contains("test/crack/001.png"), "{e}");
+        widget_fails(&["001_mask.png", "test/crack/001.png"]);
         write_mask(&root.join("widget/ground_truth/crack/001_mask.png"), 4, 4, |_, _| true);
         load(root, "widget").unwrap();
 
@@ -587,21 +595,17 @@ mod tests {
         for dir in ["good", "crack", "dent"] {
             fs::remove_dir_all(c.join("test").join(dir)).unwrap();
         }
-        let e = load(root, "widget").unwrap_err().to_string();
-        assert!(e.contains("widget/test") && e.contains("no test images"), "{e}");
+        widget_fails(&["widget/test", "no test images"]);
         fs::remove_dir_all(c.join("test")).unwrap();
-        let e = load(root, "widget").unwrap_err().to_string();
-        assert!(e.contains("widget/test") && e.contains("not found"), "{e}");
+        widget_fails(&["widget/test", "not found"]);
 
         // Empty and missing train/good.
         for n in ["000.png", "001.png", "002.png"] {
             fs::remove_file(c.join("train/good").join(n)).unwrap();
         }
-        let e = load(root, "widget").unwrap_err().to_string();
-        assert!(e.contains("widget/train/good") && e.contains("no images"), "{e}");
+        widget_fails(&["widget/train/good", "no images"]);
         fs::remove_dir_all(c.join("train")).unwrap();
-        let e = load(root, "widget").unwrap_err().to_string();
-        assert!(e.contains("widget/train/good") && e.contains("not found"), "{e}");
+        widget_fails(&["widget/train/good", "not found"]);
         assert!(load(root, "").is_err());
     }
 
@@ -668,24 +672,15 @@ mod tests {
         let d = visa_tree(VISA_CSV);
         let root = d.path();
         let e = load(root, "fryum").unwrap_err().to_string();
-        assert!(
-            e.contains("fryum") && e.contains("candle, pcb1") && e.contains("1cls.csv"),
-            "{e}"
-        );
+        assert_mentions(&e, &["fryum", "candle, pcb1", "1cls.csv"]);
         // Image referenced but missing.
         let e = load(root, "pcb1").unwrap_err().to_string();
-        assert!(
-            e.contains("pcb1/Data/Images/Normal/0001.JPG") && e.contains("line 6"),
-            "{e}"
-        );
+        assert_mentions(&e, &["pcb1/Data/Images/Normal/0001.JPG", "line 6"]);
         // Mask referenced but missing.
         touch(&root.join("pcb1/Data/Images/Normal/0001.JPG"));
         touch(&root.join("pcb1/Data/Images/Anomaly/000.JPG"));
         let e = load(root, "pcb1").unwrap_err().to_string();
-        assert!(
-            e.contains("pcb1/Data/Masks/Anomaly/000.png") && e.contains("mask referenced"),
-            "{e}"
-        );
+        assert_mentions(&e, &["pcb1/Data/Masks/Anomaly/000.png", "mask referenced"]);
         touch(&root.join("pcb1/Data/Masks/Anomaly/000.png"));
         assert_eq!(load(root, "pcb1").unwrap().test.len(), 1);
         // load_visa without the split file.
@@ -747,14 +742,13 @@ mod tests {
 
         // A bare word with several categories: refused, naming them.
         let e = words(&["object"]).unwrap_err().to_string();
-        assert!(
-            e.contains("`object` has no category") && e.contains("3 categories"),
-            "{e}"
-        );
-        assert!(
-            e.contains("bottle, metal_plate, pipe_fryum") && e.contains("CATEGORY=WORD"),
-            "{e}"
-        );
+        let parts = [
+            "`object` has no category",
+            "3 categories",
+            "bottle, metal_plate, pipe_fryum",
+            "CATEGORY=WORD",
+        ];
+        assert_mentions(&e, &parts);
         let e = words(&["tile=tile"]).unwrap_err().to_string();
         assert!(e.contains("`tile` is not evaluated"), "{e}");
         let e = words(&["bottle="]).unwrap_err().to_string();

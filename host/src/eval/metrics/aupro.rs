@@ -257,10 +257,8 @@ fn label_8_connected(mask: &[bool], width: usize, height: usize) -> (Vec<u32>, V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::metrics::testing::{F, T};
     use adp_api::rng::SplitMix64;
-
-    const F: bool = false;
-    const T: bool = true;
 
     fn aupro(images: &[(&[f32], &[bool])], width: usize, limit: f64) -> Result<f64> {
         let mut a = Aupro::new();

@@ -14,8 +14,8 @@
 //! integers. When several thresholds reach the maximum, the **lowest** one is returned. That is
 //! what `argmax` gives over scikit-learn's thresholds, which come in increasing order.
 //! anomalib adds `1e-10` to the denominator, so its value can differ from ours by about 1e-10.
-use super::require_both_classes;
-use adp_api::{Error, Result};
+use super::count_labelled_scores;
+use adp_api::Result;
 
 /// The best F1 over all thresholds, and the threshold that reaches it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,19 +32,7 @@ pub struct F1Max {
 /// NaN (the message names its index), or when either class is missing. Infinite scores are
 /// thresholds like any other. `-0.0` and `0.0` are one threshold, as they are for numpy.
 pub fn f1_max(scores: &[f32], labels: &[bool]) -> Result<F1Max> {
-    const WHAT: &str = "F1-max input";
-    if scores.len() != labels.len() {
-        return Err(Error::invalid(
-            WHAT,
-            format!("{} scores but {} labels", scores.len(), labels.len()),
-        ));
-    }
-    if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-        return Err(Error::invalid(WHAT, format!("score at index {i} is NaN")));
-    }
-    let n_pos = labels.iter().filter(|&&l| l).count() as u64;
-    let n_neg = labels.len() as u64 - n_pos;
-    require_both_classes(WHAT, n_pos, n_neg)?;
+    let (n_pos, _) = count_labelled_scores("F1-max input", scores, labels)?;
 
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // Highest score first.
@@ -82,10 +70,7 @@ pub fn f1_max(scores: &[f32], labels: &[bool]) -> Result<F1Max> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adp_api::rng::SplitMix64;
-
-    const F: bool = false;
-    const T: bool = true;
+    use crate::eval::metrics::testing::{random_labelled, F, T};
 
     #[test]
     fn f1_hand_computed_cases() {
@@ -142,13 +127,8 @@ mod tests {
 
     #[test]
     fn f1_brute_force_agreement() {
-        let mut r = SplitMix64(5);
-        for _ in 0..30 {
-            let n = 2 + r.below(40) as usize;
-            let s: Vec<f32> = (0..n).map(|_| r.below(6) as f32 * 0.5).collect();
-            let mut l: Vec<bool> = (0..n).map(|_| r.below(2) == 1).collect();
-            l[0] = true;
-            l[1] = false;
+        for (s, l) in random_labelled(5, 30, 40, 6, 0.5) {
+            let n = s.len();
             // Every candidate threshold, floating-point F1 as scikit-learn computes it.
             let mut best = (0.0f64, f32::INFINITY);
             let mut ts = s.clone();

@@ -1,6 +1,6 @@
 //! Image-level AUROC, exact.
-use super::check_classes;
-use adp_api::{Error, Result};
+use super::count_labelled_scores;
+use adp_api::Result;
 
 /// Exact ROC AUC of `scores` against `labels` (`true` = anomalous), ties counting one half.
 ///
@@ -8,18 +8,7 @@ use adp_api::{Error, Result};
 /// of its ranks, and `AUC = (R₊ − n₊(n₊+1)/2) / (n₊·n₋)` where `R₊` is the rank sum of the
 /// anomalous samples. Infinite scores are ranked like any other; NaN is an error naming its index.
 pub fn image_auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
-    if scores.len() != labels.len() {
-        return Err(Error::invalid(
-            "AUROC input",
-            format!("{} scores but {} labels", scores.len(), labels.len()),
-        ));
-    }
-    if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-        return Err(Error::invalid("AUROC input", format!("score at index {i} is NaN")));
-    }
-    let n_pos = labels.iter().filter(|&&l| l).count();
-    let n_neg = labels.len() - n_pos;
-    check_classes(n_pos as u64, n_neg as u64)?;
+    let (n_pos, n_neg) = count_labelled_scores("AUROC input", scores, labels)?;
 
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
@@ -46,10 +35,7 @@ pub fn image_auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adp_api::rng::SplitMix64;
-
-    const F: bool = false;
-    const T: bool = true;
+    use crate::eval::metrics::testing::{random_labelled, F, T};
 
     #[test]
     fn perfect_reversed_and_tied() {
@@ -78,14 +64,9 @@ mod tests {
 
     #[test]
     fn brute_force_agreement() {
-        let mut r = SplitMix64(7);
-        for _ in 0..20 {
-            let n = 2 + r.below(60) as usize;
-            // Coarse scores so that ties are frequent.
-            let s: Vec<f32> = (0..n).map(|_| r.below(8) as f32 * 0.25).collect();
-            let mut l: Vec<bool> = (0..n).map(|_| r.below(2) == 1).collect();
-            l[0] = true;
-            l[1] = false;
+        // Coarse scores so that ties are frequent.
+        for (s, l) in random_labelled(7, 20, 60, 8, 0.25) {
+            let n = s.len();
             let mut wins = 0.0;
             let mut pairs = 0.0;
             for i in 0..n {

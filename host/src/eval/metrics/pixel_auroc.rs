@@ -1,5 +1,5 @@
 //! Pixel-level AUROC in bounded memory.
-use super::check_classes;
+use super::{check_classes, check_input};
 use adp_api::{Error, Result};
 
 /// Pixel-level AUROC accumulated image by image in bounded memory.
@@ -71,18 +71,8 @@ impl PixelAuroc {
     /// Adds one image: its anomaly map `scores` and its mask (`true` = anomalous pixel), same
     /// length, same pixel order. Nothing is added if the input is rejected (NaN, length).
     pub fn add(&mut self, scores: &[f32], mask: &[bool]) -> Result<()> {
-        if scores.len() != mask.len() {
-            return Err(Error::invalid(
-                "pixel AUROC input",
-                format!("anomaly map has {} pixels but mask has {}", scores.len(), mask.len()),
-            ));
-        }
-        if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-            return Err(Error::invalid(
-                "pixel AUROC input",
-                format!("anomaly map value at index {i} is NaN"),
-            ));
-        }
+        let mismatch = |s: usize, m: usize| format!("anomaly map has {s} pixels but mask has {m}");
+        check_input("pixel AUROC input", scores, mask, mismatch, "anomaly map value")?;
         for (&s, &m) in scores.iter().zip(mask) {
             let b = self.bin(s);
             if m {
@@ -127,34 +117,37 @@ impl PixelAuroc {
 mod tests {
     use super::*;
     use crate::eval::metrics::image_auroc;
+    use crate::eval::metrics::testing::{F, T};
     use adp_api::rng::SplitMix64;
 
-    const F: bool = false;
-    const T: bool = true;
+    /// `bins` bins over [0, 1] with `images` (anomaly map, mask) added in turn.
+    fn over_unit(bins: usize, images: &[(&[f32], &[bool])]) -> PixelAuroc {
+        let mut p = PixelAuroc::new(0.0, 1.0, bins).unwrap();
+        for (scores, mask) in images {
+            p.add(scores, mask).unwrap();
+        }
+        p
+    }
 
     #[test]
     fn pixel_hand_cases() {
-        let mut p = PixelAuroc::new(0.0, 1.0, 100).unwrap();
-        p.add(&[0.1, 0.2], &[F, F]).unwrap();
-        p.add(&[0.8, 0.9], &[T, T]).unwrap();
+        let p = over_unit(100, &[(&[0.1, 0.2], &[F, F]), (&[0.8, 0.9], &[T, T])]);
         assert_eq!(p.finish().unwrap(), 1.0);
         assert_eq!(p.error_bound().unwrap(), 0.0);
-        let mut p = PixelAuroc::new(0.0, 1.0, 100).unwrap();
-        p.add(&[0.1, 0.2, 0.8, 0.9], &[T, T, F, F]).unwrap();
+        let p = over_unit(100, &[(&[0.1, 0.2, 0.8, 0.9], &[T, T, F, F])]);
         assert_eq!(p.finish().unwrap(), 0.0);
         // Everything in one bin: all pairs tied.
-        let mut p = PixelAuroc::new(0.0, 1.0, 1).unwrap();
-        p.add(&[0.1, 0.9, 0.3], &[T, F, T]).unwrap();
+        let p = over_unit(1, &[(&[0.1, 0.9, 0.3], &[T, F, T])]);
         assert_eq!(p.finish().unwrap(), 0.5);
         assert_eq!(p.error_bound().unwrap(), 0.5);
         // The hand case above, resolved by the bins: 0.75.
-        let mut p = PixelAuroc::new(0.0, 1.0, 20).unwrap();
-        p.add(&[0.1, 0.4, 0.35, 0.8], &[F, F, T, T]).unwrap();
+        let p = over_unit(20, &[(&[0.1, 0.4, 0.35, 0.8], &[F, F, T, T])]);
         assert_eq!(p.finish().unwrap(), 0.75);
         // Out-of-range values are clamped into the end bins (and ±inf too).
-        let mut p = PixelAuroc::new(0.0, 1.0, 10).unwrap();
-        p.add(&[-5.0, f32::NEG_INFINITY, 7.0, f32::INFINITY, 1.0], &[F, F, T, T, T])
-            .unwrap();
+        let p = over_unit(
+            10,
+            &[(&[-5.0, f32::NEG_INFINITY, 7.0, f32::INFINITY, 1.0], &[F, F, T, T, T])],
+        );
         assert_eq!(p.finish().unwrap(), 1.0);
         assert_eq!(p.counts(), (3, 2));
     }
