@@ -1,127 +1,15 @@
 //! Class words (SPEC §6/§7) on the in-process test fixture: `adp eval` gives each category its
 //! own word (the folder name with `_` read as a space, or a `--label CATEGORY=WORD` override),
 //! and `adp-label` without a word is refused before anything is loaded or learned.
-use adp_api::requests::{self, DenseFeatures, EncoderDims, Flow, Prompt, StateProbability, StateProbabilityRequest};
-use adp_api::{
-    Backend, BackendInfo, ClipCheckpoint, Concept, ConceptOptimizer, Device, DiffusionSpec, ImageBatch, LatentDiffuser,
-    Result, Scorer, Tensor, TextImageEncoder,
-};
+mod common;
+
+use adp_api::requests::Flow;
+use adp_api::ImageBatch;
 use adp_host::detect::fit::fit_files;
 use adp_host::detect::{Checkpoints, FitOptions, Fitter, Method};
 use adp_host::eval::{self, EvalOptions};
-use adp_plugin_test_fixture::{dummy_specs, FixtureBackend};
+use common::{specs, Recording};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-/// What the pipeline asked of the backend: every part opened, every concept learned, every
-/// prompt encoded.
-#[derive(Default)]
-struct Log {
-    parts: Vec<&'static str>,
-    learned: Vec<String>,
-    prompts: Vec<String>,
-}
-
-/// The fixture backend, recording into a shared [`Log`].
-#[derive(Clone, Default)]
-struct Recording(Arc<Mutex<Log>>);
-
-impl Recording {
-    fn part(&self, name: &'static str) {
-        self.0.lock().unwrap().parts.push(name);
-    }
-    fn log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
-        f(&self.0.lock().unwrap())
-    }
-}
-
-struct Encoder(Box<dyn TextImageEncoder>, Recording);
-
-impl TextImageEncoder for Encoder {
-    fn dims(&self) -> EncoderDims {
-        self.0.dims()
-    }
-    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
-        self.0.image_embeddings(images)
-    }
-    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
-        self.0.dense_features(images, window_sizes)
-    }
-    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        self.1
-             .0
-            .lock()
-            .unwrap()
-            .prompts
-            .extend(prompts.iter().map(|p| p.text.clone()));
-        self.0.text_embeddings(prompts)
-    }
-    fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        self.0.token_embedding(word)
-    }
-    fn state_probability(&self, request: &StateProbabilityRequest) -> Result<StateProbability> {
-        self.0.state_probability(request)
-    }
-}
-
-struct Optimizer(Box<dyn ConceptOptimizer>, Recording);
-
-impl ConceptOptimizer for Optimizer {
-    fn learn(
-        &self,
-        request: &requests::LearnRequest,
-        progress: &mut dyn FnMut(&requests::Progress) -> Flow,
-    ) -> Result<Concept> {
-        self.1 .0.lock().unwrap().learned.push(request.name.clone());
-        self.0.learn(request, progress)
-    }
-}
-
-impl Backend for Recording {
-    fn info(&self) -> BackendInfo {
-        FixtureBackend.info()
-    }
-    fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
-        self.part("text_image_encoder");
-        Ok(Box::new(Encoder(
-            FixtureBackend.text_image_encoder(clip, device)?,
-            self.clone(),
-        )))
-    }
-    fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
-        self.part("latent_diffuser");
-        FixtureBackend.latent_diffuser(sd, device)
-    }
-    fn concept_optimizer(
-        &self,
-        clip: &ClipCheckpoint,
-        sd: &DiffusionSpec,
-        device: Device,
-    ) -> Result<Box<dyn ConceptOptimizer>> {
-        self.part("concept_optimizer");
-        Ok(Box::new(Optimizer(
-            FixtureBackend.concept_optimizer(clip, sd, device)?,
-            self.clone(),
-        )))
-    }
-    fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        self.part("scorer");
-        FixtureBackend.scorer(device)
-    }
-}
-
-/// The fixture's checkpoint specs, with the weight files they name present (empty: the fixture
-/// reads none, but the detector records their hashes).
-fn specs(dir: &Path) -> (ClipCheckpoint, DiffusionSpec) {
-    let (mut clip, mut sd) = dummy_specs();
-    clip.config.vision_cfg.image_size = 4; // the fixture encoder's input size
-    clip.weights = dir.join("open_clip_model.safetensors");
-    std::fs::write(&clip.weights, b"").unwrap();
-    sd.root = dir.join("sd");
-    std::fs::create_dir_all(sd.root.join("unet")).unwrap();
-    std::fs::write(sd.root.join("unet/diffusion_pytorch_model.safetensors"), b"").unwrap();
-    (clip, sd)
-}
 
 fn png(path: &Path, grey: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -3,106 +3,22 @@
 //! own pixels, to the model's square input (no crop), and the map computed there is resized back
 //! over the whole photo.
 use adp_api::preprocess::{clip_preprocess, resize, CLIP_MEAN, CLIP_STD};
-use adp_api::requests::{self, DenseFeatures, EncoderDims, Flow, Prompt, StateProbability, StateProbabilityRequest};
-use adp_api::{
-    Backend, BackendInfo, ClipCheckpoint, Concept, ConceptOptimizer, Device, DiffusionSpec, ImageBatch, LatentDiffuser,
-    Result, Scorer, Tensor, TextImageEncoder,
-};
+mod common;
+
+use adp_api::requests::Flow;
+use adp_api::Device;
+use adp_api::{ClipCheckpoint, DiffusionSpec, ImageBatch};
 use adp_host::detect::fit::fit_files;
 use adp_host::detect::{score, Checkpoints, DetectorFile, FitOptions, Fitter, Method};
 use adp_host::score::association::resize_square;
-use adp_plugin_test_fixture::{dummy_specs, FixtureBackend};
+use common::Recording;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-/// Every image batch the pipeline gave the encoder, and every support set it gave the learner.
-#[derive(Default)]
-struct Log {
-    encoded: Vec<ImageBatch>,
-    learned_on: Vec<ImageBatch>,
-}
-
-#[derive(Clone, Default)]
-struct Recording(Arc<Mutex<Log>>);
-
-struct Encoder(Box<dyn TextImageEncoder>, Recording);
-
-impl TextImageEncoder for Encoder {
-    fn dims(&self) -> EncoderDims {
-        self.0.dims()
-    }
-    fn image_embeddings(&self, images: &ImageBatch) -> Result<Tensor> {
-        self.1 .0.lock().unwrap().encoded.push(images.clone());
-        self.0.image_embeddings(images)
-    }
-    fn dense_features(&self, images: &ImageBatch, window_sizes: &[usize]) -> Result<DenseFeatures> {
-        self.1 .0.lock().unwrap().encoded.push(images.clone());
-        self.0.dense_features(images, window_sizes)
-    }
-    fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        self.0.text_embeddings(prompts)
-    }
-    fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
-        self.0.token_embedding(word)
-    }
-    fn state_probability(&self, request: &StateProbabilityRequest) -> Result<StateProbability> {
-        self.0.state_probability(request)
-    }
-}
-
-struct Optimizer(Box<dyn ConceptOptimizer>, Recording);
-
-impl ConceptOptimizer for Optimizer {
-    fn learn(
-        &self,
-        request: &requests::LearnRequest,
-        progress: &mut dyn FnMut(&requests::Progress) -> Flow,
-    ) -> Result<Concept> {
-        self.1 .0.lock().unwrap().learned_on.push(request.support.clone());
-        self.0.learn(request, progress)
-    }
-}
-
-impl Backend for Recording {
-    fn info(&self) -> BackendInfo {
-        FixtureBackend.info()
-    }
-    fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
-        Ok(Box::new(Encoder(
-            FixtureBackend.text_image_encoder(clip, device)?,
-            self.clone(),
-        )))
-    }
-    fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
-        FixtureBackend.latent_diffuser(sd, device)
-    }
-    fn concept_optimizer(
-        &self,
-        clip: &ClipCheckpoint,
-        sd: &DiffusionSpec,
-        device: Device,
-    ) -> Result<Box<dyn ConceptOptimizer>> {
-        Ok(Box::new(Optimizer(
-            FixtureBackend.concept_optimizer(clip, sd, device)?,
-            self.clone(),
-        )))
-    }
-    fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
-        FixtureBackend.scorer(device)
-    }
-}
 
 /// The fixture's specs with their weight files present; the VAE config claims a larger
 /// `sample_size` than the diffusion image size, as 2.1-base's does (768 against 512).
 fn specs(dir: &Path) -> (ClipCheckpoint, DiffusionSpec) {
-    let (mut clip, mut sd) = dummy_specs();
-    clip.config.vision_cfg.image_size = 4;
-    clip.weights = dir.join("open_clip_model.safetensors");
-    std::fs::write(&clip.weights, b"").unwrap();
-    sd.root = dir.join("sd");
+    let (clip, mut sd) = common::specs(dir);
     sd.vae.sample_size = Some(16);
-    std::fs::create_dir_all(sd.root.join("unet")).unwrap();
-    std::fs::write(sd.root.join("unet/diffusion_pytorch_model.safetensors"), b"").unwrap();
     (clip, sd)
 }
 
@@ -180,22 +96,24 @@ fn a_fit_on_non_square_photos_uses_each_photo_resized_straight_to_each_model() {
             &mut |_| Flow::Continue,
         )
         .unwrap();
-        backend.0.lock().unwrap().encoded.iter().for_each(|b| {
-            assert_eq!((b.height(), b.width()), (4, 4), "{method}: CLIP sees its square input");
-        });
-        // The support set CLIP encoded is the originals resized straight to 4×4, not via a larger
-        // square.
-        assert!(
-            backend.0.lock().unwrap().encoded.iter().any(|b| b == &straight_batch),
-            "{method}: the support photos resized straight to CLIP's input"
-        );
-        // The diffusion model's support set: the originals resized straight to its image size.
-        for b in &backend.0.lock().unwrap().learned_on {
-            assert_eq!(
-                b, &straight_batch,
-                "{method}: learned on the photos straight at the SD size"
+        backend.log(|l| {
+            for b in &l.encoded {
+                assert_eq!((b.height(), b.width()), (4, 4), "{method}: CLIP sees its square input");
+            }
+            // The support set CLIP encoded is the originals resized straight to 4×4, not via a
+            // larger square.
+            assert!(
+                l.encoded.iter().any(|b| b == &straight_batch),
+                "{method}: the support photos resized straight to CLIP's input"
             );
-        }
+            // The diffusion model's support set: the originals resized straight to its image size.
+            for b in &l.learned_on {
+                assert_eq!(
+                    b, &straight_batch,
+                    "{method}: learned on the photos straight at the SD size"
+                );
+            }
+        });
 
         // The same memories as a fit on the photos resized straight to CLIP's square beforehand.
         let reference = Fitter {

@@ -78,47 +78,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, rmp_s
     rmp_serde::from_slice(bytes)
 }
 
-impl From<&Progress> for crate::ffi::AdpProgress {
-    fn from(p: &Progress) -> Self {
-        let Progress {
-            step,
-            total_steps,
-            loss,
-            diffusion_loss,
-            clip_normal,
-            clip_anomaly,
-        } = *p;
-        Self {
-            step,
-            total_steps,
-            loss,
-            diffusion_loss,
-            clip_normal,
-            clip_anomaly,
+/// The progress numbers cross the C boundary field for field, in both directions; one field list
+/// keeps the two conversions from drifting apart.
+macro_rules! progress_fields {
+    ($($field:ident),*) => {
+        impl From<&Progress> for crate::ffi::AdpProgress {
+            fn from(p: &Progress) -> Self {
+                Self { $($field: p.$field),* }
+            }
         }
-    }
-}
-
-impl From<&crate::ffi::AdpProgress> for Progress {
-    fn from(p: &crate::ffi::AdpProgress) -> Self {
-        let crate::ffi::AdpProgress {
-            step,
-            total_steps,
-            loss,
-            diffusion_loss,
-            clip_normal,
-            clip_anomaly,
-        } = *p;
-        Self {
-            step,
-            total_steps,
-            loss,
-            diffusion_loss,
-            clip_normal,
-            clip_anomaly,
+        impl From<&crate::ffi::AdpProgress> for Progress {
+            fn from(p: &crate::ffi::AdpProgress) -> Self {
+                Self { $($field: p.$field),* }
+            }
         }
-    }
+    };
 }
+progress_fields!(step, total_steps, loss, diffusion_loss, clip_normal, clip_anomaly);
 
 #[cfg(test)]
 mod tests {
