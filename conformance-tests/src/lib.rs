@@ -74,6 +74,21 @@ pub fn shared_data(sub: &str, what: &str) -> Option<PathBuf> {
     None
 }
 
+/// Runs the built `adp` with `args`, asserts that it succeeded, and returns its stdout.
+pub fn adp(args: &[&str]) -> String {
+    let exe = build_dir().join("adp");
+    let out = std::process::Command::new(&exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
+    assert!(
+        out.status.success(),
+        "adp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The first `n` PNG files of `dir`, by name.
 pub fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));

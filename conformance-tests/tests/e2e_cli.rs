@@ -2,24 +2,10 @@
 //!
 //! The `adp` command line on the fixtures: `adp embed` prints the golden embeddings through
 //! either plugin, `adp plugins` lists what the build folder holds.
-use adp_conformance::build_dir;
 use adp_conformance::goldens::{fixtures, Golden};
 use adp_conformance::tolerance::{assert_close, FORWARD};
+use adp_conformance::{adp, build_dir};
 use std::process::Command;
-
-fn adp(args: &[&str]) -> String {
-    let exe = build_dir().join("adp");
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
-    assert!(
-        out.status.success(),
-        "adp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn embed_matches_goldens(plugin: &str) {
     let g = Golden::open("clip");

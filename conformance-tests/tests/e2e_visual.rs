@@ -4,7 +4,7 @@
 //! `scripts/setup-weights.sh`) on real photos from `../shared/data/mvtec_ad/bottle`: through the
 //! library with each backend, and through `adp fit` / `adp score` with no checkpoint given.
 use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
-use adp_conformance::{build_dir, pngs, shared_data};
+use adp_conformance::{adp, build_dir, pngs, shared_data};
 use adp_host::detect::DetectorFile;
 use adp_host::detect::{default_backbone, VisualModel};
 use adp_host::detect::{score, Checkpoints, FitOptions, Method};
@@ -61,14 +61,17 @@ fn fits_scores_and_separates(backend: &dyn Backend) {
         .iter()
         .map(|f| ImageBatch::read_files(std::slice::from_ref(f)).unwrap())
         .collect();
-    let scores = score(
-        backend,
-        &Checkpoints::backbone(&backbone),
-        &loaded,
-        &images,
-        Device::Cpu,
-    )
-    .unwrap();
+    let run = || {
+        score(
+            backend,
+            &Checkpoints::backbone(&backbone),
+            &loaded,
+            &images,
+            Device::Cpu,
+        )
+        .unwrap()
+    };
+    let scores = run();
     for (s, img) in scores.iter().zip(&images) {
         assert_eq!(
             (s.height, s.width, s.map.len()),
@@ -81,15 +84,7 @@ fn fits_scores_and_separates(backend: &dyn Backend) {
     let auroc = image_auroc(&values, &labels).unwrap();
     // Pretrained features tell broken and contaminated bottles from good ones with four shots.
     assert!(auroc >= 0.9, "image AUROC {auroc} on {values:?}");
-    let again = score(
-        backend,
-        &Checkpoints::backbone(&backbone),
-        &loaded,
-        &images,
-        Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(again, scores, "a rerun gives the same numbers");
+    assert_eq!(run(), scores, "a rerun gives the same numbers");
 }
 
 #[test]
@@ -146,20 +141,6 @@ fn visual_detector_refuses_another_backbone() {
         err.contains("another backbone") && err.contains(other.to_str().unwrap()),
         "{err}"
     );
-}
-
-fn adp(args: &[&str]) -> String {
-    let exe = build_dir().join("adp");
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", exe.display()));
-    assert!(
-        out.status.success(),
-        "adp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The README's main command: no checkpoint given, the default backbone and plugin.

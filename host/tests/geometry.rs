@@ -129,19 +129,22 @@ fn a_fit_on_non_square_photos_uses_each_photo_resized_straight_to_each_model() {
     }
 }
 
+/// A `winclip` detector fitted on one support photo.
+fn winclip_on(support: &ImageBatch, clip: &ClipCheckpoint, sd: &DiffusionSpec) -> DetectorFile {
+    let fitter = Fitter {
+        backend: &Recording::default(),
+        clip,
+        sd: Some(sd),
+        options: quick(Method::Winclip),
+    };
+    fitter.fit(support, &mut |_| Flow::Continue).unwrap()
+}
+
 #[test]
 fn a_score_on_a_non_square_photo_is_the_score_of_the_photo_resized_straight_to_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let (clip, sd) = specs(dir.path());
-    let support = photo(&dir.path().join("good/0.png"), 12, 30, 0, false);
-    let detector = Fitter {
-        backend: &Recording::default(),
-        clip: &clip,
-        sd: Some(&sd),
-        options: quick(Method::Winclip),
-    }
-    .fit(&support, &mut |_| Flow::Continue)
-    .unwrap();
+    let detector = winclip_on(&photo(&dir.path().join("good/0.png"), 12, 30, 0, false), &clip, &sd);
     let ck = Checkpoints::clip(&clip);
     for (h, w) in [(12usize, 30usize), (33, 9)] {
         let test = photo(
@@ -181,15 +184,7 @@ fn a_defect_in_the_corner_of_a_non_square_photo_lands_in_the_same_corner_of_its_
     // Outside the centre crop of a wide photo: seen, and mapped where it is.
     let dir = tempfile::tempdir().unwrap();
     let (clip, sd) = specs(dir.path());
-    let support = photo(&dir.path().join("good/0.png"), 16, 48, 0, false);
-    let detector = Fitter {
-        backend: &Recording::default(),
-        clip: &clip,
-        sd: Some(&sd),
-        options: quick(Method::Winclip),
-    }
-    .fit(&support, &mut |_| Flow::Continue)
-    .unwrap();
+    let detector = winclip_on(&photo(&dir.path().join("good/0.png"), 16, 48, 0, false), &clip, &sd);
     let test = photo(&dir.path().join("test/bad.png"), 16, 48, 0, true);
     let s = &score(
         &Recording::default(),
