@@ -69,12 +69,9 @@ SUGGESTED_TOLERANCES = {
 }
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# One streaming SHA-256 for every script: the standard-library converter's (tools/weights).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
+from convert_pth import sha256_file as sha256  # noqa: E402
 
 
 def run_converter(pth, out, model=None):

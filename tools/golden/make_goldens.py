@@ -129,12 +129,20 @@ def write(path, tensors, meta):
         print(f"    {k:28s} {str(list(v.shape)):18s} {str(v.dtype).replace('torch.', '')}")
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# One streaming SHA-256 for every script: the standard-library converter's (tools/weights).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
+from convert_pth import sha256_file as sha256  # noqa: E402
+
+
+def central_differences(f, x, eps=1e-5):
+    """The gradient of scalar `f` at `x` by central differences, one coordinate at a time."""
+    fd = torch.zeros_like(x)
+    with torch.no_grad():
+        for i in range(fd.numel()):
+            e = torch.zeros_like(x)
+            e[i] = eps
+            fd[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return fd
 
 
 def folder_files(fixtures, folder):
@@ -343,14 +351,7 @@ def clip_goldens(fixtures, out):
     c64 = concept.double().clone().requires_grad_(True)
     p_clip_normal(m64, x64, ids_n, ids_a, c64).mean().backward()
     g64 = c64.grad.clone()
-    fd = torch.zeros_like(g64)
-    eps = 1e-5
-    with torch.no_grad():
-        for i in range(fd.numel()):
-            e = torch.zeros_like(g64)
-            e[i] = eps
-            fd[i] = (p_clip_normal(m64, x64, ids_n, ids_a, c64 + e).mean()
-                     - p_clip_normal(m64, x64, ids_n, ids_a, c64 - e).mean()) / (2 * eps)
+    fd = central_differences(lambda c: p_clip_normal(m64, x64, ids_n, ids_a, c).mean(), c64)
     scale = g64.abs().max().item()
     info("P_CLIP grad: max|autograd f64 - central FD f64| / max|g|", (g64 - fd).abs().max().item() / scale)
     info("P_CLIP grad: max|autograd f32 - autograd f64| / max|g|",
@@ -594,14 +595,7 @@ def ti_goldens(fixtures, out, concept, variant):
     l64, _ = ti_loss(sd64, im64, ids, c64, timesteps, n64)
     l64.backward()
     g64 = c64.grad.clone()
-    fd = torch.zeros_like(g64)
-    eps = 1e-5
-    with torch.no_grad():
-        for i in range(fd.numel()):
-            e = torch.zeros_like(g64)
-            e[i] = eps
-            fd[i] = (ti_loss(sd64, im64, ids, c64 + e, timesteps, n64)[0]
-                     - ti_loss(sd64, im64, ids, c64 - e, timesteps, n64)[0]) / (2 * eps)
+    fd = central_differences(lambda c: ti_loss(sd64, im64, ids, c, timesteps, n64)[0], c64)
     scale = g64.abs().max().item()
     info(f"TI {variant}: |loss f32 - loss f64| / |loss|", abs(loss.item() - l64.item()) / abs(l64.item()))
     info(f"TI {variant} grad: max|autograd f64 - central FD f64| / max|g|", (g64 - fd).abs().max().item() / scale)

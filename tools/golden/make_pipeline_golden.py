@@ -92,11 +92,7 @@ TOLERANCE = {
 _DIAG = {}
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
+sha256 = mg.sha256
 
 
 def unit(x):
