@@ -39,11 +39,7 @@ pub fn list(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Reads images of any sizes into one batch at `size`×`size`: each photo resized once, straight
 /// from the file's pixels, to the square (Pillow's bicubic, no crop; SPEC §2).
 pub fn read_resized(files: &[PathBuf], size: usize) -> Result<ImageBatch> {
-    let batches = files
-        .iter()
-        .map(|f| ImageBatch::read_files(std::slice::from_ref(f)).map(|b| adp_api::preprocess::resize(&b, size, size)))
-        .collect::<Result<Vec<_>>>()?;
-    squares(&batches, size)
+    squares(&read_each(files)?, size)
 }
 
 /// Reads each file as it is, one batch per photo at its own size (for a fit that resizes the
