@@ -39,8 +39,9 @@ pub struct Args {
     #[arg(long)]
     maps: Option<PathBuf>,
     /// Write a coloured heat-map overlay of each photo here (named as --maps names maps, with
-    /// `_overlay.png`): one colour scale per detector, blue at 0, yellow at its map threshold,
-    /// red at twice it and above, and a magenta contour where the map crosses the threshold.
+    /// `_overlay.png`): one colour scale per detector, blue at 0, yellow at its map threshold
+    /// (--threshold for a detector that stores none), red at twice it and above, and a magenta
+    /// contour where the map crosses the threshold.
     #[arg(long)]
     overlays: Option<PathBuf>,
     /// Replace map and overlay files that already exist (without it they are refused before
@@ -109,7 +110,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // One photo's failure is its own line; the photos after it are still scored.
         let line = (|| -> adp_api::Result<serde_json::Value> {
             let photo = ImageBatch::read_files(std::slice::from_ref(file))?;
-            let s = scoring.score(std::slice::from_ref(&photo))?.remove(0);
+            let s = (scoring.score(std::slice::from_ref(&photo))?.into_iter().next())
+                .ok_or_else(|| Error::invalid("scoring", "no score for the photo"))?;
             if let Some(out) = &map {
                 adp_host::images::write_map(out, &s.map, s.height, s.width, a.overwrite)?;
             }
