@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The share of normal photos the stored threshold may flag (0 < R < 1). The threshold is
-    /// chosen from the support photos alone: each scored against the others' memory, with shifted
+    /// chosen from the support photos alone: each scored against the others' memory, with moved
     /// views (docs/method.md, "The decision"); `adp score` decides with it.
     #[arg(long, default_value_t = adp_host::detect::DEFAULT_FALSE_ALARM_RATE)]
     false_alarm_rate: f64,
