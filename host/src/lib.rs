@@ -3,7 +3,9 @@
 //! - [`score`]: prompts, self-tuned prototypes and the language score, reference association;
 //! - [`detect`]: the methods, fitting, the detector file, scoring (uses `score`);
 //! - [`images`]: image files in and anomaly maps out (uses `detect`);
-//! - [`eval`]: datasets, metrics, the evaluation protocol and reports, benchmarks;
+//! - [`overlay`]: heat-map overlays on one colour scale per detector (uses `images`);
+//! - [`eval`]: datasets, metrics, the evaluation protocol and reports, benchmarks (uses
+//!   `detect`, `images`, `overlay`);
 //! - [`service`] (feature `service`): the async API for host applications;
 //! - [`fixtures`]: the deterministic reference checkpoints of the test suite.
 //!
@@ -12,6 +14,7 @@ pub mod detect;
 pub mod eval;
 pub mod fixtures;
 pub mod images;
+pub mod overlay;
 pub mod plugin;
 pub mod score;
 #[cfg(feature = "service")]

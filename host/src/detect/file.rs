@@ -35,6 +35,10 @@ pub struct DetectorHeader {
     pub concepts: Vec<Concept>,
     pub weights: Vec<f32>,
     pub memory_kinds: Vec<FeatureKind>,
+    /// The threshold chosen from the support photos ([`super::decision`]); none in detectors
+    /// fitted before decisions existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<super::Decision>,
 }
 
 impl DetectorHeader {

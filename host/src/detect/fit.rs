@@ -1,7 +1,10 @@
 //! The ADP pipeline over the traits (SPEC §4–6): step 1 (normal-aware concept), step 2
 //! (pseudo-anomalies by SDEdit, anomaly-aware concept), step 3 (self-tuning on a pseudo-validation
-//! set, prototypes), reference memories; then scoring. The baselines run the same code path.
+//! set, prototypes), reference memories, and the decision threshold from the support photos
+//! ([`super::decision`]). The baselines run the same code path.
+use super::decision::{check_rate, decide, shift_step};
 use super::file::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use super::scoring::Scoring;
 use super::visual::VisualModel;
 use super::{Checkpoints, FitOptions, Method, Stage};
 use crate::images::{read_each, read_resized, squares};
@@ -146,7 +149,7 @@ impl Fitter<'_> {
     /// CLIP's input. No crop anywhere, and never a resize of a resize of a photo.
     pub fn fit_photos(&self, photos: &[ImageBatch], observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
         // Before anything is loaded or learned: a run that cannot finish must not start.
-        self.options.check_label()?;
+        check(&self.options)?;
         if photos.iter().all(|p| p.is_empty()) {
             return Err(Error::EmptySupportSet);
         }
@@ -289,13 +292,63 @@ impl Fitter<'_> {
                 .collect(),
             weights: weighted.iter().map(|w| w.weight).collect(),
             memory_kinds: memories.memories.iter().map(|m| m.kind).collect(),
+            decision: None,
+        };
+        // The decision scores the support photos as `adp score` would, through the models
+        // already open.
+        let scoring = Scoring::Clip {
+            encoder: enc,
+            scorer,
+            memories,
+            windows: o.window_sizes.clone(),
+            prototypes: protos,
+        };
+        let decision = decide(
+            scoring.memories(),
+            &support,
+            shift_step(header.image_size, header.grid),
+            o.false_alarm_rate,
+            &|m, b| scoring.score_against(m, std::slice::from_ref(b)),
+        )?;
+        let Scoring::Clip {
+            memories, prototypes, ..
+        } = scoring
+        else {
+            unreachable!("built as Scoring::Clip above")
         };
         Ok(DetectorFile {
-            header,
-            prototypes: Some(protos),
+            header: DetectorHeader {
+                decision: Some(decision),
+                ..header
+            },
+            prototypes: Some(prototypes),
             memories: memories.memories,
         })
     }
+}
+
+/// The checks that can fail before any work starts: the class word and the false-alarm rate.
+fn check(options: &FitOptions) -> Result<()> {
+    options.check_label()?;
+    check_rate(options.false_alarm_rate)
+}
+
+/// `visual`'s fit ([`VisualModel::fit`]) with its decision: the support photos (at the
+/// backbone's square) scored by `model` against memories without their own rows.
+pub fn fit_visual(
+    model: &VisualModel,
+    support: &ImageBatch,
+    options: &FitOptions,
+    observer: &mut dyn FnMut(&Stage) -> Flow,
+) -> Result<DetectorFile> {
+    check(options)?;
+    let mut detector = model.fit(support, options, observer)?;
+    let step = shift_step(detector.header.image_size, detector.header.grid);
+    let decision = decide(&detector.memories, support, step, options.false_alarm_rate, &|m, b| {
+        model.score(&m[0], std::slice::from_ref(b))
+    })?;
+    detector.header.decision = Some(decision);
+    Ok(detector)
 }
 
 /// Fits a detector on support photo files, any method: `visual` on `checkpoints.backbone`, the
@@ -308,7 +361,7 @@ pub fn fit_files(
     options: FitOptions,
     observer: &mut dyn FnMut(&Stage) -> Flow,
 ) -> Result<DetectorFile> {
-    options.check_label()?;
+    check(&options)?;
     if !options.method.needs_clip() {
         let backbone = checkpoints
             .backbone
@@ -317,7 +370,7 @@ pub fn fit_files(
         let model = VisualModel::open(backend, backbone, options.device)?;
         // One resize, straight from the file's pixels, to the backbone's square.
         let support = read_resized(files, model.extractor.dims().image_size)?;
-        return model.fit(&support, &options, observer);
+        return fit_visual(&model, &support, &options, observer);
     }
     let clip = checkpoints.clip.as_ref().ok_or_else(|| {
         Error::invalid(

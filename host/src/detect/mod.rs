@@ -1,15 +1,18 @@
 //! Detection: the methods, fitting a detector ([`fit`] for the CLIP methods, [`visual`] for the
-//! backbone method), the detector file ([`file`]) and scoring with it ([`scoring`]). The types
-//! every part shares live here; the parts depend on this module, never the other way round.
+//! backbone method), the detector file ([`file`]), its decision threshold ([`decision`]) and
+//! scoring with it ([`scoring`]). The types every part shares live here; the parts depend on this
+//! module, never the other way round.
 use adp_api::requests::Progress;
 use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device, Error, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod decision;
 pub mod file;
 pub mod fit;
 pub mod scoring;
 pub mod visual;
 
+pub use decision::Decision;
 pub use file::{DetectorFile, DetectorHeader};
 pub use fit::Fitter;
 pub use scoring::{score, Scoring};
@@ -119,6 +122,17 @@ pub struct FitOptions {
     pub window_sizes: Vec<usize>,
     pub seed: u64,
     pub device: Device,
+    /// The target false-alarm rate R of the stored decision ([`decision`], checked there): the
+    /// share of normal photos the threshold may flag. Options stored before it read as 1 %.
+    #[serde(default = "default_false_alarm_rate")]
+    pub false_alarm_rate: f64,
+}
+
+/// The default target false-alarm rate of a fit (1 %).
+pub const DEFAULT_FALSE_ALARM_RATE: f64 = 0.01;
+
+fn default_false_alarm_rate() -> f64 {
+    DEFAULT_FALSE_ALARM_RATE
 }
 
 impl FitOptions {
@@ -152,6 +166,7 @@ impl Default for FitOptions {
             window_sizes: vec![2, 3],
             seed: 0,
             device: Device::Cpu,
+            false_alarm_rate: DEFAULT_FALSE_ALARM_RATE,
         }
     }
 }

@@ -94,15 +94,51 @@ impl Scoring {
     /// crop: no part of a non-square photo is left unseen), the map computed there and resized
     /// back over the whole photo (`height × width` of the photo).
     pub fn score(&self, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
-        let (encoder, scorer, memories, windows, protos) = match self {
-            Scoring::Visual { model, memory } => return model.score(memory, images),
-            Scoring::Clip {
-                encoder,
-                scorer,
-                memories,
-                windows,
-                prototypes,
-            } => (encoder, scorer, memories, windows, prototypes),
+        match self {
+            Scoring::Visual { model, memory } => model.score(memory, images),
+            Scoring::Clip { memories, .. } => self.score_clip(memories, images),
+        }
+    }
+
+    /// The detector's reference memories, in the order of its header's `memory_kinds`.
+    pub fn memories(&self) -> &[ReferenceMemory] {
+        match self {
+            Scoring::Visual { memory, .. } => std::slice::from_ref(memory),
+            Scoring::Clip { memories, .. } => &memories.memories,
+        }
+    }
+
+    /// [`Scoring::score`] against other reference memories of the same kinds (the decision's
+    /// leave-one-out memories); concepts and prototypes stay the detector's.
+    pub fn score_against(&self, memories: &[ReferenceMemory], images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
+        match self {
+            Scoring::Visual { model, .. } => {
+                let memory = memories
+                    .iter()
+                    .find(|m| m.kind == FeatureKind::PatchTokens)
+                    .ok_or_else(|| Error::invalid("detector", "no patch-feature memory"))?;
+                model.score(memory, images)
+            }
+            Scoring::Clip { memories: own, .. } => {
+                let memories = ReferenceMemories {
+                    grid: own.grid,
+                    memories: memories.to_vec(),
+                };
+                self.score_clip(&memories, images)
+            }
+        }
+    }
+
+    fn score_clip(&self, memories: &ReferenceMemories, images: &[ImageBatch]) -> Result<Vec<ImageScore>> {
+        let Scoring::Clip {
+            encoder,
+            scorer,
+            windows,
+            prototypes: protos,
+            ..
+        } = self
+        else {
+            return Err(Error::invalid("detector", "not a CLIP detector"));
         };
         images
             .iter()

@@ -72,6 +72,8 @@ impl VisualModel {
             concepts: Vec::new(),
             weights: Vec::new(),
             memory_kinds: vec![FeatureKind::PatchTokens],
+            // Chosen by `fit::fit_visual`, which scores the null photos with this model.
+            decision: None,
         };
         Ok(DetectorFile {
             header,

@@ -1,20 +1,21 @@
 //! The evaluation protocol of SPEC §8: per category, K ∈ shots and each seed, draw K normal
 //! images, fit, score every test image; image AUROC and F1-max (and pixel AUROC and AUPRO where
-//! masks exist), mean ± std over seeds; a JSON report, markdown tables in the paper's shape (rows =
-//! categories, columns = methods × shots) and heat-map overlays for a few good and defective images.
+//! masks exist), and the stored threshold's false-alarm and miss rates, mean ± std over seeds; a
+//! JSON report, markdown tables in the paper's shape (rows = categories, columns = methods × shots)
+//! and heat-map overlays for a few good and defective images.
 pub mod bench;
 pub mod dataset;
 pub mod metrics;
 
 use crate::detect::file::file_hash;
-use crate::detect::fit::fit_files;
-use crate::detect::{Checkpoints, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
+use crate::detect::fit::{fit_files, fit_visual};
+use crate::detect::{Checkpoints, Decision, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
 use crate::images::read_resized;
 use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
 use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use dataset::Sample;
-use metrics::{f1_max, image_auroc, Aupro, PixelAuroc};
+use metrics::{decision_rates, f1_max, image_auroc, Aupro, PixelAuroc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,15 @@ pub struct Run {
     /// AUPRO up to FPR 0.3 ([`metrics::Aupro`]), where masks exist.
     #[serde(default)]
     pub aupro: Option<f64>,
+    /// The threshold the fit stored ([`crate::detect::decision`]); none in older reports.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// Good test photos it flags / good test photos ([`metrics::decision_rates`]).
+    #[serde(default)]
+    pub false_alarm_rate: Option<f64>,
+    /// Defective test photos it does not flag / defective test photos.
+    #[serde(default)]
+    pub miss_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,10 +176,15 @@ pub fn run(
                         ..o.fit.clone()
                     };
                     let tag = format!("{category} {} K={k} seed={seed}", method.name());
-                    let scores = fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
+                    let (scores, decision) =
+                        fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
                     let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();
                     let image = image_auroc(&image_scores, &labels)?;
                     let image_f1_max = f1_max(&image_scores, &labels)?.f1;
+                    let rates = decision
+                        .as_ref()
+                        .map(|d| decision_rates(&image_scores, &labels, d.threshold))
+                        .transpose()?;
                     let (pixel, aupro) = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
                         // The histogram spans this run's values: all its bins resolve scores.
                         let (lo, hi) = map_range(&scores);
@@ -190,9 +205,10 @@ pub fn run(
                     if seed == o.seeds[0] && k == o.shots[0] {
                         write_overlays(
                             &o.out.join("overlays").join(category).join(method.name()),
-                            &tests,
+                            (&tests, &test_images),
                             &scores,
                             o.overlays,
+                            decision.as_ref(),
                         )?;
                     }
                     runs.push(Run {
@@ -205,6 +221,9 @@ pub fn run(
                         test_images: tests.len(),
                         image_f1_max,
                         aupro,
+                        threshold: decision.as_ref().map(|d| d.threshold),
+                        false_alarm_rate: rates.map(|r| r.false_alarm_rate),
+                        miss_rate: rates.map(|r| r.miss_rate),
                     });
                 }
             }
@@ -271,12 +290,13 @@ impl<'a> Fitted<'a> {
         fit: FitOptions,
         tests: &[ImageBatch],
         observer: &mut dyn FnMut(&Stage) -> Flow,
-    ) -> Result<Vec<ImageScore>> {
+    ) -> Result<(Vec<ImageScore>, Option<Decision>)> {
         match self {
             Fitted::Visual { model, features, sizes } => {
                 let support = read_resized(shots, model.extractor.dims().image_size)?;
-                let detector = model.fit(&support, &fit, observer)?;
-                model.score_features(VisualModel::memory(&detector)?, features, sizes)
+                let detector = fit_visual(model, &support, &fit, observer)?;
+                let scores = model.score_features(VisualModel::memory(&detector)?, features, sizes)?;
+                Ok((scores, detector.header.decision))
             }
             Fitted::Clip {
                 backend,
@@ -285,15 +305,19 @@ impl<'a> Fitted<'a> {
             } => {
                 let device = fit.device;
                 let detector = fit_files(*backend, checkpoints, *sd, shots, fit, observer)?;
-                Scoring::open(*backend, checkpoints, detector, device)?.score(tests)
+                let decision = detector.header.decision.clone();
+                Ok((
+                    Scoring::open(*backend, checkpoints, detector, device)?.score(tests)?,
+                    decision,
+                ))
             }
         }
     }
 }
 
 /// Rows = categories, columns = methods × shots, cells = mean ± std over seeds (image AUROC %);
-/// further tables for pixel AUROC where masks exist, image F1-max, and AUPRO where masks exist;
-/// the class average last.
+/// further tables for pixel AUROC where masks exist, image F1-max, AUPRO where masks exist, and
+/// the stored threshold's false-alarm and miss rates; the class average last.
 pub fn markdown(report: &Report, o: &EvalOptions) -> String {
     let cols: Vec<(String, usize)> = o
         .methods
@@ -301,16 +325,18 @@ pub fn markdown(report: &Report, o: &EvalOptions) -> String {
         .flat_map(|m| o.shots.iter().map(move |&k| (m.name().to_string(), k)))
         .collect();
     let mut out = String::new();
-    // (title, value, only where masks exist)
+    // (title, value, only where some run has it)
     type Table = (&'static str, fn(&Run) -> Option<f64>, bool);
-    let tables: [Table; 4] = [
+    let tables: [Table; 6] = [
         ("Image AUROC (%)", |r| Some(r.image_auroc), false),
         ("Pixel AUROC (%)", |r| r.pixel_auroc, true),
         ("Image F1-max (%)", |r| Some(r.image_f1_max), false),
         ("AUPRO up to FPR 0.3 (%)", |r| r.aupro, true),
+        ("Stored threshold: false-alarm rate (%)", |r| r.false_alarm_rate, true),
+        ("Stored threshold: miss rate (%)", |r| r.miss_rate, true),
     ];
-    for (title, value, pixel_level) in tables {
-        if pixel_level && report.runs.iter().all(|r| value(r).is_none()) {
+    for (title, value, optional) in tables {
+        if optional && report.runs.iter().all(|r| value(r).is_none()) {
             continue;
         }
         out += &format!("### {title}, mean ± std over seeds {:?}\n\n| category |", o.seeds);
@@ -362,16 +388,20 @@ fn map_range(scores: &[ImageScore]) -> (f32, f32) {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
-/// Heat-map overlays (image blended with the map in red) for the first `n` good and `n` defective
-/// test images. One colour scale for the whole run (its lowest to highest map value), so a good
-/// photo stays pale next to a defective one instead of each being stretched to full red.
-fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize) -> Result<()> {
+/// Heat-map overlays ([`crate::overlay`]) for the first `n` good and `n` defective test images,
+/// on the scale the run's decision fixes (its map threshold), so that a colour means the same on
+/// every photo of every run; without a decision, the run's highest map value is the top.
+fn write_overlays(
+    dir: &Path,
+    (tests, images): (&[Sample], &[ImageBatch]),
+    scores: &[ImageScore],
+    n: usize,
+    decision: Option<&Decision>,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let (lo, hi) = map_range(scores);
-    let span = (hi - lo).max(f32::MIN_POSITIVE);
+    let threshold = decision.map_or_else(|| map_range(scores).1 / 2.0, |d| d.map_threshold);
     let picks = tests
         .iter()
         .enumerate()
@@ -379,27 +409,15 @@ fn write_overlays(dir: &Path, tests: &[Sample], scores: &[ImageScore], n: usize)
         .take(n)
         .chain(tests.iter().enumerate().filter(|(_, s)| s.anomalous).take(n));
     for (i, s) in picks {
-        let img = image::open(&s.path).map_err(|e| Error::io(&s.path, e))?.to_rgb8();
         let sc = &scores[i];
-        let out = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
-            let p = img.get_pixel(x, y).0;
-            let a = ((sc.map[y as usize * sc.width + x as usize] - lo) / span).clamp(0.0, 1.0);
-            image::Rgb([
-                (p[0] as f32 * (1.0 - a) + 255.0 * a) as u8,
-                (p[1] as f32 * (1.0 - a)) as u8,
-                (p[2] as f32 * (1.0 - a)) as u8,
-            ])
-        });
         let name = format!(
             "{}_{}_{:.3}.png",
             s.defect,
             s.path.file_stem().and_then(|n| n.to_str()).unwrap_or("image"),
             sc.score
         );
-        let mut bytes = Vec::new();
-        out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .map_err(|e| Error::io(dir.join(&name), e))?;
-        write_atomic(&dir.join(name), &bytes)?;
+        let img = crate::overlay::render(&images[i], &sc.map, threshold)?;
+        crate::overlay::write_png(&dir.join(name), &img, true)?;
     }
     Ok(())
 }
@@ -433,31 +451,37 @@ mod tests {
         }
     }
 
+    /// The run's decision fixes the scale: a value has one colour on every photo, and only the
+    /// defective photo, whose map crosses the map threshold, gets a contour.
     #[test]
-    fn overlays_share_one_colour_scale() {
+    fn overlays_share_the_decisions_colour_scale() {
         let dir = tempfile::tempdir().unwrap();
         let tests = [sample(dir.path(), "a", false), sample(dir.path(), "b", true)];
+        let images: Vec<ImageBatch> = tests
+            .iter()
+            .map(|t| ImageBatch::read_files(std::slice::from_ref(&t.path)).unwrap())
+            .collect();
         let scores = [
             score(vec![0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10]),
             score(vec![0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.50]),
         ];
-        let out = dir.path().join("overlays");
-        write_overlays(&out, &tests, &scores, 1).unwrap();
-        let red = |name: &str| {
-            image::open(out.join(name))
-                .unwrap()
-                .to_rgb8()
-                .pixels()
-                .map(|p| p.0[0])
-                .max()
-                .unwrap()
+        let decision = Decision {
+            threshold: 0.2,
+            map_threshold: 0.2,
+            rule: "test".into(),
+            false_alarm_rate: 0.01,
+            null_scores: vec![0.1],
+            null_map_maxima: vec![0.1],
         };
-        let (good, bad) = (red("good_a_0.120.png"), red("crack_b_0.500.png"));
-        assert_eq!(bad, 255, "the run's highest value is full red");
-        assert!(
-            good < 120,
-            "a good photo's small bumps stay pale on the shared scale (red {good})"
-        );
+        let out = dir.path().join("overlays");
+        write_overlays(&out, (&tests, &images), &scores, 1, Some(&decision)).unwrap();
+        let read = |name: &str| image::open(out.join(name)).unwrap().to_rgb8();
+        let (good, bad) = (read("good_a_0.120.png"), read("crack_b_0.500.png"));
+        let contour = |img: &image::RgbImage| img.pixels().filter(|p| p.0 == crate::overlay::CONTOUR).count();
+        assert_eq!(contour(&good), 0, "the good photo stays below the threshold");
+        assert!(contour(&bad) > 0, "the defective photo's crossing is drawn");
+        assert_eq!(good.get_pixel(0, 0), bad.get_pixel(0, 0), "0.10 looks the same on both");
+        assert!(good.pixels().all(|p| p.0[2] > p.0[0]), "below the threshold is blue");
     }
 }
 
@@ -476,6 +500,9 @@ mod metric_table_tests {
             test_images: 8,
             image_f1_max,
             aupro,
+            threshold: Some(0.5),
+            false_alarm_rate: Some(0.1 * seed as f64),
+            miss_rate: Some(0.2),
         }
     }
 
@@ -509,6 +536,14 @@ mod metric_table_tests {
             md.contains("### AUPRO up to FPR 0.3 (%)") && md.contains("| tile | 65.0 ± 5.0 |"),
             "{md}"
         );
+        // The stored threshold's rates: false alarms 0 % and 10 %, misses 20 % on both seeds.
+        let rates = md
+            .split("### Stored threshold: false-alarm rate (%)")
+            .nth(1)
+            .unwrap_or("");
+        assert!(rates.contains("| tile | 5.0 ± 5.0 |"), "{md}");
+        let misses = md.split("### Stored threshold: miss rate (%)").nth(1).unwrap_or("");
+        assert!(misses.contains("| tile | 20.0 ± 0.0 |"), "{md}");
         // Without masks there is no pixel AUROC and no AUPRO table; F1-max stays.
         let report = Report {
             provenance: Provenance::default(),
@@ -526,6 +561,7 @@ mod metric_table_tests {
         let old = r#"{"runs":[{"category":"tile","method":"adp","shots":1,"seed":0,"image_auroc":0.9,"pixel_auroc":null,"test_images":8}]}"#;
         let r: Report = serde_json::from_str(old).unwrap();
         assert_eq!((r.runs[0].image_f1_max, r.runs[0].aupro), (0.0, None));
+        assert_eq!((r.runs[0].false_alarm_rate, r.runs[0].miss_rate), (None, None));
         let json = serde_json::to_value(run(0, 0.8, Some(0.6))).unwrap();
         assert_eq!(
             (json["image_f1_max"].as_f64(), json["aupro"].as_f64()),

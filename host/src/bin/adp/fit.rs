@@ -24,6 +24,11 @@ pub struct Args {
     learning_rate: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The share of normal photos the stored threshold may flag (0 < R < 1). The threshold is
+    /// chosen from the support photos alone: each scored against the others' memory, with moved
+    /// views (docs/method.md, "The decision"); `adp score` decides with it.
+    #[arg(long, default_value_t = adp_host::detect::DEFAULT_FALSE_ALARM_RATE)]
+    false_alarm_rate: f64,
     #[command(flatten)]
     run: Run,
     #[arg(short = 'o', long)]
@@ -48,6 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ddim_steps: t.ddim_steps,
         validation_pseudo: t.validation_pseudo,
         seed: a.seed,
+        false_alarm_rate: a.false_alarm_rate,
         ..Default::default()
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
@@ -61,6 +67,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         serde_json::json!({ "detector": a.output, "method": detector.header.method, "support": files.len() });
     if method.needs_clip() {
         line["weights"] = serde_json::json!(detector.header.weights);
+    }
+    if let Some(d) = &detector.header.decision {
+        line["threshold"] = serde_json::json!(d.threshold);
+        line["false_alarm_rate"] = serde_json::json!(d.false_alarm_rate);
     }
     println!("{line}");
     Ok(())

@@ -2,17 +2,20 @@
 //! - image-level AUROC, exact;
 //! - pixel-level AUROC from a bounded histogram;
 //! - image-level F1-max, exact;
-//! - AUPRO (area under the per-region-overlap curve up to FPR 0.3), exact.
+//! - AUPRO (area under the per-region-overlap curve up to FPR 0.3), exact;
+//! - a stored threshold's false-alarm and miss rates, exact.
 //!
 //! The two AUROCs compute the area under the ROC curve in its rank form: the probability that a
 //! randomly chosen anomalous sample scores above a randomly chosen normal one, ties counting one
 //! half (the Mann–Whitney U statistic divided by the number of pairs).
 pub mod aupro;
+pub mod decision_rates;
 pub mod f1_max;
 pub mod image_auroc;
 pub mod pixel_auroc;
 
 pub use aupro::{Aupro, AUPRO_FPR_LIMIT};
+pub use decision_rates::{decision_rates, DecisionRates};
 pub use f1_max::{f1_max, F1Max};
 pub use image_auroc::image_auroc;
 pub use pixel_auroc::PixelAuroc;
