@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Python prototype of adp's `visual` method (EfficientNet-Lite patch features + nearest-neighbour
+reference association) and of candidate improvements (issue 15). Not part of the product.
+
+    /root/.cache/adp/golden-venv/bin/python tools/experiments/visual_proto.py \
+        --cats tile --ks 4 --seeds 0 1 2 --config base --config 'inp=ar,side=320'
+
+A config is comma-separated key=value over the defaults in DEFAULTS (see there). Features are
+cached per (model, input geometry, augmentation, photo) under /tmp/proto-cache.
+
+Today's method (config `base`): RGB photo resized straight (Pillow bicubic) to 224x224, input
+(u8 - 127) / 128, EfficientNet-Lite0 with TF-"same" padding; stage outputs of block groups 2
+(stride 8, 40 ch) and 4 (stride 16, 112 ch), each 3x3 avg-pooled (stride 1, count_include_pad=False),
+stage 4 upsampled bilinearly (align_corners=False) to the stride-8 grid (28x28), concatenated
+(152 dims); memory = support patches (L2-normalised); patch score = 0.5 * (1 - max cos); map
+upsampled bilinearly to the input, Gaussian-smoothed (sigma = 4 input px, truncated at 4 sigma,
+edges replicated), image score = max of that map; map resized bilinearly to the photo.
+Pixel AUROC: over every 2nd pixel in each direction of the masks' resolution (the photo's).
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+
+from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite_pytorch.utils import round_repeats
+
+torch.set_num_threads(1)
+DATA = "/work/shared/data"
+CATS = {"bottle": "mvtec_ad/bottle", "tile": "magnetic_tile/tile", "metal_plate": "mpdd/metal_plate"}
+CACHE = "/tmp/proto-cache"
+WEIGHTS = os.path.expanduser("~/.cache/adp/weights/{}.safetensors")
+PIX_STRIDE = 2
+
+DEFAULTS = dict(
+    model="lite0",
+    inp="sq",       # sq: photo resized straight to side x side; ar: shorter side -> side, aspect kept
+                    # (the CNN run on the whole rectangle; equivalent to perfectly stitched tiles);
+                    # tiles: ar resize, then overlapping side x side tiles (stride tstride), stitched
+    side=224,
+    tstride=0,      # tile stride in px for inp=tiles (0 -> side/2)
+    stages="2-4",   # block groups concatenated, e.g. 1-2-4, 2-3-4, 2-4
+    grid=8,         # stride of the feature grid everything is resampled to (4 or 8)
+    pool=3,         # local neighbourhood avg pool (PatchCore aggregation), 1 = none
+    aug="none",     # support augmentation: none | flip (h, v, hv) | d4 (8 dihedral) | rot (4 rotations)
+    knn=1,          # mean of k nearest distances
+    sigma=4.0,      # smoothing in input pixels (scaled? no: absolute input px)
+    agg="max",      # image score: max | topP (mean of top P percent of the smoothed map, e.g. top1)
+    center=0,       # 1: subtract the map's own median (per photo) from the map and the image score
+)
+
+
+def parse_config(s):
+    c = dict(DEFAULTS)
+    if s != "base":
+        for kv in s.split(","):
+            k, v = kv.split("=")
+            assert k in c, k
+            c[k] = type(DEFAULTS[k])(v)
+    return c
+
+
+def splitmix_draw(n, k, seed):
+    """adp's draw_shots: partial Fisher-Yates over SplitMix64(seed)."""
+    M = (1 << 64) - 1
+    state = seed & M
+
+    def nxt():
+        nonlocal state
+        state = (state + 0x9E3779B97F4A7C15) & M
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    idx = list(range(n))
+    for i in range(k):
+        j = i + ((nxt() * (n - i)) >> 64)
+        idx[i], idx[j] = idx[j], idx[i]
+    return idx[:k]
+
+
+def images_in(d):
+    return sorted(os.path.join(d, f) for f in os.listdir(d)
+                  if f.lower().endswith((".png", ".jpg", ".jpeg")))
+
+
+def load_category(cat):
+    root = os.path.join(DATA, CATS[cat])
+    train = images_in(os.path.join(root, "train", "good"))
+    test = []
+    for defect in sorted(os.listdir(os.path.join(root, "test"))):
+        for p in images_in(os.path.join(root, "test", defect)):
+            mask = None
+            if defect != "good":
+                stem = os.path.splitext(os.path.basename(p))[0]
+                for cand in (f"{stem}_mask.png", f"{stem}.png"):
+                    mp = os.path.join(root, "ground_truth", defect, cand)
+                    if os.path.exists(mp):
+                        mask = mp
+                        break
+            test.append((p, defect != "good", mask))
+    return train, test
+
+
+# ---------------------------------------------------------------- backbone
+_MODELS = {}
+
+
+def get_model(name):
+    if name not in _MODELS:
+        full = {"lite0": "efficientnet-lite0", "lite2": "efficientnet-lite2"}[name]
+        m = EfficientNet.from_name(full, image_size=None)  # dynamic TF "same" padding
+        m.load_state_dict(load_file(WEIGHTS.format(full)))
+        m.eval()
+        gp = m._global_params
+        ends, n = [], 0
+        for i, ba in enumerate(m._blocks_args):
+            fixed = gp.fix_head_stem and (i == 0 or i == len(m._blocks_args) - 1)
+            n += ba.num_repeat if fixed else round_repeats(ba.num_repeat, gp)
+            ends.append(n - 1)
+        _MODELS[name] = (m, ends)
+    return _MODELS[name]
+
+
+@torch.no_grad()
+def stages_of(model_name, x, upto=4):
+    m, ends = get_model(model_name)
+    h = m._swish(m._bn0(m._conv_stem(x)))
+    out = []
+    for idx, block in enumerate(m._blocks):
+        h = block(h, drop_connect_rate=None)
+        if idx in ends:
+            out.append(h)
+            if len(out) > upto:
+                break
+    return out
+
+
+def photo_input(path, inp, side):
+    im = Image.open(path).convert("RGB")
+    W, H = im.size
+    if inp == "sq":
+        w, h = side, side
+    else:
+        s = side / min(W, H)
+        w, h = max(side, round(W * s)), max(side, round(H * s))
+    return im, (w, h)
+
+
+def to_tensor(im):
+    u8 = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return ((u8 - 127.0) / 128.0)[None]
+
+
+AUGS = {
+    "none": [None],
+    "flip": [None, Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM, Image.ROTATE_180],
+    "rot": [None, Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270],
+    "d4": [None, Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM, Image.ROTATE_90, Image.ROTATE_180,
+           Image.ROTATE_270, Image.TRANSPOSE, Image.TRANSVERSE],
+}
+
+
+def raw_features(model_name, path, inp, side, t=None):
+    """Stage outputs (list, float16, [C, h, w]) of the photo (transformed by t after resizing),
+    cached; plus the forward time in seconds."""
+    key = hashlib.sha1(f"{model_name}|{path}|{'sq' if inp == 'sq' else 'ar'}|{side}|{t}".encode()).hexdigest()
+    f = os.path.join(CACHE, key[:2], key + ".pt")
+    if os.path.exists(f):
+        return torch.load(f)
+    im, (w, h) = photo_input(path, inp, side)
+    im = im.resize((w, h), Image.BICUBIC)
+    if t is not None:
+        im = im.transpose(t)
+    x = to_tensor(im)
+    t0 = time.perf_counter()
+    st = stages_of(model_name, x)
+    dt = time.perf_counter() - t0
+    r = {"stages": [s[0].half() for s in st[1:5]], "size": (x.shape[2], x.shape[3]), "time": dt}
+    os.makedirs(os.path.dirname(f), exist_ok=True)
+    torch.save(r, f)
+    return r
+
+
+_TILE_TIME = {}
+
+
+def tile_stage_features(c, path, t=None):
+    """inp=tiles: the ar-resized photo cut into overlapping side x side tiles (stride tstride),
+    each run alone; each stage map stitched by averaging overlapping tiles at that stage's grid."""
+    model_name, side = c["model"], c["side"]
+    stride = c["tstride"] or side // 2
+    key = hashlib.sha1(f"{model_name}|{path}|tiles|{side}|{stride}|{t}".encode()).hexdigest()
+    f = os.path.join(CACHE, key[:2], key + ".pt")
+    if os.path.exists(f):
+        return torch.load(f)
+    im, (w, h) = photo_input(path, "ar", side)
+    w, h = max(side, 16 * round(w / 16)), max(side, 16 * round(h / 16))  # tiles on the stride-16 grid
+    im = im.resize((w, h), Image.BICUBIC)
+    if t is not None:
+        im = im.transpose(t)
+    x = to_tensor(im)
+    H, W = x.shape[2], x.shape[3]
+
+    def starts(n):
+        if n <= side:
+            return [0]
+        s = list(range(0, n - side + 1, stride))
+        if s[-1] != n - side:
+            s.append(n - side)
+        return s
+    acc, cnt, dt = None, None, 0.0
+    for y0 in starts(H):
+        for x0 in starts(W):
+            t0 = time.perf_counter()
+            st = stages_of(model_name, x[:, :, y0:y0 + side, x0:x0 + side])[1:5]
+            dt += time.perf_counter() - t0
+            if acc is None:
+                strides = [side // s.shape[2] for s in st]
+                acc = [torch.zeros(s.shape[1], -(-H // k), -(-W // k)) for s, k in zip(st, strides)]
+                cnt = [torch.zeros(1, a.shape[1], a.shape[2]) for a in acc]
+            for a, n_, s, k in zip(acc, cnt, st, strides):
+                gy, gx = y0 // k, x0 // k
+                a[:, gy:gy + s.shape[2], gx:gx + s.shape[3]] += s[0]
+                n_[:, gy:gy + s.shape[2], gx:gx + s.shape[3]] += 1
+    r = {"stages": [(a / n_.clamp_min(1)).half() for a, n_ in zip(acc, cnt)], "size": (H, W), "time": dt}
+    os.makedirs(os.path.dirname(f), exist_ok=True)
+    torch.save(r, f)
+    return r
+
+
+def patch_features(c, path, t=None):
+    """[h*w, D] float32 patch features on the stride-`grid` grid of the input, and (h, w), input size."""
+    r = tile_stage_features(c, path, t) if c["inp"] == "tiles" else raw_features(c["model"], path, c["inp"], c["side"], t)
+    H, W = r["size"]
+    gh, gw = -(-H // c["grid"]), -(-W // c["grid"])
+    maps = []
+    for s in (int(v) for v in c["stages"].split("-")):
+        m = r["stages"][s - 1].float()[None]
+        if c["pool"] > 1:
+            m = F.avg_pool2d(m, c["pool"], stride=1, padding=c["pool"] // 2, count_include_pad=False)
+        if m.shape[-2:] != (gh, gw):
+            m = F.interpolate(m, size=(gh, gw), mode="bilinear", align_corners=False)
+        maps.append(m)
+    f = torch.cat(maps, 1)[0]
+    return f.permute(1, 2, 0).reshape(gh * gw, -1), (gh, gw), (H, W), r["time"]
+
+
+# ---------------------------------------------------------------- scoring
+def nn_scores(mem, q, knn):
+    q = F.normalize(q, dim=1)
+    out = []
+    for i in range(0, q.shape[0], 4096):
+        s = q[i:i + 4096] @ mem.T
+        if knn == 1:
+            out.append(s.max(1).values)
+        else:
+            out.append(s.topk(knn, dim=1).values.mean(1))
+    return 0.5 * (1 - torch.cat(out))
+
+
+def gauss_blur(x, sigma):
+    if sigma <= 0:
+        return x
+    r = int(np.ceil(4 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma * sigma))
+    k = k / k.sum()
+    x = F.pad(x, (r, r, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, r, r), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def image_score(smooth, agg):
+    v = smooth.flatten()
+    if agg == "max":
+        return float(v.max())
+    if agg.startswith("top"):
+        n = max(1, int(round(v.numel() * float(agg[3:]) / 100)))
+        return float(v.topk(n).values.mean())
+    raise ValueError(agg)
+
+
+def run(c, cat, k, seed, pix=True):
+    train, test = load_category(cat)
+    shots = [train[i] for i in splitmix_draw(len(train), k, seed)]
+    mem = []
+    for p in shots:
+        for t in AUGS[c["aug"]]:
+            mem.append(patch_features(c, p, t)[0])
+    mem = F.normalize(torch.cat(mem), dim=1)
+    scores, labels, pix_s, pix_l = [], [], [], []
+    t_fwd = t_nn = 0.0
+    for p, anomalous, mask in test:
+        f, (gh, gw), (H, W), dt = patch_features(c, p)
+        t_fwd += dt
+        t0 = time.perf_counter()
+        d = nn_scores(mem, f, c["knn"]).view(1, 1, gh, gw)
+        t_nn += time.perf_counter() - t0
+        up = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)
+        sm = gauss_blur(up, c["sigma"])
+        if c["center"]:
+            sm = sm - sm.median()
+        scores.append(image_score(sm, c["agg"]))
+        labels.append(anomalous)
+        if pix and cat != "bottle":
+            PW, PH = Image.open(p).size
+            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
+            if mask is not None:
+                gt = np.asarray(Image.open(mask).convert("L")) > 0
+                assert gt.shape == (PH, PW), (mask, gt.shape, PH, PW)
+            else:
+                gt = np.zeros((PH, PW), bool)
+            pix_s.append(m.numpy()[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+            pix_l.append(gt[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+    img = 100 * roc_auc_score(labels, scores)
+    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
+    n = len(test)
+    return dict(img=img, pix=px, fwd_ms=1000 * t_fwd / n, nn_ms=1000 * t_nn / n, mem=mem.shape[0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cats", nargs="+", default=list(CATS))
+    ap.add_argument("--ks", nargs="+", type=int, default=[4])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--config", action="append", default=[])
+    ap.add_argument("--nopix", action="store_true")
+    ap.add_argument("--log", default="/tmp/proto-results.jsonl")
+    a = ap.parse_args()
+    for cs in a.config or ["base"]:
+        c = parse_config(cs)
+        for cat in a.cats:
+            for k in a.ks:
+                rs = [run(c, cat, k, s, not a.nopix) for s in a.seeds]
+                agg = {m: float(np.mean([r[m] for r in rs])) for m in rs[0]}
+                sd = {m + "_sd": float(np.std([r[m] for r in rs])) for m in ("img", "pix")}
+                line = dict(config=cs, cat=cat, k=k, seeds=a.seeds, **agg, **sd)
+                print(f"{cs:40s} {cat:12s} K={k:2d} img {agg['img']:5.1f}±{sd['img_sd']:.1f} "
+                      f"pix {agg['pix']:5.1f}±{sd['pix_sd']:.1f} fwd {agg['fwd_ms']:6.1f}ms "
+                      f"nn {agg['nn_ms']:6.1f}ms mem {int(agg['mem'])}", flush=True)
+                with open(a.log, "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
