@@ -153,6 +153,13 @@ impl Journal {
                     ),
                 ))
             }
+            // A report from before runs.jsonl existed is finished work too.
+            Earlier::Refuse | Earlier::Resume if !path.exists() && dir.join("report.json").exists() => {
+                return Err(Error::io(
+                    dir,
+                    format!("holds the report.json of an earlier evaluation, and no {RUNS_FILE} to resume from; pass --overwrite to replace it"),
+                ))
+            }
             Earlier::Resume if dir.join(SETUP_FILE).exists() => {
                 let before = Setup::read(dir)?;
                 let changed = before.differences(setup);
@@ -267,6 +274,13 @@ mod tests {
     #[test]
     fn earlier_runs_are_refused_resumed_or_overwritten() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("report.json"), "{}").unwrap();
+        let e = Journal::open::<Rec>(dir.path(), &setup(), Earlier::Refuse)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("report.json of an earlier evaluation"), "{e}");
+        std::fs::remove_file(dir.path().join("report.json")).unwrap();
         let (mut j, _) = Journal::open::<Rec>(dir.path(), &setup(), Earlier::Refuse).unwrap();
         j.append(&Rec { n: 1 }).unwrap();
         drop(j);

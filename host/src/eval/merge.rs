@@ -25,6 +25,14 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<Report> {
             ));
         }
     }
+    for dir in shards {
+        if !dir.join(SETUP_FILE).is_file() {
+            return Err(Error::io(
+                dir,
+                format!("no {SETUP_FILE}: not a folder `adp eval` wrote"),
+            ));
+        }
+    }
     let setups = shards.iter().map(|d| Setup::read(d)).collect::<Result<Vec<_>>>()?;
     let whole = Setup {
         shard: None,
