@@ -94,8 +94,8 @@ fn eval_smoke_run_writes_the_report() {
     let f = fixtures();
     let out = tempfile::tempdir().unwrap();
     let dir = build_dir();
-    let eval = |overlays: &str| {
-        adp(&[
+    let eval = |overlays: &str, again: &[&str]| {
+        let mut args = vec![
             "eval",
             "--plugin",
             "candle",
@@ -132,9 +132,11 @@ fn eval_smoke_run_writes_the_report() {
             "--quiet",
             "--out",
             out.path().to_str().unwrap(),
-        ])
+        ];
+        args.extend(again);
+        adp(&args)
     };
-    let lines = eval("1");
+    let lines = eval("1", &[]);
     let runs: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(runs.len(), 4, "2 methods × 2 shots × 1 seed");
     assert!(runs
@@ -165,7 +167,8 @@ fn eval_smoke_run_writes_the_report() {
         .unwrap()
         .count();
     assert_eq!(overlays, 2, "one good and one defective overlay");
-    let rerun = eval("0");
+    // The same folder again: its finished runs are kept unless --overwrite says otherwise.
+    let rerun = eval("0", &["--overwrite"]);
     assert_eq!(rerun, lines, "the same seeds gave other numbers");
 }
 

@@ -5,9 +5,12 @@
 //! and heat-map overlays for a few good and defective images.
 pub mod bench;
 pub mod dataset;
+pub mod journal;
+pub mod merge;
 pub mod metrics;
+pub mod provenance;
+pub mod shard;
 
-use crate::detect::file::file_hash;
 use crate::detect::fit::{fit_files, fit_visual};
 use crate::detect::{Checkpoints, Decision, FitOptions, ImageScore, Method, Scoring, Stage, VisualModel};
 use crate::images::read_resized;
@@ -15,8 +18,12 @@ use adp_api::atomic::write_atomic;
 use adp_api::requests::Flow;
 use adp_api::{Backend, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use dataset::Sample;
+pub use journal::Earlier;
+use journal::{Journal, Setup};
 use metrics::{decision_rates, f1_max, image_auroc, Aupro, PixelAuroc};
+pub use provenance::Provenance;
 use serde::{Deserialize, Serialize};
+pub use shard::{RunKey, Shard};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -71,56 +78,6 @@ pub struct Report {
     pub runs: Vec<Run>,
 }
 
-/// What produced a report, so that a table can be traced to its software and weights.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Provenance {
-    /// adp's version.
-    pub adp: String,
-    pub backend: String,
-    pub runtime: String,
-    pub device: String,
-    pub data: PathBuf,
-    /// Each checkpoint used (`clip`, `backbone`, `sd`): its file or folder and, for weight
-    /// files, their SHA-256.
-    pub checkpoints: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-impl Provenance {
-    fn new(
-        backend: &dyn Backend,
-        checkpoints: &Checkpoints,
-        sd: Option<&DiffusionSpec>,
-        o: &EvalOptions,
-    ) -> Result<Self> {
-        let info = backend.info();
-        let mut files = std::collections::BTreeMap::new();
-        let mut weights = |name: &str, path: &Path| -> Result<()> {
-            files.insert(
-                name.to_string(),
-                serde_json::json!({ "path": path, "sha256": file_hash(path)? }),
-            );
-            Ok(())
-        };
-        if let Some(c) = &checkpoints.clip {
-            weights("clip", &c.weights)?;
-        }
-        if let Some(b) = &checkpoints.backbone {
-            weights("backbone", &b.weights)?;
-        }
-        if let Some(sd) = sd {
-            files.insert("sd".into(), serde_json::json!({ "path": sd.root }));
-        }
-        Ok(Self {
-            adp: env!("CARGO_PKG_VERSION").into(),
-            backend: info.name,
-            runtime: info.runtime,
-            device: o.fit.device.to_string(),
-            data: o.data.clone(),
-            checkpoints: files,
-        })
-    }
-}
-
 /// Histogram bins of the pixel AUROC (see [`PixelAuroc`] for the error bound they give).
 const PIXEL_BINS: usize = 1 << 16;
 
@@ -139,6 +96,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Runs the protocol; `observer` sees every pipeline stage and may cancel. The ADP methods need
 /// `checkpoints.clip` (and `sd` where they synthesise); `visual` needs `checkpoints.backbone`.
+/// An out folder holding finished runs is refused ([`run_scheduled`] resumes or overwrites).
 pub fn run(
     backend: &dyn Backend,
     checkpoints: &Checkpoints,
@@ -146,11 +104,100 @@ pub fn run(
     o: &EvalOptions,
     observer: &mut dyn FnMut(&str, &Stage) -> Flow,
 ) -> Result<Report> {
+    run_scheduled(backend, checkpoints, sd, o, &Schedule::default(), observer)
+}
+
+/// Which runs an evaluation does (SPEC §8): one shard's, and what becomes of finished ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Schedule {
+    pub shard: Option<Shard>,
+    pub earlier: Earlier,
+}
+
+/// [`run`] for `schedule`. Each finished run is appended to `runs.jsonl` at once, and
+/// report.json and report.md are rewritten after it, so a killed evaluation leaves a valid
+/// partial report and loses at most the run in progress. The report holds the finished runs of
+/// the shard, in the plan's order ([`shard::plan`]).
+pub fn run_scheduled(
+    backend: &dyn Backend,
+    checkpoints: &Checkpoints,
+    sd: Option<&DiffusionSpec>,
+    o: &EvalOptions,
+    schedule: &Schedule,
+    observer: &mut dyn FnMut(&str, &Stage) -> Flow,
+) -> Result<Report> {
     let words = dataset::class_words(&o.labels, &o.categories)?;
+    let method_names: Vec<String> = o.methods.iter().map(|m| m.name().to_string()).collect();
+    let plan = shard::plan(&o.categories, &method_names, &o.shots, &o.seeds)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let provenance = Provenance::new(backend, checkpoints, sd, o)?;
-    let mut runs = Vec::new();
-    for category in &o.categories {
+    let provenance = Provenance::new(backend, checkpoints, sd, o.fit.device, &o.data)?;
+    let setup = Setup {
+        provenance: provenance.clone(),
+        categories: o.categories.clone(),
+        methods: method_names,
+        shots: o.shots.clone(),
+        seeds: o.seeds.clone(),
+        class_words: words.clone(),
+        fit: o.fit.clone(),
+        limit: o.limit,
+        shard: schedule.shard,
+    };
+    let (mut journal, earlier) = Journal::open::<Run>(&o.out, &setup, schedule.earlier)?;
+    let mine = schedule.shard.map_or(0..plan.len(), |s| s.range(plan.len()));
+    // Finished runs by their place in the plan; the report lists them in that order.
+    let mut finished = std::collections::BTreeMap::new();
+    for r in earlier {
+        if let Some(i) = plan[mine.clone()].iter().position(|k| *k == r.key()) {
+            finished.insert(mine.start + i, r);
+        }
+    }
+    let mut report = Report {
+        provenance,
+        runs: finished.values().cloned().collect(),
+    };
+    write_report(&report, o)?;
+    // The plan is ordered by category, then method: each category's photos are read once, and
+    // each method opened once per category.
+    let mut set: Option<TestSet> = None;
+    let mut fitted: Option<(Method, Fitted)> = None;
+    let pending: Vec<usize> = mine.filter(|i| !finished.contains_key(i)).collect();
+    for i in pending {
+        let key = &plan[i];
+        let set = match &mut set {
+            Some(s) if s.category == key.category => s,
+            _ => {
+                fitted = None;
+                set.insert(TestSet::load(o, &key.category)?)
+            }
+        };
+        let method: Method = key.method.parse()?;
+        let fitted = match &mut fitted {
+            Some((m, f)) if *m == method => f,
+            _ => {
+                let f = Fitted::open(backend, checkpoints, sd, method, &set.images, o.fit.device)?;
+                &mut fitted.insert((method, f)).1
+            }
+        };
+        let run = evaluate(fitted, set, key, method, &words[&key.category], o, observer)?;
+        journal.append(&run)?;
+        finished.insert(i, run);
+        report.runs = finished.values().cloned().collect();
+        write_report(&report, o)?;
+    }
+    Ok(report)
+}
+
+/// One category's test photos, read once for all its runs.
+struct TestSet {
+    category: String,
+    train_good: Vec<PathBuf>,
+    tests: Vec<Sample>,
+    images: Vec<ImageBatch>,
+    labels: Vec<bool>,
+}
+
+impl TestSet {
+    fn load(o: &EvalOptions, category: &str) -> Result<Self> {
         let cat = dataset::load(&o.data, category)?;
         let tests = test_subset(&cat.test, o.limit);
         if tests.iter().all(|s| s.anomalous) || tests.iter().all(|s| !s.anomalous) {
@@ -159,83 +206,108 @@ pub fn run(
                 format!("{category}: needs both good and defective images"),
             ));
         }
-        let test_images = tests
+        let images = tests
             .iter()
             .map(|s| ImageBatch::read_files(std::slice::from_ref(&s.path)))
             .collect::<Result<Vec<_>>>()?;
         let labels: Vec<bool> = tests.iter().map(|s| s.anomalous).collect();
-        for &method in &o.methods {
-            let mut fitted = Fitted::open(backend, checkpoints, sd, method, &test_images, o.fit.device)?;
-            for &k in &o.shots {
-                for &seed in &o.seeds {
-                    let shots = dataset::draw_shots(&cat.train_good, k, seed)?;
-                    let fit = FitOptions {
-                        method,
-                        seed,
-                        label: Some(words[category].clone()),
-                        ..o.fit.clone()
-                    };
-                    let tag = format!("{category} {} K={k} seed={seed}", method.name());
-                    let (scores, decision) =
-                        fitted.fit_and_score(&shots, fit, &test_images, &mut |s| observer(&tag, s))?;
-                    let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();
-                    let image = image_auroc(&image_scores, &labels)?;
-                    let image_f1_max = f1_max(&image_scores, &labels)?.f1;
-                    let rates = decision
-                        .as_ref()
-                        .map(|d| decision_rates(&image_scores, &labels, d.threshold))
-                        .transpose()?;
-                    let (pixel, aupro) = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
-                        // The histogram spans this run's values: all its bins resolve scores.
-                        let (lo, hi) = map_range(&scores);
-                        let mut acc = PixelAuroc::new(lo, if hi > lo { hi } else { lo + 1.0 }, PIXEL_BINS)?;
-                        let mut pro = Aupro::new();
-                        for (s, sc) in tests.iter().zip(&scores) {
-                            let mask = match &s.mask {
-                                Some(m) => dataset::read_mask(m, sc.width as u32, sc.height as u32)?,
-                                None => vec![false; sc.map.len()],
-                            };
-                            acc.add(&sc.map, &mask)?;
-                            pro.add(&sc.map, &mask, sc.width, sc.height)?;
-                        }
-                        (Some(acc.finish()?), Some(pro.finish()?))
-                    } else {
-                        (None, None)
-                    };
-                    if seed == o.seeds[0] && k == o.shots[0] {
-                        write_overlays(
-                            &o.out.join("overlays").join(category).join(method.name()),
-                            (&tests, &test_images),
-                            &scores,
-                            o.overlays,
-                            decision.as_ref(),
-                        )?;
-                    }
-                    runs.push(Run {
-                        category: category.clone(),
-                        method: method.name().into(),
-                        shots: k,
-                        seed,
-                        image_auroc: image,
-                        pixel_auroc: pixel,
-                        test_images: tests.len(),
-                        image_f1_max,
-                        aupro,
-                        threshold: decision.as_ref().map(|d| d.threshold),
-                        false_alarm_rate: rates.map(|r| r.false_alarm_rate),
-                        miss_rate: rates.map(|r| r.miss_rate),
-                    });
-                }
-            }
+        Ok(Self {
+            category: category.to_string(),
+            train_good: cat.train_good,
+            tests,
+            images,
+            labels,
+        })
+    }
+}
+
+/// One run: draw the shots, fit, score the test set, measure.
+fn evaluate(
+    fitted: &mut Fitted<'_>,
+    set: &TestSet,
+    key: &RunKey,
+    method: Method,
+    word: &str,
+    o: &EvalOptions,
+    observer: &mut dyn FnMut(&str, &Stage) -> Flow,
+) -> Result<Run> {
+    let (category, tests, labels) = (&set.category, &set.tests, &set.labels);
+    let (k, seed) = (key.shots, key.seed);
+    let shots = dataset::draw_shots(&set.train_good, k, seed)?;
+    let fit = FitOptions {
+        method,
+        seed,
+        label: Some(word.to_string()),
+        ..o.fit.clone()
+    };
+    let tag = key.to_string();
+    let (scores, decision) = fitted.fit_and_score(&shots, fit, &set.images, &mut |s| observer(&tag, s))?;
+    let image_scores: Vec<f32> = scores.iter().map(|s| s.score).collect();
+    let image = image_auroc(&image_scores, labels)?;
+    let image_f1_max = f1_max(&image_scores, labels)?.f1;
+    let rates = decision
+        .as_ref()
+        .map(|d| decision_rates(&image_scores, labels, d.threshold))
+        .transpose()?;
+    let (pixel, aupro) = if tests.iter().filter(|s| s.anomalous).all(|s| s.mask.is_some()) {
+        // The histogram spans this run's values: all its bins resolve scores.
+        let (lo, hi) = map_range(&scores);
+        let mut acc = PixelAuroc::new(lo, if hi > lo { hi } else { lo + 1.0 }, PIXEL_BINS)?;
+        let mut pro = Aupro::new();
+        for (s, sc) in tests.iter().zip(&scores) {
+            let mask = match &s.mask {
+                Some(m) => dataset::read_mask(m, sc.width as u32, sc.height as u32)?,
+                None => vec![false; sc.map.len()],
+            };
+            acc.add(&sc.map, &mask)?;
+            pro.add(&sc.map, &mask, sc.width, sc.height)?;
+        }
+        (Some(acc.finish()?), Some(pro.finish()?))
+    } else {
+        (None, None)
+    };
+    if seed == o.seeds[0] && k == o.shots[0] {
+        write_overlays(
+            &o.out.join("overlays").join(category).join(method.name()),
+            (tests, &set.images),
+            &scores,
+            o.overlays,
+            decision.as_ref(),
+        )?;
+    }
+    Ok(Run {
+        category: category.clone(),
+        method: method.name().into(),
+        shots: k,
+        seed,
+        image_auroc: image,
+        pixel_auroc: pixel,
+        test_images: tests.len(),
+        image_f1_max,
+        aupro,
+        threshold: decision.as_ref().map(|d| d.threshold),
+        false_alarm_rate: rates.map(|r| r.false_alarm_rate),
+        miss_rate: rates.map(|r| r.miss_rate),
+    })
+}
+
+/// report.json and report.md, each written whole.
+fn write_report(report: &Report, o: &EvalOptions) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| Error::io(o.out.join("report.json"), e))?;
+    write_atomic(&o.out.join("report.json"), json.as_bytes())?;
+    write_atomic(&o.out.join("report.md"), markdown(report, o).as_bytes())
+}
+
+impl Run {
+    /// What identifies this run in a journal, a shard and a merge.
+    pub fn key(&self) -> RunKey {
+        RunKey {
+            category: self.category.clone(),
+            method: self.method.clone(),
+            shots: self.shots,
+            seed: self.seed,
         }
     }
-    let report = Report { provenance, runs };
-    write_atomic(
-        &o.out.join("report.json"),
-        serde_json::to_string_pretty(&report).expect("json").as_bytes(),
-    )?;
-    write_atomic(&o.out.join("report.md"), markdown(&report, o).as_bytes())?;
-    Ok(report)
 }
 
 /// One method's models for a category: `visual` extracts the test set's features once and

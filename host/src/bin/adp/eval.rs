@@ -1,8 +1,9 @@
-//! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays.
+//! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays;
+//! resumable (`--resume`) and shardable (`--shard I/N`).
 use crate::common::{method, Models, Run, Training};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{FitOptions, Method};
-use adp_host::eval::{self, dataset, EvalOptions};
+use adp_host::eval::{self, dataset, shard, Earlier, EvalOptions, Schedule, Shard};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -37,11 +38,31 @@ pub struct Args {
     overlays: usize,
     #[command(flatten)]
     run: Run,
+    /// Output folder: report.json, report.md, runs.jsonl (each run as it finishes), eval.json
+    /// (the setup), overlays/. With --shard, the shard's own folder `shard-I-of-N` under it.
     #[arg(long)]
     out: PathBuf,
+    /// Do only the I-th of N equal shares of the runs (0-based; runs in the order category,
+    /// method, shots, seed; contiguous shares). `auto/N` reads I from $JOB_COMPLETION_INDEX, as a
+    /// Kubernetes Indexed Job sets it. Join the shards with `adp report merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Continue the evaluation in --out: skip its finished runs (runs.jsonl); refused if it was
+    /// started with other options, data or weights (eval.json). Starts afresh if there is none.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Discard the finished runs in --out and start again (without --resume or this, an --out
+    /// holding finished runs is refused).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let shard = a
+        .shard
+        .as_deref()
+        .map(|s| Shard::parse(s, std::env::var(shard::INDEX_VAR).ok().as_deref()))
+        .transpose()?;
     let backend = a.models.backend()?;
     let methods = if a.methods.is_empty() {
         vec![a.models.default_method()]
@@ -63,6 +84,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         validation_pseudo: t.validation_pseudo,
         ..Default::default()
     };
+    let out = match shard {
+        Some(s) => a.out.join(s.folder_name()),
+        None => a.out,
+    };
+    let schedule = Schedule {
+        shard,
+        earlier: match (a.resume, a.overwrite) {
+            (true, _) => Earlier::Resume,
+            (_, true) => Earlier::Overwrite,
+            _ => Earlier::Refuse,
+        },
+    };
     let options = EvalOptions {
         data: a.data,
         categories,
@@ -73,13 +106,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         labels: a.labels,
         limit: a.limit,
         overlays: a.overlays,
-        out: a.out,
+        out,
     };
     let runs = options.categories.len() * options.methods.len() * options.shots.len() * options.seeds.len();
+    let runs = shard.map_or(runs, |s| s.range(runs).len());
     let mut bars = StageBars::with_runs(Output::detect(a.run.quiet), runs);
-    let report = eval::run(&backend, &checkpoints, sd.as_ref(), &options, &mut |tag, s| {
-        bars.observe_run(tag, s)
-    })?;
+    let report = eval::run_scheduled(
+        &backend,
+        &checkpoints,
+        sd.as_ref(),
+        &options,
+        &schedule,
+        &mut |tag, s| bars.observe_run(tag, s),
+    )?;
     bars.finish();
     for r in &report.runs {
         println!("{}", serde_json::to_string(r)?);

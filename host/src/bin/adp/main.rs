@@ -8,6 +8,7 @@ mod fit;
 mod fixtures;
 mod plugins;
 mod progress;
+mod report;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Score(score::Args),
     /// Run the evaluation protocol and write report.json, report.md and overlays.
     Eval(eval::Args),
+    /// Work with evaluation reports: `merge` joins the shards of `adp eval --shard`.
+    Report(report::Args),
     /// Time the `visual` method per image (backbone patch features, reference association) on one
     /// or more plugins in the same run; each row gives its ratio to the first plugin.
     Bench(bench::Args),
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fit(a) => fit::run(a),
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fixtures(a) => fixtures::run(a),
     }
