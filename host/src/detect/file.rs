@@ -284,3 +284,26 @@ pub fn file_hash(path: &Path) -> Result<String> {
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_checkpoint_paths_resolve_against_the_detector_folder() {
+        let mut h: DetectorHeader = serde_json::from_value(serde_json::json!({
+            "format": DETECTOR_FORMAT, "method": "adp", "backend": "candle", "clip_dir": "clip",
+            "backbone": "w/b.safetensors", "checkpoints": {}, "options": {}, "seed": 0, "grid": 2,
+            "image_size": 64, "concepts": [], "weights": [], "memory_kinds": [],
+        }))
+        .unwrap();
+        h.resolve_paths(Path::new("/models/bottle"));
+        assert_eq!(h.clip_dir, Path::new("/models/bottle/clip"));
+        assert_eq!(h.backbone.as_deref(), Some(Path::new("/models/bottle/w/b.safetensors")));
+        // Absolute paths and "none recorded" stay as they are.
+        h.clip_dir = PathBuf::new();
+        h.resolve_paths(Path::new("/elsewhere"));
+        assert_eq!(h.clip_dir, PathBuf::new());
+        assert_eq!(h.backbone.as_deref(), Some(Path::new("/models/bottle/w/b.safetensors")));
+    }
+}
