@@ -53,19 +53,13 @@ fn parse() -> anyhow::Result<Args> {
     })
 }
 
-/// A plugin file, or the plugin in `dir` whose backend is `backend`.
+/// A plugin file, or the plugin in `dir` whose backend is `backend` (a name only, from the
+/// detector: only its library is opened).
 fn plugin(path: &Path, backend: &str) -> anyhow::Result<adp_host::Plugin> {
     if !path.is_dir() {
         return Ok(adp_host::load(path)?);
     }
-    for (_, p) in adp_host::discover(path)? {
-        if let Ok(p) = p {
-            if adp_api::Backend::info(&p).name == backend {
-                return Ok(p);
-            }
-        }
-    }
-    bail!("no plugin for backend `{backend}` in {}", path.display())
+    Ok(adp_host::plugin::find_named(backend, &[path.to_path_buf()])?)
 }
 
 #[tokio::main]

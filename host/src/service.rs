@@ -2,16 +2,20 @@
 //! backend and checkpoints, and scores images for many tasks at once.
 //!
 //! The plugin calls behind scoring are blocking, so requests run on a **bounded pool** of
-//! `workers` OS threads; requests wait in a **bounded queue** of `queue` slots. When the queue is
-//! full, [`Detector::score`] waits for a slot (back-pressure: the caller slows down instead of
-//! memory growing without limit) and [`Detector::try_score`] fails at once with
-//! [`ServiceError::Busy`]. Pipeline errors come back unchanged as [`ServiceError::Pipeline`]; a
-//! panic inside scoring comes back as [`ServiceError::WorkerPanic`] and the worker lives on.
-//! [`Detector::close`] (or dropping the handle) stops taking requests, lets the workers finish
-//! what is queued, and joins them.
+//! `workers` OS threads; requests wait in a **bounded queue** of `queue` slots. A request holds
+//! one of `workers + queue` admission slots from the moment it is accepted until its scores are
+//! sent: while one is free, [`Detector::try_score`] accepts (an idle worker takes the request at
+//! once: workers wait on the queue itself, not on each other); when none is,
+//! [`Detector::score`] waits for a slot (back-pressure: the caller slows down instead of memory
+//! growing without limit) and `try_score` fails at once with [`ServiceError::Busy`]. Pipeline
+//! errors come back unchanged as [`ServiceError::Pipeline`]; a panic inside scoring comes back as
+//! [`ServiceError::WorkerPanic`] and the worker lives on. [`Detector::close`] stops admitting at
+//! once (callers still waiting for a slot get [`ServiceError::Closed`]), lets the workers finish
+//! what was accepted, and waits for them without blocking the thread; dropping the handle does
+//! the same without waiting (the workers finish and end on their own).
 //!
 //! The handle does not need a tokio runtime to be built or dropped; awaiting its futures works
-//! on any executor.
+//! on any executor, and nothing it does blocks an executor's thread.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -28,13 +32,14 @@
 use crate::detect::{Checkpoints, DetectorFile, DetectorHeader, ImageScore, Scoring};
 use adp_api::{Backend, Device, ImageBatch};
 use async_trait::async_trait;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// What a worker runs for one request: images in, one score per image out, in order.
 pub type ScoreFn = Arc<dyn Fn(&[ImageBatch]) -> adp_api::Result<Vec<ImageScore>> + Send + Sync>;
@@ -81,9 +86,52 @@ impl Default for ServiceOptions {
     }
 }
 
+/// The most workers, and queue slots, a detector takes (far beyond any machine's use).
+const MAX_WORKERS: usize = 1024;
+const MAX_QUEUE: usize = 1 << 20;
+
 struct Job {
     images: Vec<ImageBatch>,
     reply: oneshot::Sender<Result<Vec<ImageScore>>>,
+    /// The admission slot, given back when the job is answered (or dropped).
+    slot: OwnedSemaphorePermit,
+}
+
+/// The accepted jobs; idle workers wait on `ready` (not on a lock held by another worker), so
+/// any idle worker takes the next job.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<(VecDeque<Job>, bool)>,
+    ready: Condvar,
+}
+
+impl Queue {
+    /// The next job, waiting while there is none; `None` once closed and drained.
+    fn next(&self) -> Option<Job> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(job) = s.0.pop_front() {
+                return Some(job);
+            }
+            if s.1 {
+                return None;
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+    fn push(&self, job: Job) -> Result<()> {
+        let mut s = lock(&self.state);
+        if s.1 {
+            return Err(ServiceError::Closed);
+        }
+        s.0.push_back(job);
+        self.ready.notify_one();
+        Ok(())
+    }
+    fn close(&self) {
+        lock(&self.state).1 = true;
+        self.ready.notify_all();
+    }
 }
 
 struct Worker {
@@ -94,7 +142,9 @@ struct Worker {
 
 /// A fitted detector ready to score for many tasks; share it as `Arc<Detector>`.
 pub struct Detector {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    /// `workers + queue` admission slots; closed by `close` and `Drop`.
+    slots: Arc<Semaphore>,
+    queue: Arc<Queue>,
     workers: Mutex<Vec<Worker>>,
     options: ServiceOptions,
     header: Option<DetectorHeader>,
@@ -143,45 +193,46 @@ impl Detector {
     /// A detector scoring with `scorer` (any function: the pipeline through
     /// [`pipeline_scorer`], or a stand-in in tests) on `options.workers` threads.
     pub fn with_scorer(scorer: ScoreFn, options: ServiceOptions) -> adp_api::Result<Self> {
-        if options.workers == 0 || options.queue == 0 {
+        if !(1..=MAX_WORKERS).contains(&options.workers) || !(1..=MAX_QUEUE).contains(&options.queue) {
             return Err(adp_api::Error::invalid(
                 "service options",
                 format!(
-                    "workers ({}) and queue ({}) must be at least 1",
+                    "workers ({}) must be in 1..={MAX_WORKERS} and queue ({}) in 1..={MAX_QUEUE}",
                     options.workers, options.queue
                 ),
             ));
         }
-        let (sender, receiver) = mpsc::channel::<Job>(options.queue);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue::default());
         let mut workers = Vec::with_capacity(options.workers);
         for i in 0..options.workers {
             let (exit_tx, exited) = oneshot::channel::<()>();
-            let (receiver, scorer) = (receiver.clone(), scorer.clone());
+            let (queue, scorer) = (queue.clone(), scorer.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("adp-score-{i}"))
                 .spawn(move || {
-                    let _exit = exit_tx;
-                    loop {
-                        // One idle worker waits on the queue; the others wait for the lock.
-                        let Some(job) = lock(&receiver).blocking_recv() else {
-                            break;
-                        };
-                        if job.reply.is_closed() {
+                    while let Some(Job { images, reply, slot }) = queue.next() {
+                        if reply.is_closed() {
                             continue; // the caller gave up waiting
                         }
-                        let out = match std::panic::catch_unwind(AssertUnwindSafe(|| scorer(&job.images))) {
+                        let out = match std::panic::catch_unwind(AssertUnwindSafe(|| scorer(&images))) {
                             Ok(r) => r.map_err(ServiceError::from),
                             Err(p) => Err(ServiceError::WorkerPanic(panic_message(&*p))),
                         };
-                        let _ = job.reply.send(out);
+                        // The slot is free by the time the caller has its answer.
+                        drop(slot);
+                        let _ = reply.send(out);
                     }
+                    // The models are released here, before `close` hears that this worker ended,
+                    // so joining it afterwards does not wait on their teardown.
+                    drop((scorer, queue));
+                    drop(exit_tx);
                 })
                 .map_err(|e| adp_api::Error::invalid("scoring worker", format!("cannot start thread {i}: {e}")))?;
             workers.push(Worker { thread, exited });
         }
         Ok(Self {
-            sender: Mutex::new(Some(sender)),
+            slots: Arc::new(Semaphore::new(options.workers + options.queue)),
+            queue,
             workers: Mutex::new(workers),
             options,
             header: None,
@@ -227,45 +278,48 @@ impl Detector {
         self.options
     }
 
-    fn sender(&self) -> Result<mpsc::Sender<Job>> {
-        lock(&self.sender).clone().ok_or(ServiceError::Closed)
-    }
-
-    /// Scores `images` (one score per image, in order), waiting for a queue slot while the
-    /// queue is full.
-    pub async fn score(&self, images: Vec<ImageBatch>) -> Result<Vec<ImageScore>> {
-        let sender = self.sender()?;
+    fn submit(&self, images: Vec<ImageBatch>, slot: OwnedSemaphorePermit) -> Result<Ticket> {
         let (reply, rx) = oneshot::channel();
-        sender
-            .send(Job { images, reply })
-            .await
-            .map_err(|_| ServiceError::Closed)?;
-        drop(sender);
-        Ticket(rx).await
-    }
-
-    /// Queues `images` without waiting: [`ServiceError::Busy`] at once when the queue is full,
-    /// else a [`Ticket`] to await for the scores.
-    pub fn try_score(&self, images: Vec<ImageBatch>) -> Result<Ticket> {
-        let sender = self.sender()?;
-        let (reply, rx) = oneshot::channel();
-        sender.try_send(Job { images, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::Busy {
-                workers: self.options.workers,
-                queue: self.options.queue,
-            },
-            mpsc::error::TrySendError::Closed(_) => ServiceError::Closed,
-        })?;
+        self.queue.push(Job { images, reply, slot })?;
         Ok(Ticket(rx))
     }
 
-    /// Stops accepting requests, lets the workers score everything already queued, and joins
-    /// them. Later requests fail with [`ServiceError::Closed`].
+    /// Scores `images` (one score per image, in order), waiting for an admission slot while
+    /// every worker and queue slot is taken; [`ServiceError::Closed`] if the handle is closed
+    /// before one frees up.
+    pub async fn score(&self, images: Vec<ImageBatch>) -> Result<Vec<ImageScore>> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Closed)?;
+        self.submit(images, slot)?.await
+    }
+
+    /// Accepts `images` without waiting when a worker or a queue slot is free, giving a
+    /// [`Ticket`] to await for the scores; else [`ServiceError::Busy`] at once.
+    pub fn try_score(&self, images: Vec<ImageBatch>) -> Result<Ticket> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|e| match e {
+            TryAcquireError::NoPermits => ServiceError::Busy {
+                workers: self.options.workers,
+                queue: self.options.queue,
+            },
+            TryAcquireError::Closed => ServiceError::Closed,
+        })?;
+        self.submit(images, slot)
+    }
+
+    /// Stops admitting at once, lets the workers score everything already accepted, and waits
+    /// (asynchronously) until they have ended. Later requests, and callers still waiting in
+    /// [`Detector::score`], get [`ServiceError::Closed`].
     pub async fn close(&self) {
-        drop(lock(&self.sender).take());
+        self.slots.close();
+        self.queue.close();
         let workers = std::mem::take(&mut *lock(&self.workers));
         for w in workers {
             let _ = w.exited.await;
+            // Its loop is over and its models released: the join does not wait on work.
             let _ = w.thread.join();
         }
     }
@@ -279,12 +333,12 @@ impl AsyncScorer for Detector {
 }
 
 impl Drop for Detector {
-    /// Like [`Detector::close`], blocking: queued requests are still scored before the workers
-    /// are joined.
+    /// Like [`Detector::close`] without waiting: admission stops, and the workers score what was
+    /// accepted and end on their own (detached), so dropping never blocks the thread, even one
+    /// of a single-threaded runtime.
     fn drop(&mut self) {
-        drop(lock(&self.sender).take());
-        for w in std::mem::take(&mut *lock(&self.workers)) {
-            let _ = w.thread.join();
-        }
+        self.slots.close();
+        self.queue.close();
+        lock(&self.workers).clear();
     }
 }

@@ -7,17 +7,22 @@ use adp_host::service::{AsyncScorer, Detector, ScoreFn, ServiceError, ServiceOpt
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 
-/// `n` images of 2×2 pixels, image `i` filled with `first + i`.
+/// Pixel values are in [0, 1]: a value `v` travels as `v / SCALE` (exact for the integers used).
+const SCALE: f32 = 4096.0;
+
+/// `n` images of 2×2 pixels, image `i` standing for `first + i`.
 fn batch(first: f32, n: usize) -> ImageBatch {
-    let data = (0..n).flat_map(|i| std::iter::repeat_n(first + i as f32, 12)).collect();
+    let data = (0..n)
+        .flat_map(|i| std::iter::repeat_n((first + i as f32) / SCALE, 12))
+        .collect();
     ImageBatch::new(Tensor::new(vec![n, 3, 2, 2], data).unwrap()).unwrap()
 }
 
-/// One score per image: its first pixel value.
+/// One score per image: the value its first pixel stands for.
 fn echo(images: &[ImageBatch]) -> adp_api::Result<Vec<ImageScore>> {
     Ok(images
         .iter()
-        .flat_map(|b| (0..b.len()).map(move |i| b.pixels().row(i)[0]))
+        .flat_map(|b| (0..b.len()).map(move |i| b.pixels().row(i)[0] * SCALE))
         .map(|v| ImageScore {
             score: v,
             language: Some(v),
@@ -176,15 +181,15 @@ async fn pipeline_errors_come_back_unchanged() {
 #[tokio::test]
 async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
     let scorer: ScoreFn = Arc::new(|images: &[ImageBatch]| {
-        if images[0].pixels().data()[0] < 0.0 {
-            panic!("boom on a negative pixel");
+        if images[0].pixels().data()[0] == 0.0 {
+            panic!("boom on a black pixel");
         }
         echo(images)
     });
     let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap();
-    let err = detector.score(vec![batch(-1.0, 1)]).await.unwrap_err();
+    let err = detector.score(vec![batch(0.0, 1)]).await.unwrap_err();
     assert!(
-        matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a negative pixel")),
+        matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a black pixel")),
         "{err:?}"
     );
     assert_eq!(
@@ -261,7 +266,7 @@ async fn close_scores_what_is_queued_then_refuses() {
 }
 
 #[test]
-fn dropping_the_handle_drains_and_joins_without_a_runtime() {
+fn dropping_the_handle_still_answers_what_was_accepted_without_a_runtime() {
     let done = Arc::new(AtomicUsize::new(0));
     let scorer: ScoreFn = {
         let done = done.clone();
@@ -275,8 +280,120 @@ fn dropping_the_handle_drains_and_joins_without_a_runtime() {
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
         .collect();
     drop(detector);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for (k, t) in tickets.into_iter().enumerate() {
+        assert_eq!(scores(&rt.block_on(t).unwrap()), vec![k as f32]);
+    }
     assert_eq!(done.load(Ordering::SeqCst), 6);
-    drop(tickets);
+}
+
+/// A gate scorer, and a thread that opens the gate after a while in case the test's thread is
+/// blocked (so a blocking call shows as a failed assertion, not a hang).
+fn gated_with_watchdog() -> (Arc<Gate>, ScoreFn) {
+    let gate = Arc::new(Gate::default());
+    let watchdog = gate.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        watchdog.open();
+    });
+    let scorer: ScoreFn = {
+        let gate = gate.clone();
+        Arc::new(move |images: &[ImageBatch]| {
+            gate.wait();
+            echo(images)
+        })
+    };
+    (gate, scorer)
+}
+
+fn is_open(gate: &Gate) -> bool {
+    gate.state.lock().unwrap().0
+}
+
+#[tokio::test]
+async fn after_close_callers_waiting_for_a_slot_get_closed() {
+    let (gate, scorer) = gated_with_watchdog();
+    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap());
+    let accepted = [
+        detector.try_score(vec![batch(0.0, 1)]).unwrap(),
+        detector.try_score(vec![batch(1.0, 1)]).unwrap(),
+    ];
+    let waiting: Vec<_> = (0..16)
+        .map(|k| {
+            let d = detector.clone();
+            tokio::spawn(async move { d.score(vec![batch(2.0 + k as f32, 1)]).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let closing = tokio::spawn({
+        let d = detector.clone();
+        async move { d.close().await }
+    });
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap_err(), ServiceError::Closed);
+    }
+    assert!(
+        !is_open(&gate),
+        "the waiters were answered only after the worker was released"
+    );
+    gate.open();
+    closing.await.unwrap();
+    for (k, t) in accepted.into_iter().enumerate() {
+        assert_eq!(scores(&t.await.unwrap()), vec![k as f32]);
+    }
+}
+
+#[tokio::test]
+async fn try_score_accepts_while_a_worker_or_a_queue_slot_is_free() {
+    let (gate, scorer) = gated_with_watchdog();
+    let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 4, queue: 1 }).unwrap();
+    // Back to back on an idle detector: 4 workers + 1 queue slot.
+    let tickets: Vec<_> = (0..5)
+        .map(|k| detector.try_score(vec![batch(k as f32, 1)]).expect("a free slot"))
+        .collect();
+    assert!(matches!(
+        detector.try_score(vec![batch(9.0, 1)]).err(),
+        Some(ServiceError::Busy { workers: 4, queue: 1 })
+    ));
+    gate.wait_for_arrivals(4); // every idle worker took a request
+    gate.open();
+    for (k, t) in tickets.into_iter().enumerate() {
+        assert_eq!(scores(&t.await.unwrap()), vec![k as f32]);
+    }
+    detector.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn close_and_drop_never_block_the_runtime_thread() {
+    let (gate, scorer) = gated_with_watchdog();
+    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap());
+    let held = detector.try_score(vec![batch(1.0, 1)]).unwrap();
+    gate.wait_for_arrivals(1);
+    let closing = tokio::spawn({
+        let d = detector.clone();
+        async move { d.close().await }
+    });
+    // The closing task waits for the held worker; this task (same thread) still runs.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !closing.is_finished() && !is_open(&gate),
+        "close blocked the runtime's thread"
+    );
+
+    let (gate2, scorer2) = gated_with_watchdog();
+    let other = Detector::with_scorer(scorer2, ServiceOptions { workers: 1, queue: 1 }).unwrap();
+    let pending = other.try_score(vec![batch(2.0, 1)]).unwrap();
+    gate2.wait_for_arrivals(1);
+    drop(other);
+    assert!(!is_open(&gate2), "dropping waited for the busy worker");
+    gate2.open();
+    assert_eq!(scores(&pending.await.unwrap()), vec![2.0]);
+
+    gate.open();
+    closing.await.unwrap();
+    assert_eq!(scores(&held.await.unwrap()), vec![1.0]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! OpenCLIP model configs (the JSON files of open_clip's `model_configs/`) and checkpoints.
-use super::read_json;
+use super::{check_bounds, check_ratio, read_json};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -109,8 +109,33 @@ impl ClipConfig {
         let value: serde_json::Value = read_json(path)?;
         let model = value.get("model_cfg").cloned().unwrap_or(value);
         let cfg: ClipConfig = serde_json::from_value(model).map_err(|e| Error::config(path, e.to_string()))?;
+        cfg.check_limits(path)?;
         cfg.validate().map_err(|m| Error::config(path, m))?;
         Ok(cfg)
+    }
+
+    /// Bounds every size that allocates (about 4× ViT-bigG-14), before anything is built from
+    /// it; `file` names the config in the error.
+    pub fn check_limits(&self, file: &Path) -> Result<()> {
+        let (v, t) = (&self.vision_cfg, &self.text_cfg);
+        check_bounds(
+            file,
+            &[
+                ("embed_dim", self.embed_dim, 1, 8192),
+                ("vision_cfg.image_size", v.image_size, 1, 2048),
+                ("vision_cfg.patch_size", v.patch_size, 1, 256),
+                ("vision_cfg.width", v.width, 1, 8192),
+                ("vision_cfg.layers", v.layers, 1, 256),
+                ("vision_cfg.head_width", v.head_width, 1, 1024),
+                ("text_cfg.context_length", t.context_length, 2, 1024),
+                ("text_cfg.vocab_size", t.vocab_size, 1, 1 << 20),
+                ("text_cfg.width", t.width, 1, 8192),
+                ("text_cfg.heads", t.heads, 1, 256),
+                ("text_cfg.layers", t.layers, 1, 256),
+            ],
+        )?;
+        check_ratio(file, "vision_cfg.mlp_ratio", v.mlp_ratio, 16.0)?;
+        check_ratio(file, "text_cfg.mlp_ratio", t.mlp_ratio, 16.0)
     }
 
     /// Checks the relations between sizes that the architecture needs.
@@ -152,8 +177,10 @@ impl ClipConfig {
         }
     }
 
-    /// Every tensor of an open_clip `CLIP` state dict for this config, with its shape.
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+    /// Every tensor of an open_clip `CLIP` state dict for this config, with its shape; the
+    /// config's limits are checked first (no name is built for a billion layers).
+    pub fn tensor_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        self.check_limits(Path::new("open_clip config"))?;
         fn block(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize, mlp_ratio: f32) {
             let hidden = (w as f32 * mlp_ratio) as usize;
             for (name, shape) in [
@@ -200,7 +227,7 @@ impl ClipConfig {
         out.push(("ln_final.bias".into(), vec![t.width]));
         out.push(("text_projection".into(), vec![t.width, self.embed_dim]));
         out.push(("logit_scale".into(), vec![]));
-        out
+        Ok(out)
     }
 
     /// The shapes an encoder on this config works at.
@@ -258,7 +285,8 @@ impl ClipCheckpoint {
 
     /// Checks the weights file against the config: every tensor present, with the implied shape.
     pub fn check_weights(&self) -> Result<()> {
-        super::st::check_tensors(&self.weights, &self.config.tensor_shapes())
+        self.config.check_limits(&self.config_path)?;
+        super::st::check_tensors(&self.weights, &self.config.tensor_shapes()?)
     }
 }
 
@@ -280,6 +308,53 @@ mod tests {
         assert_eq!(ClipConfig::from_file(&p).unwrap(), ClipConfig::vit_h_14());
         assert_eq!(ClipConfig::vit_h_14().grid(), 16);
         assert_eq!(ClipConfig::vit_b_16_plus_240().grid(), 15);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_naming_the_key_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("open_clip_config.json");
+        for (section, key, value) in [
+            ("vision_cfg", "image_size", 1_000_000_000usize),
+            ("vision_cfg", "image_size", 100_000),
+            ("vision_cfg", "layers", 1_000_000_000),
+            ("vision_cfg", "width", 1 << 40),
+            ("vision_cfg", "patch_size", 0),
+            ("text_cfg", "context_length", 1 << 30),
+            ("text_cfg", "vocab_size", 1 << 40),
+            ("text_cfg", "layers", 1_000_000_000),
+            ("text_cfg", "heads", 100_000),
+        ] {
+            let mut cfg = serde_json::to_value(ClipConfig::vit_b_16()).unwrap();
+            cfg[section][key] = value.into();
+            std::fs::write(&p, cfg.to_string()).unwrap();
+            let e = ClipConfig::from_file(&p).unwrap_err().to_string();
+            let want = format!("`{section}.{key}` is {value}, outside the supported range");
+            assert!(e.contains("open_clip_config.json") && e.contains(&want), "{e}");
+        }
+        let mut cfg = serde_json::to_value(ClipConfig::vit_b_16()).unwrap();
+        cfg["vision_cfg"]["mlp_ratio"] = 1e30.into();
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        let e = ClipConfig::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("`vision_cfg.mlp_ratio`"), "{e}");
+        // Built in code, the same config is refused before any layer's name is made.
+        let mut cfg = ClipConfig::vit_b_16();
+        cfg.vision_cfg.layers = usize::MAX;
+        assert!(cfg
+            .tensor_shapes()
+            .unwrap_err()
+            .to_string()
+            .contains("vision_cfg.layers"));
+        assert_eq!(
+            ClipConfig::vit_h_14().tensor_shapes().unwrap().len(),
+            5 + 32 * 12 + 3 + 2 + 24 * 12 + 4
+        );
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_regular_file_is_refused_before_reading() {
+        let e = ClipConfig::from_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
     }
 
     #[test]

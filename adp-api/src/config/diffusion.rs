@@ -1,5 +1,5 @@
 //! A Stable Diffusion checkpoint in the diffusers folder layout, read from its configs.
-use super::read_json;
+use super::{check_bounds, read_json};
 use crate::{requests::Prediction, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -215,6 +215,13 @@ impl DiffusionSpec {
             .find(|p| p.is_file())
             .unwrap_or_else(|| root.join("scheduler/scheduler_config.json"));
         let scheduler: SchedulerConfig = read_json(&scheduler_path)?;
+        check_bounds(
+            &scheduler_path,
+            &[
+                ("num_train_timesteps", scheduler.num_train_timesteps, 1, 100_000),
+                ("steps_offset", scheduler.steps_offset, 0, 100_000),
+            ],
+        )?;
         let prediction = scheduler
             .prediction()
             .map_err(|e| Error::config(&scheduler_path, e.to_string()))?;
@@ -229,8 +236,64 @@ impl DiffusionSpec {
             scheduler,
             prediction,
         };
+        spec.check_limits()?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Bounds every size that allocates (about 4× SDXL), before anything is built from it; the
+    /// error names the config file, the key and the range.
+    pub fn check_limits(&self) -> Result<()> {
+        const CH: usize = 8192;
+        let (t, u, v) = (&self.text_encoder, &self.unet, &self.vae);
+        check_bounds(
+            &self.root.join("text_encoder/config.json"),
+            &[
+                ("hidden_size", t.hidden_size, 1, CH),
+                ("intermediate_size", t.intermediate_size, 1, 4 * CH),
+                ("num_attention_heads", t.num_attention_heads, 1, 256),
+                ("num_hidden_layers", t.num_hidden_layers, 1, 256),
+                ("max_position_embeddings", t.max_position_embeddings, 2, 1024),
+                ("vocab_size", t.vocab_size, 1, 1 << 20),
+            ],
+        )?;
+        let per_block = |v: &PerBlock| match v {
+            PerBlock::One(x) => (1, *x),
+            PerBlock::Each(v) => (v.len(), v.iter().copied().max().unwrap_or(0)),
+        };
+        let (head_blocks, head_dim) = per_block(&u.attention_head_dim);
+        let max_of = |v: &[usize]| v.iter().copied().max().unwrap_or(1);
+        check_bounds(
+            &self.root.join("unet/config.json"),
+            &[
+                ("sample_size", u.sample_size.unwrap_or(64), 1, 1024),
+                ("in_channels", u.in_channels, 1, 64),
+                ("out_channels", u.out_channels, 1, 64),
+                ("block_out_channels (count)", u.block_out_channels.len(), 0, 16),
+                ("block_out_channels", max_of(&u.block_out_channels), 1, CH),
+                ("down_block_types (count)", u.down_block_types.len(), 0, 16),
+                ("up_block_types (count)", u.up_block_types.len(), 0, 16),
+                ("layers_per_block", u.layers_per_block, 1, 16),
+                ("cross_attention_dim", u.cross_attention_dim, 1, CH),
+                ("attention_head_dim (count)", head_blocks, 0, 16),
+                ("attention_head_dim", head_dim, 1, 1024),
+                ("norm_num_groups", u.norm_num_groups, 1, 1024),
+                ("freq_shift", u.freq_shift, 0, 1024),
+            ],
+        )?;
+        check_bounds(
+            &self.root.join("vae/config.json"),
+            &[
+                ("in_channels", v.in_channels, 1, 64),
+                ("out_channels", v.out_channels, 1, 64),
+                ("latent_channels", v.latent_channels, 1, 64),
+                ("block_out_channels (count)", v.block_out_channels.len(), 0, 16),
+                ("block_out_channels", max_of(&v.block_out_channels), 1, CH),
+                ("layers_per_block", v.layers_per_block, 1, 16),
+                ("norm_num_groups", v.norm_num_groups, 1, 1024),
+                ("sample_size", v.sample_size.unwrap_or(512), 1, 8192),
+            ],
+        )
     }
 
     /// What every checkpoint must satisfy: one block type per block, and a UNet that cross-attends
@@ -299,7 +362,7 @@ impl DiffusionSpec {
         if self.scheduler.num_train_timesteps == 0 {
             return Err(Error::config(self.root.join("scheduler"), "num_train_timesteps is 0"));
         }
-        Ok(())
+        self.check_limits()
     }
 
     /// The safetensors file of a part (`unet`, `vae`, `text_encoder`).
@@ -504,6 +567,37 @@ mod tests {
         fails(
             &|s| s.scheduler.num_train_timesteps = 0,
             "scheduler: num_train_timesteps is 0",
+        );
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_naming_file_key_and_range() {
+        tiny_spec().check_limits().unwrap();
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
+            let mut spec = tiny_spec();
+            edit(&mut spec);
+            let e = spec.check_supported().unwrap_err().to_string();
+            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
+        };
+        fails(
+            &|s| s.unet.layers_per_block = 1 << 40,
+            "unet/config.json: `layers_per_block` is 1099511627776, outside the supported range 1..=16",
+        );
+        fails(
+            &|s| s.unet.sample_size = Some(1_000_000),
+            "unet/config.json: `sample_size`",
+        );
+        fails(
+            &|s| s.unet.block_out_channels[1] = 1 << 30,
+            "`block_out_channels` is 1073741824",
+        );
+        fails(
+            &|s| s.vae.latent_channels = 100_000,
+            "vae/config.json: `latent_channels`",
+        );
+        fails(
+            &|s| s.text_encoder.num_hidden_layers = 1_000_000_000,
+            "text_encoder/config.json: `num_hidden_layers`",
         );
     }
 

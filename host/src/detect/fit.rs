@@ -268,6 +268,7 @@ impl Fitter<'_> {
             format: DETECTOR_FORMAT.into(),
             method: o.method.name().into(),
             backend: self.backend.info().name,
+            backend_version: self.backend.info().version,
             clip_dir: self
                 .clip
                 .config_path

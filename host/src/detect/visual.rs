@@ -18,7 +18,9 @@ pub struct VisualModel {
     pub extractor: Box<dyn FeatureExtractor>,
     pub scorer: Box<dyn Scorer>,
     pub backbone: BackboneCheckpoint,
-    backend: String,
+    /// The backend's name and version, recorded in the detector (boxed: the model is moved
+    /// around in enums and stays small).
+    backend: Box<(String, String)>,
 }
 
 impl VisualModel {
@@ -28,7 +30,7 @@ impl VisualModel {
             extractor: backend.feature_extractor(backbone, device)?,
             scorer: backend.scorer(device)?,
             backbone: backbone.clone(),
-            backend: backend.info().name,
+            backend: Box::new((backend.info().name, backend.info().version)),
         })
     }
 
@@ -61,7 +63,8 @@ impl VisualModel {
         let header = DetectorHeader {
             format: DETECTOR_FORMAT.into(),
             method: "visual".into(),
-            backend: self.backend.clone(),
+            backend: self.backend.0.clone(),
+            backend_version: self.backend.1.clone(),
             clip_dir: Default::default(),
             backbone: Some(self.backbone.weights.clone()),
             checkpoints: BTreeMap::from([("backbone".to_string(), file_hash(&self.backbone.weights)?)]),

@@ -5,5 +5,5 @@ pub mod discovery;
 pub mod library;
 pub mod proxy;
 
-pub use discovery::{discover, find, load, plugin_dirs, PLUGIN_PATH_ENV};
+pub use discovery::{available, check_name, discover, find, find_named, load, plugin_dirs, PLUGIN_PATH_ENV};
 pub use proxy::Plugin;

@@ -19,7 +19,8 @@ and `map`/`overlay` where written. A photo that cannot be read or scored gets `{
 pub struct Args {
     #[arg(long)]
     detector: PathBuf,
-    /// Defaults: the backend and CLIP folder the detector was fitted with.
+    /// Plugin name or path. Default: the backend the detector was fitted with, by name, in the
+    /// plugin folders (never a path from the file). The CLIP folder defaults likewise.
     #[arg(long)]
     plugin: Option<String>,
     #[command(flatten)]
@@ -91,9 +92,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             anyhow::bail!("--overlays needs a threshold to fix the colour scale: give --threshold");
         }
     }
-    let backend = a
-        .plugins
-        .find(a.plugin.as_deref().unwrap_or(&detector.header.backend))?;
+    // A path is taken from the user's --plugin only; the detector's backend is a name.
+    let backend = match &a.plugin {
+        Some(p) => a.plugins.find(p)?,
+        None => adp_host::plugin::find_named(&detector.header.backend, &a.plugins.dirs())?,
+    };
     let checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
     let scoring = Scoring::open(&backend, &checkpoints, detector, a.run.device)?;
     let files = adp_host::images::list(&a.images)?;
