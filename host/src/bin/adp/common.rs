@@ -94,6 +94,16 @@ pub struct Training {
     pub validation_pseudo: usize,
 }
 
+/// The stored decision's target (`adp fit`, and every fit of `adp eval`).
+#[derive(clap::Args)]
+pub struct DecisionArgs {
+    /// The share of normal photos the stored threshold may flag (0 < R < 1). The threshold is
+    /// chosen from the support photos alone: each scored against the others' memory, with moved
+    /// views (docs/method.md, "The decision"); `adp score` decides with it.
+    #[arg(long, default_value_t = adp_host::detect::DEFAULT_FALSE_ALARM_RATE)]
+    pub false_alarm_rate: f64,
+}
+
 /// Parses a method name (`adp`, `adp-label`, `winclip`, `ti`, `cn`, `ca`, `visual`).
 pub fn method(s: &str) -> Result<Method, String> {
     s.parse().map_err(|e: adp_api::Error| e.to_string())

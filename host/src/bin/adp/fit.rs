@@ -1,5 +1,5 @@
 //! `adp fit`: a detector from a support set of normal photos.
-use crate::common::{method, Models, Run, Training};
+use crate::common::{method, DecisionArgs, Models, Run, Training};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{fit::fit_files, FitOptions, Method};
 use std::path::PathBuf;
@@ -24,11 +24,8 @@ pub struct Args {
     learning_rate: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The share of normal photos the stored threshold may flag (0 < R < 1). The threshold is
-    /// chosen from the support photos alone: each scored against the others' memory, with moved
-    /// views (docs/method.md, "The decision"); `adp score` decides with it.
-    #[arg(long, default_value_t = adp_host::detect::DEFAULT_FALSE_ALARM_RATE)]
-    false_alarm_rate: f64,
+    #[command(flatten)]
+    decision: DecisionArgs,
     #[command(flatten)]
     run: Run,
     #[arg(short = 'o', long)]
@@ -53,7 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ddim_steps: t.ddim_steps,
         validation_pseudo: t.validation_pseudo,
         seed: a.seed,
-        false_alarm_rate: a.false_alarm_rate,
+        false_alarm_rate: a.decision.false_alarm_rate,
         ..Default::default()
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
