@@ -78,7 +78,13 @@ PY
     ln -sf "$so" "$stage/lib/${so%.so.*}.so"
   done
   # Link-time stub of the driver library, from the entry points cudarc's bindings name.
-  cudarc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -1 || true)
+  find_cudarc() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -1 || true; }
+  cudarc_src=$(find_cudarc)
+  if [ -z "$cudarc_src" ]; then  # a fresh clone: fetch the locked crates (cudarc among them)
+    log "fetching the workspace's crates for cudarc's sources"
+    cargo fetch -q --manifest-path "$(dirname "$0")/../Cargo.toml"
+    cudarc_src=$(find_cudarc)
+  fi
   [ -n "$cudarc_src" ] || { log "cudarc 0.19 sources are missing: run 'cargo fetch' first"; exit 1; }
   mkdir -p "$stage/lib/stubs"
   grep -ohP '^\s+fn \Kcu\w+(?=\()' "$cudarc_src"/*.rs | sort -u |
