@@ -2,10 +2,11 @@
 # One short check (under 10 minutes) of the CUDA candle plugin on a GPU machine, from artefacts
 # built elsewhere: such a machine has no package registry and no Rust toolchain.
 #
-# Carry (about 40 MiB together; `strip` them if over the budget):
-#   target/release/adp                                  the CPU host (any machine builds it)
-#   target/cuda/release/libadp_plugin_candle.so         scripts/build-cuda.sh (sm_90 for an H200)
-# and the working tree (for this script and examples/images).
+# Carry target/gpu-check (about 11 MB) with the working tree (10 MB). `scripts/gpu-check.sh --pack`
+# makes it here, stripped and xz-compressed, from
+#   target/release/adp                                  the CPU host (6.5 MiB)
+#   target/cuda/release/libadp_plugin_candle.so         scripts/build-cuda.sh, sm_90 (57 MiB: over
+#                                                       the 64 MiB carry limit with the rest)
 # Assumed on the GPU machine (too big to carry: cuBLASLt alone is 516 MB): an NVIDIA driver for
 # CUDA >= 13.0 (libcuda.so.1) and the CUDA 13 libraries libcudart.so.13, libcublas.so.13,
 # libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13, in a system CUDA 13 toolkit or a
@@ -17,9 +18,27 @@
 #     on cpu and on cuda:0 agree within TOL (default 1e-3 relative, stated in the summary);
 #  3. timings at real sizes with random weights (ViT-H-14, SD 2.1): winclip scoring per photo,
 #     ADP fit with 1 and 3 concept steps (batch 4), and peak GPU memory (nvidia-smi).
-# Usage: scripts/gpu-check.sh [ADP_BIN [PLUGIN]]
+# Usage: scripts/gpu-check.sh --pack   (here)   then   scripts/gpu-check.sh [ADP_BIN [PLUGIN]]   (there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+pack=target/gpu-check
+if [ "${1:-}" = "--pack" ]; then
+  set -e
+  mkdir -p "$pack"
+  for f in "${ADP_BIN:-target/release/adp}" "${ADP_CUDA_PLUGIN:-target/cuda/release/libadp_plugin_candle.so}"; do
+    strip -o "$pack/$(basename "$f")" "$f" && xz -f -T0 -6 "$pack/$(basename "$f")"
+  done
+  ls -l "$pack" >&2; echo "$pack"; exit 0
+fi
+# Packed artefacts, when no paths are given: unpacked once into the work folder.
+if [ $# -eq 0 ] && [ -z "${ADP_BIN:-}" ] && [ -f "$pack/adp.xz" ]; then
+  mkdir -p "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin"
+  for f in adp libadp_plugin_candle.so; do
+    xz -dc "$pack/$f.xz" >"${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/$f"
+  done
+  chmod +x "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/adp"
+  set -- "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/adp" "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/libadp_plugin_candle.so"
+fi
 adp=$(realpath "${1:-${ADP_BIN:-target/release/adp}}")
 plugin=$(realpath "${2:-${ADP_CUDA_PLUGIN:-target/cuda/release/libadp_plugin_candle.so}}")
 out=$(realpath -m "${OUT:-gpu-check-out}")
@@ -40,7 +59,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
   >"$out/gpu.txt" 2>&1 || true
 log "GPU: $(cat "$out/gpu.txt")"
 # The CUDA 13 libraries: the first folder that has libcublasLt.so.13 (and its neighbours).
-need="libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13"
+need="libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10"  # the plugin's NEEDED, and cuBLAS's
 found=""
 for d in ${ADP_CUDA_LIBS:-} /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   /usr/lib/x86_64-linux-gnu $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | \
@@ -109,7 +128,7 @@ agree() {
 
 # --- 1. the plugin sees the GPU -----------------------------------------------------------------
 step plugins 60 "$adp" plugins --plugin-dir "$(dirname "$plugin")" --json
-grep -q 'cuda' "$out/plugins.out" && log "ok   plugin lists a CUDA device" || log "FAIL plugin lists no CUDA device"
+grep -q '"cuda:0"' "$out/plugins.out" && log "ok   plugin lists a CUDA device" || log "FAIL plugin lists no CUDA device"
 
 # --- 2. cpu against cuda:0 on tiny deterministic fixtures ---------------------------------------
 step fixtures-tiny 60 "$adp" fixtures --out "$work/tiny"
