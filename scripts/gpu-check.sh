@@ -9,7 +9,7 @@
 #                                                       the 64 MiB carry limit with the rest)
 # Assumed on the GPU machine (too big to carry: cuBLASLt alone is 516 MB): an NVIDIA driver for
 # CUDA >= 13.0 (libcuda.so.1) and the CUDA 13 libraries libcudart.so.13, libcublas.so.13,
-# libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13, in a system CUDA 13 toolkit or a
+# libcublasLt.so.13 and libcurand.so.10, in a system CUDA 13 toolkit or a
 # Python site-packages nvidia/cu13/lib (pip's torch 2.13). The script finds them or says which lack.
 #
 # What it does, each step under its own time limit, results to $OUT (default ./gpu-check-out):
