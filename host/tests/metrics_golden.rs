@@ -14,7 +14,7 @@
 //! Together these are around 1e-8, so 1e-6 leaves room and still catches any real difference in
 //! definition. For example, 4-connected regions change every AUPRO case by more than 1e-4 (the
 //! generator asserts this), and one threshold more or less changes F1 by at least 1/(2n).
-use adp_host::eval::metrics::{f1_max, Aupro};
+use adp_host::eval::metrics::{decision_rates, f1_max, Aupro};
 use safetensors::{Dtype, SafeTensors};
 
 const GOLDEN: &str = concat!(
@@ -91,6 +91,25 @@ fn f1_max_matches_sklearn() {
         assert!((got.f1 - want).abs() <= TOL, "{case}: {} vs {want}", got.f1);
         // The threshold is a score from the input, so it matches exactly.
         assert_eq!(got.threshold, t[0], "{case} threshold");
+    });
+}
+
+/// A stored threshold's false-alarm and miss rates against scikit-learn's confusion matrix of
+/// `scores > threshold`, including photos exactly at the threshold (not flagged). Counts over
+/// counts: the same f64 division on both sides, so equal up to the last bit.
+#[test]
+fn decision_rates_match_sklearn() {
+    each_case("rates", "scores", 12, "decision-rate", |g, case| {
+        let (_, scores) = g.f32s(&format!("{case}.scores"));
+        let labels = g.bools(&format!("{case}.labels"));
+        let (_, t) = g.f32s(&format!("{case}.threshold"));
+        let got = decision_rates(&scores, &labels, t[0]).unwrap();
+        let (fa, miss) = (
+            g.f64_scalar(&format!("{case}.false_alarm_rate")),
+            g.f64_scalar(&format!("{case}.miss_rate")),
+        );
+        assert!((got.false_alarm_rate - fa).abs() <= 1e-12, "{case}: {got:?} vs {fa}");
+        assert!((got.miss_rate - miss).abs() <= 1e-12, "{case}: {got:?} vs {miss}");
     });
 }
 

@@ -39,7 +39,7 @@ import scipy
 import sklearn
 from scipy import ndimage
 from safetensors.numpy import save_file
-from sklearn.metrics import precision_recall_curve
+from sklearn.metrics import confusion_matrix, precision_recall_curve
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 0
@@ -253,8 +253,25 @@ def main():
             f"|port - brute force|={abs(value - brute):.2e} 4-connected aupro={value4:.6f}"
         )
 
+    # Decision rates: the F1 cases' photos at thresholds below, between, exactly on (a photo at
+    # the threshold is not flagged: strictly above flags) and above their scores.
+    n_f1 = len([k for k in tensors if k.endswith(".scores") and k.startswith("f1.")])
+    j = 0
+    for i in range(n_f1):
+        scores, labels = tensors[f"f1.{i}.scores"], tensors[f"f1.{i}.labels"]
+        for t in (scores.min() - 1, np.median(scores), scores[int(np.argmax(labels))], scores.max()):
+            t = np.float32(t)
+            tn, fp, fn, tp = confusion_matrix(labels, (scores > t).astype(np.uint8), labels=[0, 1]).ravel()
+            tensors[f"rates.{j}.scores"] = scores
+            tensors[f"rates.{j}.labels"] = labels
+            tensors[f"rates.{j}.threshold"] = np.array([t], dtype=np.float32)
+            tensors[f"rates.{j}.false_alarm_rate"] = np.array([fp / (fp + tn)], dtype=np.float64)
+            tensors[f"rates.{j}.miss_rate"] = np.array([fn / (fn + tp)], dtype=np.float64)
+            print(f"rates.{j}: threshold={t!r} false alarms {fp}/{fp + tn} misses {fn}/{fn + tp}")
+            j += 1
+
     metadata = {
-        "description": "inputs and reference values for image F1-max and AUPRO (see tools/golden/README.md)",
+        "description": "inputs and reference values for image F1-max, AUPRO and decision rates (see tools/golden/README.md)",
         "generator": "tools/golden/make_metrics_golden.py",
         "seed": str(SEED),
         "cases": json.dumps(notes),
@@ -263,6 +280,8 @@ def main():
         "aupro_definition": "MVTec AD evaluation compute_pro (scipy.ndimage.label, 3x3 all-ones structure; "
         "FPR over pixels outside every mask of all images; PRO = mean over regions of the covered fraction; "
         "one point per distinct score; FPR float32) + trapezoid(fprs, pros, x_max=limit) / limit",
+        "rates_definition": "sklearn.metrics.confusion_matrix(labels, scores > threshold): "
+        "false-alarm rate = FP/(FP+TN), miss rate = FN/(FN+TP)",
         "aupro_float32_fpr_vs_float64_max_abs": f"{worst_f64:.3e}",
         "suggested_tolerance": "1e-6 absolute",
         "versions": json.dumps(

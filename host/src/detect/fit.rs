@@ -125,7 +125,11 @@ impl Fitter<'_> {
             steps: o.steps,
             batch_size: o.batch_size,
             seed: o.seed ^ name.bytes().fold(0u64, |h, b| h.rotate_left(8) ^ b as u64),
-            checkpoint: None,
+            checkpoint: o.learning_checkpoints.as_ref().map(|c| CheckpointPolicy {
+                path: c.dir.join(format!("{name}.json")),
+                every: c.every,
+                resume: c.resume,
+            }),
         };
         opt.learn(&request, &mut |p| {
             observer(&Stage::Learning {

@@ -126,6 +126,22 @@ pub struct FitOptions {
     /// share of normal photos the threshold may flag. Options stored before it read as 1 %.
     #[serde(default = "default_false_alarm_rate")]
     pub false_alarm_rate: f64,
+    /// Where concept learning saves resumable checkpoints (and whether to resume from them):
+    /// how a fit runs, not what it computes, so not stored in the detector.
+    #[serde(skip)]
+    pub learning_checkpoints: Option<LearningCheckpoints>,
+}
+
+/// Resumable concept learning (`adp fit --checkpoint-dir DIR --checkpoint-every N --resume`):
+/// each concept's state (vector, optimiser, loss history, step) is written atomically to
+/// `DIR/<concept>.json` every `every` steps. With `resume`, a concept whose file holds a
+/// checkpoint of the same learning request continues from it, drawing exactly what the
+/// uninterrupted run would have; a file of another request is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearningCheckpoints {
+    pub dir: std::path::PathBuf,
+    pub every: u64,
+    pub resume: bool,
 }
 
 /// The default target false-alarm rate of a fit (1 %).
@@ -167,6 +183,7 @@ impl Default for FitOptions {
             seed: 0,
             device: Device::Cpu,
             false_alarm_rate: DEFAULT_FALSE_ALARM_RATE,
+            learning_checkpoints: None,
         }
     }
 }

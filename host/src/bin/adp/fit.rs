@@ -1,7 +1,7 @@
 //! `adp fit`: a detector from a support set of normal photos.
 use crate::common::{method, DecisionArgs, Models, Run, Training};
 use crate::progress::{Output, StageBars};
-use adp_host::detect::{fit::fit_files, FitOptions, Method};
+use adp_host::detect::{fit::fit_files, FitOptions, LearningCheckpoints, Method};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -26,6 +26,18 @@ pub struct Args {
     seed: u64,
     #[command(flatten)]
     decision: DecisionArgs,
+    /// Save each concept's learning state here (`<concept>.json`, written atomically), so that a
+    /// killed fit can continue with --resume: concept learning is hours of GPU time.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Save the learning state every N optimisation steps.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// Continue from the checkpoints in --checkpoint-dir: the concepts come out as an
+    /// uninterrupted fit's (same machine, backend and options); a checkpoint of other options or
+    /// photos is refused.
+    #[arg(long, requires = "checkpoint_dir")]
+    resume: bool,
     #[command(flatten)]
     run: Run,
     #[arg(short = 'o', long)]
@@ -37,6 +49,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let method = a.method.unwrap_or(a.models.default_method());
     if method.needs_clip() && a.models.clip.is_none() {
         anyhow::bail!("--method {method} needs --clip DIR");
+    }
+    if let Some(dir) = &a.checkpoint_dir {
+        std::fs::create_dir_all(dir).map_err(|e| adp_api::Error::io(dir, e))?;
     }
     let files = adp_host::images::list(&a.support)?;
     let t = a.training;
@@ -51,6 +66,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         validation_pseudo: t.validation_pseudo,
         seed: a.seed,
         false_alarm_rate: a.decision.false_alarm_rate,
+        learning_checkpoints: a.checkpoint_dir.map(|dir| LearningCheckpoints {
+            dir,
+            every: a.checkpoint_every,
+            resume: a.resume,
+        }),
         ..Default::default()
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
