@@ -101,7 +101,7 @@ pub fn safetensors(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     let json = mutate::json_bytes(&header, rng);
     let mut n = json.len() as u64;
     if rng.one_in(8) {
-        n = *rng.pick(&[0, 1, n - 1, n + 1, u32::MAX as u64, u64::MAX]);
+        n = *rng.pick(&[0, 1, n.saturating_sub(1), n + 1, u32::MAX as u64, u64::MAX]);
     }
     let mut out = n.to_le_bytes().to_vec();
     out.extend(json);
