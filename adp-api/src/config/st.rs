@@ -125,13 +125,16 @@ pub fn check_tensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<(
         if name == "__metadata__" {
             continue;
         }
-        let end = v["data_offsets"][1].as_u64().unwrap_or(u64::MAX);
+        let end = v["data_offsets"][1]
+            .as_u64()
+            .ok_or_else(|| bad(format!("tensor `{name}` has no valid `data_offsets`")))?;
         data_end = data_end.max(end);
     }
-    if 8 + n + data_end > total {
+    // Saturating: offsets near u64::MAX must read as truncation, not wrap (or panic) past the check.
+    let need = (8 + n).saturating_add(data_end);
+    if need > total {
         return Err(bad(format!(
-            "truncated: tensors need {} bytes, the file has {total}",
-            8 + n + data_end
+            "truncated: tensors need {need} bytes, the file has {total}"
         )));
     }
     for (name, shape) in expected {
@@ -192,5 +195,41 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         std::fs::write(&path, b"abc").unwrap();
         assert!(check_tensors(&path, &[]).unwrap_err().to_string().contains("truncated"));
+    }
+
+    /// Found by adp-fuzz: offsets near u64::MAX overflowed the truncation check (a panic in debug
+    /// builds, a wrapped sum that passed it in release).
+    #[test]
+    fn absurd_or_missing_data_offsets_are_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with(dir.path(), vec![4, 2]);
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        for (offsets, want) in [
+            (
+                serde_json::json!([0, u64::MAX]),
+                "truncated: tensors need 18446744073709551615 bytes",
+            ),
+            (serde_json::json!([0, u64::MAX - 8]), "truncated"),
+            (
+                serde_json::json!(null),
+                "tensor `visual.proj` has no valid `data_offsets`",
+            ),
+            (
+                serde_json::json!([0, -1]),
+                "tensor `visual.proj` has no valid `data_offsets`",
+            ),
+        ] {
+            let mut h = header.clone();
+            h["visual.proj"]["data_offsets"] = offsets;
+            let text = h.to_string();
+            let mut out = (text.len() as u64).to_le_bytes().to_vec();
+            out.extend(text.as_bytes());
+            out.extend(&bytes[8 + n..]);
+            std::fs::write(&path, &out).unwrap();
+            let e = check_tensors(&path, &[]).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("w.safetensors"), "{e}");
+        }
     }
 }
