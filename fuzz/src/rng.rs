@@ -1,11 +1,12 @@
-//! SplitMix64: tiny, seedable, and every case gets its own stream, so one case reproduces alone.
+//! adp's own SplitMix64 ([`adp_api::rng`]), with one stream per case, so that one case
+//! reproduces alone, and the draws a mutator needs.
+use adp_api::rng::SplitMix64;
 
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64(seed))
     }
 
     /// The stream of case `case` of target `target` in a round seeded `seed`.
@@ -14,17 +15,13 @@ impl Rng {
         for b in target.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
-        let mut r = Self(seed ^ h ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut r = Self::new(seed ^ h ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         r.next_u64();
         r
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).

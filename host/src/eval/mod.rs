@@ -500,7 +500,8 @@ mod tests {
 
     fn sample(dir: &Path, name: &str, anomalous: bool) -> Sample {
         let path = dir.join(format!("{name}.png"));
-        image::RgbImage::from_pixel(4, 2, image::Rgb([100, 100, 100]))
+        // 4×4: the smallest photo adp reads.
+        image::RgbImage::from_pixel(4, 4, image::Rgb([100, 100, 100]))
             .save(&path)
             .unwrap();
         Sample {
@@ -518,7 +519,7 @@ mod tests {
             language: None,
             association: score,
             map,
-            height: 2,
+            height: 4,
             width: 4,
         }
     }
@@ -534,8 +535,8 @@ mod tests {
             .map(|t| ImageBatch::read_files(std::slice::from_ref(&t.path)).unwrap())
             .collect();
         let scores = [
-            score(vec![0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10]),
-            score(vec![0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.50]),
+            score([0.10, 0.12, 0.11, 0.10, 0.10, 0.11, 0.12, 0.10].repeat(2)),
+            score([vec![0.10; 15], vec![0.50]].concat()),
         ];
         let decision = Decision {
             threshold: 0.2,
