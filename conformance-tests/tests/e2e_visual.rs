@@ -4,6 +4,7 @@
 //! `scripts/setup-weights.sh`) on real photos from `../shared/data/mvtec_ad/bottle`: through the
 //! library with each backend, and through `adp fit` / `adp score` with no checkpoint given.
 use adp_api::{BackboneCheckpoint, Backend, Device, ImageBatch};
+use adp_conformance::tolerance::REORDERING;
 use adp_conformance::{adp, build_dir, pngs, shared_data};
 use adp_host::detect::DetectorFile;
 use adp_host::detect::{default_backbone, VisualModel};
@@ -84,7 +85,18 @@ fn fits_scores_and_separates(backend: &dyn Backend) {
     let auroc = image_auroc(&values, &labels).unwrap();
     // Pretrained features tell broken and contaminated bottles from good ones with four shots.
     assert!(auroc >= 0.9, "image AUROC {auroc} on {values:?}");
-    assert_eq!(run(), scores, "a rerun gives the same numbers");
+    // A rerun computes the same operations, but the thread pool may split the sums another way:
+    // equal up to REORDERING, which a leak of random state (another draw, another memory) exceeds.
+    let again = run();
+    let close = |a: f32, b: f32, scale: f32| (a - b).abs() <= REORDERING * scale.max(f32::MIN_POSITIVE);
+    for (a, b) in again.iter().zip(&scores) {
+        let scale = b.map.iter().fold(b.score.abs(), |m, v| m.max(v.abs()));
+        assert!(close(a.score, b.score, scale), "rerun score {} vs {}", a.score, b.score);
+        assert!(
+            a.map.iter().zip(&b.map).all(|(x, y)| close(*x, *y, scale)),
+            "rerun map differs"
+        );
+    }
 }
 
 #[test]
