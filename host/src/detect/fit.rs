@@ -2,8 +2,9 @@
 //! (pseudo-anomalies by SDEdit, anomaly-aware concept), step 3 (self-tuning on a pseudo-validation
 //! set, prototypes), reference memories, and the decision threshold from the support photos
 //! ([`super::decision`]). The baselines run the same code path.
+use super::concepts::{checkpoint_hashes, reuse as reuse_concepts};
 use super::decision::{check_rate, decide, shift_step};
-use super::file::{file_hash, DetectorFile, DetectorHeader, DETECTOR_FORMAT};
+use super::file::{DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use super::scoring::Scoring;
 use super::visual::VisualModel;
 use super::{Checkpoints, FitOptions, Method, Stage};
@@ -139,6 +140,51 @@ impl Fitter<'_> {
         })
     }
 
+    /// Steps 1–2: the concepts of the method, in the order they are learned (`ca` learns `c_n` on
+    /// the way to `c_a`).
+    fn learn_concepts(
+        &self,
+        sd: &DiffusionSpec,
+        dif: &dyn adp_api::LatentDiffuser,
+        enc: &dyn adp_api::TextImageEncoder,
+        sd_support: &ImageBatch,
+        observer: &mut dyn FnMut(&Stage) -> Flow,
+    ) -> Result<Vec<Concept>> {
+        let o = &self.options;
+        let opt = self.backend.concept_optimizer(self.clip, sd, o.device)?;
+        let init = enc.token_embedding("object")?;
+        if o.method == Method::Ti {
+            let goal = (Objective::DiffusionOnly, None);
+            return Ok(vec![self.learn(&*opt, "c_ti", init, goal, sd_support, observer)?]);
+        }
+        let goal = (Objective::NormalAware { alpha: o.alpha_normal }, None);
+        let c_n = self.learn(&*opt, "c_n", init, goal, sd_support, observer)?;
+        if o.method == Method::Cn {
+            return Ok(vec![c_n]);
+        }
+        let prompts = [
+            Prompt::plain("a photo with damage"),
+            Prompt::plain("a photo of an object with damage"),
+        ];
+        let count = o.pseudo_per_image * sd_support.len();
+        let pseudo = self.synthesize(dif, sd_support, &prompts, count, 1, observer)?;
+        // Eq. 4: eq. 3's attraction keeps α_n; α_a weighs the hinge.
+        let objective = Objective::AnomalyAware {
+            alpha_normal: o.alpha_normal,
+            alpha_anomaly: o.alpha_anomaly,
+            gamma: o.gamma,
+        };
+        let c_a = self.learn(
+            &*opt,
+            "c_a",
+            c_n.vector.clone(),
+            (objective, Some(pseudo)),
+            sd_support,
+            observer,
+        )?;
+        Ok(vec![c_n, c_a])
+    }
+
     /// Fits a detector on the support set: photos of one size, any size (at least one photo).
     /// See [`Fitter::fit_photos`].
     pub fn fit(&self, support: &ImageBatch, observer: &mut dyn FnMut(&Stage) -> Flow) -> Result<DetectorFile> {
@@ -168,82 +214,71 @@ impl Fitter<'_> {
         let s = enc.dims().image_size;
         let support = squares(photos, s)?;
         let scorer = self.backend.scorer(o.device)?;
-        let mut checkpoints = BTreeMap::from([("clip".to_string(), file_hash(&self.clip.weights)?)]);
+        // Reused concepts skip steps 1–2; only the pseudo-validation set of ADP and ADP_ℓ still
+        // needs the diffusion model then.
+        let reuse = o.concept_files.reuse.as_deref();
+        let validates = matches!(o.method, Method::Adp | Method::AdpLabel);
+        let sd = match self.sd.filter(|_| o.method.needs_diffusion()) {
+            None if o.method.needs_diffusion() && (reuse.is_none() || validates) => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("{} needs a Stable Diffusion checkpoint (--sd)", o.method.name()),
+                ))
+            }
+            sd => sd,
+        };
+        let hashes = checkpoint_hashes(self.clip, sd)?;
+        let checkpoints: BTreeMap<String, String> = ["clip", "diffusion"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), hashes.get(k)?.clone())))
+            .collect();
 
         let mut concepts: Vec<ConceptToken> = Vec::new();
         let mut validation_pseudo = None;
         if o.method.needs_diffusion() {
-            let sd = self.sd.ok_or_else(|| {
-                Error::invalid(
-                    "method",
-                    format!("{} needs a Stable Diffusion checkpoint (--sd)", o.method.name()),
-                )
-            })?;
-            checkpoints.insert("diffusion".into(), file_hash(&sd.weights("unet")?)?);
-            let dif = self.backend.latent_diffuser(sd, o.device)?;
-            let opt = self.backend.concept_optimizer(self.clip, sd, o.device)?;
-            let sd_support = squares(photos, dif.dims().image_size)?;
-            let init = enc.token_embedding("object")?;
-            if o.method == Method::Ti {
-                concepts.push(ConceptToken::Learned(self.learn(
-                    &*opt,
-                    "c_ti",
-                    init,
-                    (Objective::DiffusionOnly, None),
-                    &sd_support,
-                    observer,
-                )?));
-            } else {
-                let c_n = self.learn(
-                    &*opt,
-                    "c_n",
-                    init,
-                    (Objective::NormalAware { alpha: o.alpha_normal }, None),
-                    &sd_support,
-                    observer,
-                )?;
-                if o.method != Method::Cn {
-                    let prompts = [
-                        Prompt::plain("a photo with damage"),
-                        Prompt::plain("a photo of an object with damage"),
-                    ];
-                    let pseudo = self.synthesize(
-                        &*dif,
-                        &sd_support,
-                        &prompts,
-                        o.pseudo_per_image * support.len(),
-                        1,
-                        observer,
-                    )?;
-                    // Eq. 4: eq. 3's attraction keeps α_n; α_a weighs the hinge.
-                    let objective = Objective::AnomalyAware {
-                        alpha_normal: o.alpha_normal,
-                        alpha_anomaly: o.alpha_anomaly,
-                        gamma: o.gamma,
-                    };
-                    let c_a = self.learn(
-                        &*opt,
-                        "c_a",
-                        c_n.vector.clone(),
-                        (objective, Some(pseudo)),
-                        &sd_support,
-                        observer,
-                    )?;
-                    let ph = &c_a.placeholder;
-                    let prompts = [
-                        Prompt::with_concept(format!("a photo of a damaged {ph}"), ph, &c_a.vector),
-                        Prompt::with_concept(format!("a photo of a {ph} with damage"), ph, &c_a.vector),
-                    ];
-                    validation_pseudo =
-                        Some(self.synthesize(&*dif, &sd_support, &prompts, o.validation_pseudo, 2, observer)?);
-                    if o.method != Method::Ca {
-                        concepts.push(ConceptToken::Learned(c_n));
-                    }
-                    concepts.push(ConceptToken::Learned(c_a));
-                } else {
-                    concepts.push(ConceptToken::Learned(c_n));
+            let dif = sd.map(|sd| self.backend.latent_diffuser(sd, o.device)).transpose()?;
+            let sd_support = dif.as_ref().map(|d| squares(photos, d.dims().image_size)).transpose()?;
+            let learned = match (reuse, sd, &dif, &sd_support) {
+                (Some(file), ..) => {
+                    let width = enc.token_embedding("object")?.len();
+                    reuse_concepts(file, learned_names(o.method), &hashes, width)?
                 }
+                (None, Some(sd), Some(dif), Some(sd_support)) => {
+                    let mut learned = self.learn_concepts(sd, &**dif, &*enc, sd_support, observer)?;
+                    for c in &mut learned {
+                        c.provenance.checkpoints = hashes.clone();
+                        c.provenance
+                            .hyperparameters
+                            .insert("fit".into(), fit_hyperparameters(o));
+                    }
+                    learned
+                }
+                _ => unreachable!("a fit that learns has a diffusion model (checked above)"),
+            };
+            if let Some(path) = &o.concept_files.save {
+                adp_api::concept::save(path, &learned)?;
             }
+            if let (true, Some(dif), Some(sd_support)) = (validates, &dif, &sd_support) {
+                let c_a = learned
+                    .iter()
+                    .find(|c| c.name == "c_a")
+                    .expect("ADP learns or reuses c_a");
+                let ph = &c_a.placeholder;
+                let prompts = [
+                    Prompt::with_concept(format!("a photo of a damaged {ph}"), ph, &c_a.vector),
+                    Prompt::with_concept(format!("a photo of a {ph} with damage"), ph, &c_a.vector),
+                ];
+                validation_pseudo =
+                    Some(self.synthesize(&**dif, sd_support, &prompts, o.validation_pseudo, 2, observer)?);
+            }
+            // `ca` learns c_n on the way to c_a, and detects with c_a alone.
+            let used = learned_names(o.method);
+            concepts.extend(
+                learned
+                    .into_iter()
+                    .filter(|c| used.contains(&c.name.as_str()))
+                    .map(ConceptToken::Learned),
+            );
         }
         if matches!(o.method, Method::AdpLabel | Method::Winclip) {
             concepts.push(ConceptToken::Word(o.label.clone().unwrap_or_else(|| "object".into())));
@@ -332,9 +367,43 @@ impl Fitter<'_> {
     }
 }
 
-/// The checks that can fail before any work starts: the class word and the false-alarm rate.
+/// The learned concepts method `method` detects with.
+fn learned_names(method: Method) -> &'static [&'static str] {
+    match method {
+        Method::Ti => &["c_ti"],
+        Method::Cn => &["c_n"],
+        Method::Ca => &["c_a"],
+        Method::Adp | Method::AdpLabel => &["c_n", "c_a"],
+        Method::Winclip | Method::Visual => &[],
+    }
+}
+
+/// The fit's own settings a concept depends on, beyond its learning request's (recorded by the
+/// optimiser): the method and how the pseudo-anomalies of step 2 were made.
+fn fit_hyperparameters(o: &FitOptions) -> serde_json::Value {
+    serde_json::json!({
+        "method": o.method.name(),
+        "pseudo_per_image": o.pseudo_per_image,
+        "strength": o.strength,
+        "guidance": o.guidance,
+        "ddim_steps": o.ddim_steps,
+    })
+}
+
+/// The checks that can fail before any work starts: the class word, the false-alarm rate, and
+/// concept files only for methods that learn concepts.
 fn check(options: &FitOptions) -> Result<()> {
     options.check_label()?;
+    let files = &options.concept_files;
+    if (files.reuse.is_some() || files.save.is_some()) && learned_names(options.method).is_empty() {
+        return Err(Error::invalid(
+            "method",
+            format!(
+                "{} learns no concepts: a concept file does not apply",
+                options.method.name()
+            ),
+        ));
+    }
     check_rate(options.false_alarm_rate)
 }
 

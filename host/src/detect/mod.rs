@@ -6,12 +6,14 @@ use adp_api::requests::Progress;
 use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device, Error, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod concepts;
 pub mod decision;
 pub mod file;
 pub mod fit;
 pub mod scoring;
 pub mod visual;
 
+pub use concepts::ConceptFiles;
 pub use decision::Decision;
 pub use file::{DetectorFile, DetectorHeader};
 pub use fit::Fitter;
@@ -130,6 +132,10 @@ pub struct FitOptions {
     /// how a fit runs, not what it computes, so not stored in the detector.
     #[serde(skip)]
     pub learning_checkpoints: Option<LearningCheckpoints>,
+    /// Concept files: concepts to reuse instead of learning them, where to save the learned ones
+    /// ([`concepts`]). The reused concepts are stored in the detector, the paths are not.
+    #[serde(skip)]
+    pub concept_files: ConceptFiles,
 }
 
 /// Resumable concept learning (`adp fit --checkpoint-dir DIR --checkpoint-every N --resume`):
@@ -184,6 +190,7 @@ impl Default for FitOptions {
             device: Device::Cpu,
             false_alarm_rate: DEFAULT_FALSE_ALARM_RATE,
             learning_checkpoints: None,
+            concept_files: ConceptFiles::default(),
         }
     }
 }

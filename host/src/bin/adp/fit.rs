@@ -1,7 +1,7 @@
 //! `adp fit`: a detector from a support set of normal photos.
 use crate::common::{method, DecisionArgs, Models, Run, Training};
 use crate::progress::{Output, StageBars};
-use adp_host::detect::{fit::fit_files, FitOptions, LearningCheckpoints, Method};
+use adp_host::detect::{fit::fit_files, ConceptFiles, FitOptions, LearningCheckpoints, Method};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -38,6 +38,19 @@ pub struct Args {
     /// photos is refused.
     #[arg(long, requires = "checkpoint_dir")]
     resume: bool,
+    /// Reuse the learned concepts of this concept file (written by --save-concepts, on any
+    /// backend or machine) instead of learning them: steps 1–2 are skipped, self-tuning,
+    /// prototypes, memories and the decision follow. The file must hold the method's concepts
+    /// (`c_n`, `c_a`; `c_ti` for ti), learned on these very checkpoints (SHA-256): others are
+    /// refused. `--sd` is then needed only by adp and adp-label (their pseudo-validation set).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint_dir", "save_concepts"])]
+    concepts: Option<PathBuf>,
+    /// Save the learned concepts to this concept file (safetensors, `adp-concept/2`, written
+    /// atomically as soon as they are learned), with their provenance: checkpoint SHA-256s,
+    /// hyperparameters (the learning rate and its scaling among them), seed, backend, steps, loss
+    /// curve.
+    #[arg(long, value_name = "FILE")]
+    save_concepts: Option<PathBuf>,
     #[command(flatten)]
     run: Run,
     #[arg(short = 'o', long)]
@@ -71,6 +84,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             every: a.checkpoint_every,
             resume: a.resume,
         }),
+        concept_files: ConceptFiles {
+            reuse: a.concepts,
+            save: a.save_concepts.clone(),
+        },
         ..Default::default()
     };
     let (checkpoints, sd) = (a.models.checkpoints(&[method])?, a.models.sd()?);
@@ -84,6 +101,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         serde_json::json!({ "detector": a.output, "method": detector.header.method, "support": files.len() });
     if method.needs_clip() {
         line["weights"] = serde_json::json!(detector.header.weights);
+    }
+    if let Some(path) = &a.save_concepts {
+        line["concepts"] = serde_json::json!(path);
     }
     if let Some(d) = &detector.header.decision {
         line["threshold"] = serde_json::json!(d.threshold);
