@@ -2,6 +2,7 @@
 //! its own file: it parses, calls the library, prints.
 mod bench;
 mod common;
+mod diffusion_check;
 mod embed;
 mod eval;
 mod fit;
@@ -28,6 +29,9 @@ enum Command {
     /// reference. Images get open_clip's own preprocessing (shorter side resized, centre crop),
     /// not the whole-photo square resize that detection uses.
     Embed(embed::Args),
+    /// Run a diffusers checkpoint's text encoder, UNet and VAE on inputs from a safetensors file
+    /// and write the outputs to one, to check it against diffusers (tools/check_diffusion.py).
+    DiffusionCheck(diffusion_check::Args),
     /// Fit a detector on a support set of normal images. With `--clip` (and `--sd`): ADP;
     /// without: the `visual` method on the pretrained EfficientNet-Lite backbone.
     Fit(fit::Args),
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Plugins(a) => plugins::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::DiffusionCheck(a) => diffusion_check::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
