@@ -1,7 +1,7 @@
 //! Cases for `TextImageEncoder`: parity with open_clip on the fixture checkpoint, gradients,
 //! determinism, batching, threads, and every bad input with its own error.
 use crate::cases::{alone_in_threads_matches_batch, assert_gradient_matches_finite_differences};
-use crate::goldens::{clip_checkpoint, fixtures, Golden};
+use crate::goldens::{assert_made_from, clip_checkpoint, fixtures, quickgelu_fixtures, Golden};
 use crate::tolerance::{assert_close, FORWARD, GRADIENT};
 use adp_api::requests::*;
 use adp_api::{Backend, ClipCheckpoint, Device, Error, ImageBatch, Tensor, TextImageEncoder};
@@ -26,11 +26,15 @@ fn prompt(text: &str, concept: &[f32]) -> Prompt {
 }
 
 pub fn image_features_match_open_clip(backend: &dyn Backend) {
-    let g = Golden::open("clip");
-    let enc = encoder(backend);
-    let images = golden_images(&g);
+    image_features_match(&Golden::open("clip"), &*encoder(backend));
+}
+
+/// `enc`'s image embeddings, penultimate patch tokens and 2×2 / 3×3 windows against golden `g`.
+fn image_features_match(g: &Golden, enc: &dyn TextImageEncoder) {
+    let n = &g.name;
+    let images = golden_images(g);
     assert_close(
-        "image embeddings",
+        &format!("{n}: image embeddings"),
         &enc.image_embeddings(&images).unwrap(),
         &g.f32("image_embeddings"),
         FORWARD,
@@ -38,20 +42,20 @@ pub fn image_features_match_open_clip(backend: &dyn Backend) {
     let dense = enc.dense_features(&images, &[2, 3]).unwrap();
     assert_eq!(dense.grid, 4);
     assert_close(
-        "penultimate patch tokens",
+        &format!("{n}: penultimate patch tokens"),
         &dense.patch_tokens,
         &g.f32("patch_tokens"),
         FORWARD,
     );
     assert_eq!((dense.windows[0].size, dense.windows[1].size), (2, 3));
     assert_close(
-        "2×2 window embeddings",
+        &format!("{n}: 2×2 window embeddings"),
         &dense.windows[0].embeddings,
         &g.f32("window_2"),
         FORWARD,
     );
     assert_close(
-        "3×3 window embeddings",
+        &format!("{n}: 3×3 window embeddings"),
         &dense.windows[1].embeddings,
         &g.f32("window_3"),
         FORWARD,
@@ -59,8 +63,11 @@ pub fn image_features_match_open_clip(backend: &dyn Backend) {
 }
 
 pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
-    let g = Golden::open("clip");
-    let enc = encoder(backend);
+    text_embeddings_match(&Golden::open("clip"), &*encoder(backend));
+}
+
+/// `enc`'s token ids and text embeddings of golden `g`'s prompts.
+fn text_embeddings_match(g: &Golden, enc: &dyn TextImageEncoder) {
     let concept = g.f32("concept").into_data();
     let texts: Vec<String> = serde_json::from_value(g.meta_json("prompts")).expect("prompts list");
     let prompts: Vec<Prompt> = texts.iter().map(|t| prompt(t, &concept)).collect();
@@ -76,11 +83,27 @@ pub fn text_embeddings_match_open_clip(backend: &dyn Backend) {
         assert_eq!(ours, theirs, "token ids of {:?}", p.text);
     }
     assert_close(
-        "text embeddings",
+        &format!("{}: text embeddings", g.name),
         &enc.text_embeddings(&prompts).unwrap(),
         &g.f32("text_embeddings"),
         FORWARD,
     );
+}
+
+/// OpenAI-trained CLIP (open_clip's `-quickgelu` configs, `pretrained='openai'`): with
+/// `quick_gelu: true` every MLP of both towers is `x·σ(1.702x)`. The `tiny-quickgelu` fixture's
+/// image embeddings, penultimate patch tokens, windows and text embeddings match open_clip's.
+pub fn quick_gelu_matches_open_clip(backend: &dyn Backend) {
+    let g = Golden::open("clip_quickgelu");
+    let root = quickgelu_fixtures();
+    assert_made_from(&g, root);
+    let ckpt = ClipCheckpoint::from_dir(&root.join("clip")).expect("tiny-quickgelu fixture");
+    assert!(ckpt.config.quick_gelu);
+    let enc = backend
+        .text_image_encoder(&ckpt, Device::Cpu)
+        .expect("open tiny-quickgelu");
+    image_features_match(&g, &*enc);
+    text_embeddings_match(&g, &*enc);
 }
 
 fn state_request(g: &Golden, images: ImageBatch, concept: &[f32], temperature: f32) -> StateProbabilityRequest {

@@ -119,3 +119,42 @@ pub fn diffusion_spec(v_prediction: bool) -> DiffusionSpec {
     let f = fixtures();
     DiffusionSpec::from_dir(if v_prediction { &f.sd_v } else { &f.sd_epsilon }).expect("fixture diffusers folder")
 }
+
+/// The CLIP fixture of preset `tiny-quickgelu` (seed 0: the tiny weights, OpenAI's QuickGELU),
+/// written once into the build folder like [`fixtures`]; the golden `clip_quickgelu` was
+/// computed on it (`tools/golden/make_clip_presets_golden.py`). The folder holding `clip/`.
+pub fn quickgelu_fixtures() -> &'static PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = crate::build_dir().join("adp-fixtures");
+        let done = root.join("tiny-quickgelu-seed0");
+        if !done.join(".complete").exists() {
+            std::fs::create_dir_all(&root).expect("fixture folder");
+            let tmp = tempfile::tempdir_in(&root).expect("temp dir");
+            let cfg = adp_host::fixtures::preset("tiny-quickgelu").expect("preset");
+            adp_host::fixtures::open_clip::write(&tmp.path().join("clip"), &cfg, 0).expect("fixture");
+            std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
+            let _ = std::fs::remove_dir_all(&done);
+            let _ = std::fs::rename(tmp.keep(), &done);
+        }
+        done
+    })
+}
+
+/// Asserts that golden `g` was computed on the fixture files under `root` (its `fixture_sha256`).
+pub fn assert_made_from(g: &Golden, root: &std::path::Path) {
+    use sha2::{Digest, Sha256};
+    let hashes = g.meta_json("fixture_sha256");
+    let hashes = hashes.as_object().expect("fixture_sha256 object");
+    assert!(!hashes.is_empty());
+    for (file, want) in hashes {
+        let digest = Sha256::digest(std::fs::read(root.join(file)).expect("fixture file"));
+        let got: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            Some(got.as_str()),
+            want.as_str(),
+            "{}: fixture {file} changed; regenerate the golden (tools/golden/README.md)",
+            g.name
+        );
+    }
+}

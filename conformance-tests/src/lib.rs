@@ -145,6 +145,7 @@ macro_rules! with_suite {
             encoder(encoder_cases, Some($crate::Capability::TextImageEncoder)) [
                 image_features_match_open_clip,
                 text_embeddings_match_open_clip,
+                quick_gelu_matches_open_clip,
                 state_probability_matches_open_clip,
                 state_probability_gradient_matches_finite_differences,
                 encoder_is_deterministic_batch_invariant_and_thread_safe,
