@@ -236,7 +236,12 @@ impl Fitter<'_> {
         let mut concepts: Vec<ConceptToken> = Vec::new();
         let mut validation_pseudo = None;
         if o.method.needs_diffusion() {
-            let dif = sd.map(|sd| self.backend.latent_diffuser(sd, o.device)).transpose()?;
+            // A reused concept of `ti`, `cn` or `ca` needs no diffusion model (its checkpoint is
+            // still checked where given).
+            let dif = sd
+                .filter(|_| reuse.is_none() || validates)
+                .map(|sd| self.backend.latent_diffuser(sd, o.device))
+                .transpose()?;
             let sd_support = dif.as_ref().map(|d| squares(photos, d.dims().image_size)).transpose()?;
             let learned = match (reuse, sd, &dif, &sd_support) {
                 (Some(file), ..) => {
