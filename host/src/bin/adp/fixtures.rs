@@ -9,7 +9,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// `tiny`, or an open_clip preset (ViT-B-16, ViT-B-16-plus-240, ViT-L-14, ViT-H-14) for
-    /// real-size random weights.
+    /// real-size random weights; `-quickgelu` (tiny, ViT-B-16, ViT-L-14, ViT-H-14) for OpenAI's.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// `tiny`, or `sd-2.1` for Stable Diffusion 2.1's real UNet and VAE with random weights.
