@@ -1,5 +1,5 @@
-//! CLIP's BPE tokenizer (lower-cased, start 49406, end 49407, zero-padded to the context), with
-//! placeholders for concepts.
+//! CLIP's BPE tokenizer (lower-cased, start 49406, end 49407, padded to the context: with 0 as
+//! open_clip pads, or with a diffusers folder's `pad_token`), with placeholders for concepts.
 //!
 //! A placeholder becomes the id `49408 + slot`, above the vocabulary, so that the encoder knows
 //! where to substitute the concept vector. This is exactly why text features are pooled at the
@@ -7,6 +7,7 @@
 use crate::requests::Prompt;
 use crate::{Error, Result};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 pub const START: u32 = 49406;
 pub const END: u32 = 49407;
@@ -38,6 +39,7 @@ pub struct Tokens {
 
 pub struct ClipTokenizer {
     inner: instant_clip_tokenizer::Tokenizer,
+    pad: u32,
 }
 
 impl Default for ClipTokenizer {
@@ -51,7 +53,12 @@ impl ClipTokenizer {
         let text = bpe_merges_text();
         let inner = instant_clip_tokenizer::Tokenizer::with_vocabulary(std::io::Cursor::new(text), VOCAB_SIZE as u16)
             .expect("bundled BPE vocabulary is valid");
-        Self { inner }
+        Self { inner, pad: 0 }
+    }
+
+    /// The same tokenizer padding with `pad` (a diffusers folder's, [`pad_token_id`]).
+    pub fn with_pad(self, pad: u32) -> Self {
+        Self { pad, ..self }
     }
 
     /// Ids of plain text, without start and end tokens.
@@ -110,7 +117,7 @@ impl ClipTokenizer {
             });
         }
         let end = ids.len() - 1;
-        ids.resize(context_length, 0);
+        ids.resize(context_length, self.pad);
         Ok(Tokens { ids, end, concepts })
     }
 
@@ -138,6 +145,77 @@ impl ClipTokenizer {
             ));
         }
         Ok(id as usize)
+    }
+}
+
+/// transformers' `CLIPTokenizer` pads with this when its folder names no pad token.
+pub const DEFAULT_PAD_TOKEN: &str = "<|endoftext|>";
+
+/// No tokenizer file is near this size (CLIP's `vocab.json` is 1.6 MB).
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+fn read_json_value(path: &Path) -> Result<serde_json::Value> {
+    let bytes = crate::config::read_bounded(path, MAX_TOKENIZER_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::config(path, e.to_string()))
+}
+
+/// The `pad_token` a transformers tokenizer folder names, and the file that names it:
+/// `special_tokens_map.json` (which transformers lets override) and `tokenizer_config.json` must
+/// agree; neither naming one means transformers' default, `<|endoftext|>`.
+fn pad_token(dir: &Path) -> Result<(String, PathBuf)> {
+    let mut found: Option<(String, PathBuf)> = None;
+    for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let token = match read_json_value(&path)?.get("pad_token") {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => match v.get("content").and_then(|c| c.as_str()) {
+                Some(s) => s.to_string(),
+                None => return Err(Error::config(&path, format!("`pad_token` is {v}, not a token"))),
+            },
+        };
+        match &found {
+            Some((first, at)) if *first != token => {
+                return Err(Error::config(
+                    &path,
+                    format!("`pad_token` is {token:?}, but {} says {first:?}", at.display()),
+                ))
+            }
+            Some(_) => {}
+            None => found = Some((token, path)),
+        }
+    }
+    Ok(found.unwrap_or_else(|| (DEFAULT_PAD_TOKEN.into(), dir.join("tokenizer_config.json"))))
+}
+
+/// The id a diffusers `tokenizer/` folder pads prompts with: its `pad_token` looked up in its
+/// `vocab.json` (SD 1.x: `<|endoftext|>`, 49407; SD 2.x: `!`, 0). A token outside the vocabulary
+/// is refused, naming the file that names it.
+pub fn pad_token_id(dir: &Path) -> Result<u32> {
+    let (token, named_in) = pad_token(dir)?;
+    let vocab_path = dir.join("vocab.json");
+    let vocab = read_json_value(&vocab_path)?;
+    let Some(vocab) = vocab.as_object() else {
+        return Err(Error::config(&vocab_path, "not a JSON object of token ids"));
+    };
+    match vocab.get(&token) {
+        None => Err(Error::config(
+            &named_in,
+            format!("`pad_token` {token:?} is not in {}", vocab_path.display()),
+        )),
+        Some(v) => v
+            .as_u64()
+            .filter(|&id| id < PLACEHOLDER_BASE as u64)
+            .map(|id| id as u32)
+            .ok_or_else(|| {
+                Error::config(
+                    &vocab_path,
+                    format!("the id of {token:?} is {v}, not below {PLACEHOLDER_BASE}"),
+                )
+            }),
     }
 }
 
@@ -169,6 +247,49 @@ mod tests {
         // Pooling at argmax would pick the placeholder, not the end token.
         let argmax = got.ids.iter().enumerate().max_by_key(|(_, v)| **v).unwrap().0;
         assert_ne!(argmax, got.end);
+    }
+
+    #[test]
+    fn pads_with_the_folders_pad_token() {
+        let t = ClipTokenizer::new().with_pad(END);
+        let got = t.encode(&Prompt::plain("a photo"), 77).unwrap();
+        assert_eq!((&got.ids[..4], got.end), (&[START, 320, 1125, END][..], 3));
+        assert!(got.ids[4..].iter().all(|&i| i == END));
+    }
+
+    #[test]
+    fn pad_token_ids_come_from_the_tokenizer_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        put("vocab.json", r#"{"!": 0, "<|endoftext|>": 49407, "huge": 60000}"#);
+        // No file names one: transformers' default.
+        assert_eq!(pad_token_id(dir.path()).unwrap(), END);
+        put("special_tokens_map.json", r#"{"pad_token": "!"}"#);
+        assert_eq!(pad_token_id(dir.path()).unwrap(), 0);
+        put(
+            "tokenizer_config.json",
+            r#"{"pad_token": {"content": "!", "lstrip": false}}"#,
+        );
+        assert_eq!(pad_token_id(dir.path()).unwrap(), 0);
+        put("special_tokens_map.json", r#"{"pad_token": "<|endoftext|>"}"#);
+        let e = pad_token_id(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tokenizer_config.json") && e.contains("but"), "{e}");
+        put("tokenizer_config.json", r#"{"pad_token": "<pad>"}"#);
+        put("special_tokens_map.json", "{}");
+        let e = pad_token_id(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer_config.json") && e.contains("`pad_token` \"<pad>\" is not in"),
+            "{e}"
+        );
+        put("tokenizer_config.json", r#"{"pad_token": "huge"}"#);
+        let e = pad_token_id(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("vocab.json") && e.contains("60000"), "{e}");
+        put("tokenizer_config.json", r#"{"pad_token": 7}"#);
+        let e = pad_token_id(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("`pad_token` is 7, not a token"), "{e}");
+        std::fs::remove_file(dir.path().join("vocab.json")).unwrap();
+        put("tokenizer_config.json", "{}");
+        assert!(pad_token_id(dir.path()).unwrap_err().to_string().contains("vocab.json"));
     }
 
     #[test]

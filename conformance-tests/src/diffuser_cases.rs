@@ -2,7 +2,7 @@
 //! (VAE, text conditioning with a concept, UNet, textual-inversion loss and gradient for epsilon
 //! and v-prediction, DDIM img2img), gradients, determinism and bad inputs.
 use crate::cases::assert_gradient_matches_finite_differences;
-use crate::goldens::{diffusion_spec, Golden};
+use crate::goldens::{diffusion_spec, preset_golden, preset_spec, Golden, SMALL_PRESETS};
 use crate::tolerance::{assert_close, FORWARD, GRADIENT, SAMPLED};
 use adp_api::requests::*;
 use adp_api::{Backend, Device, Error, ImageBatch, LatentDiffuser, Tensor};
@@ -199,4 +199,101 @@ pub fn diffusers_agree(a: &dyn Backend, b: &dyn Backend) {
     );
     let grad = |v: ValueAndGrad| Tensor::new(vec![concept.len()], v.grad.unwrap()).unwrap();
     assert_close("loss gradient across backends", &grad(lb), &grad(la), GRADIENT);
+}
+
+/// Runs `check` on each small release preset (SD 1.5, 2.1-base, 2.1 layouts) with its golden.
+fn for_each_preset(backend: &dyn Backend, check: impl Fn(&str, &dyn LatentDiffuser, &Golden, &[f32])) {
+    for preset in SMALL_PRESETS {
+        let g = preset_golden(preset);
+        let d = backend
+            .latent_diffuser(&preset_spec(preset), Device::Cpu)
+            .unwrap_or_else(|e| panic!("open the {} fixture: {e}", preset.name()));
+        assert_eq!(d.dims().image_size, g.meta_str("image_size").parse::<usize>().unwrap());
+        let concept = g.f32("concept").into_data();
+        eprintln!("-- {}", preset.name());
+        check(preset.name(), &*d, &g, &concept);
+    }
+}
+
+pub fn presets_vae_matches_diffusers(backend: &dyn Backend) {
+    for_each_preset(backend, |name, d, g, _| {
+        let images = ImageBatch::new(g.f32("vae_images")).unwrap();
+        let latents = d.vae_encode(&images).unwrap();
+        assert_close(
+            &format!("{name}: VAE latents"),
+            &latents,
+            &g.f32("vae_latents"),
+            FORWARD,
+        );
+        let decoded = d.vae_decode(&g.f32("vae_latents")).unwrap();
+        assert_close(
+            &format!("{name}: VAE decoded"),
+            decoded.pixels(),
+            &g.f32("vae_decoded"),
+            FORWARD,
+        );
+    });
+}
+
+/// Text conditioning padded with the folder's pad token, and the UNet's projections and heads.
+pub fn presets_conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
+    for_each_preset(backend, |name, d, g, concept| {
+        let cond = d.text_conditioning(&prompts(g, "cond_prompts", concept)).unwrap();
+        assert_close(
+            &format!("{name}: text conditioning"),
+            &cond,
+            &g.f32("conditioning"),
+            FORWARD,
+        );
+        let request = UnetRequest {
+            latents: g.f32("unet_latents"),
+            timesteps: timesteps(g, "unet_timesteps"),
+            conditioning: g.f32("conditioning"),
+        };
+        let pred = d.unet_prediction(&request).unwrap();
+        assert_close(
+            &format!("{name}: UNet prediction"),
+            &pred,
+            &g.f32("unet_prediction"),
+            FORWARD,
+        );
+    });
+}
+
+pub fn presets_denoising_loss_matches_diffusers(backend: &dyn Backend) {
+    for_each_preset(backend, |name, d, g, concept| {
+        let got = d.denoising_loss(&loss_request(g, concept)).unwrap();
+        let loss = Tensor::new(vec![1], vec![got.value]).unwrap();
+        assert_close(&format!("{name}: denoising loss"), &loss, &g.f32("loss"), FORWARD);
+        let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
+        assert_close(
+            &format!("{name}: d loss / d concept"),
+            &grad,
+            &g.f32("loss_grad"),
+            GRADIENT,
+        );
+    });
+}
+
+pub fn presets_img2img_matches_diffusers(backend: &dyn Backend) {
+    for_each_preset(backend, |name, d, g, _| {
+        let text = |k: &str| Prompt::plain(g.meta_str(k));
+        let request = Img2ImgRequest {
+            images: ImageBatch::new(g.f32("image")).unwrap(),
+            prompt: text("prompt"),
+            negative_prompt: text("negative_prompt"),
+            strength: g.meta_str("strength").parse().unwrap(),
+            guidance: g.meta_str("guidance_scale").parse().unwrap(),
+            steps: g.meta_str("num_inference_steps").parse().unwrap(),
+            seed: 0,
+            noise: Some(g.f32("img2img_noise")),
+        };
+        let out = d.img2img(&request).unwrap();
+        assert_close(
+            &format!("{name}: img2img output"),
+            out.pixels(),
+            &g.f32("output"),
+            SAMPLED,
+        );
+    });
 }

@@ -2,8 +2,10 @@
 //! `tools/golden/make_goldens.py` from open_clip and diffusers, and the fixture checkpoints they
 //! were computed on (regenerated here by `adp_host::fixtures`, seed 0).
 use adp_api::{ClipCheckpoint, DiffusionSpec, Tensor};
-use adp_host::fixtures::FixturePaths;
+use adp_host::fixtures::diffusers::DiffusionPreset;
+use adp_host::fixtures::{FixturePaths, PresetPaths};
 use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -143,13 +145,12 @@ pub fn quickgelu_fixtures() -> &'static PathBuf {
 
 /// Asserts that golden `g` was computed on the fixture files under `root` (its `fixture_sha256`).
 pub fn assert_made_from(g: &Golden, root: &std::path::Path) {
-    use sha2::{Digest, Sha256};
     let hashes = g.meta_json("fixture_sha256");
     let hashes = hashes.as_object().expect("fixture_sha256 object");
     assert!(!hashes.is_empty());
     for (file, want) in hashes {
-        let digest = Sha256::digest(std::fs::read(root.join(file)).expect("fixture file"));
-        let got: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = std::fs::read(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let got: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             Some(got.as_str()),
             want.as_str(),
@@ -157,4 +158,42 @@ pub fn assert_made_from(g: &Golden, root: &std::path::Path) {
             g.name
         );
     }
+}
+
+/// The small release presets that have goldens (`preset_<name>.safetensors`, written by
+/// `tools/golden/make_diffusion_presets_golden.py`).
+pub const SMALL_PRESETS: [DiffusionPreset; 3] = [
+    DiffusionPreset::Sd15Small,
+    DiffusionPreset::Sd21BaseSmall,
+    DiffusionPreset::Sd21Small,
+];
+
+/// The golden of a small preset: `sd-1.5-small` → `preset_sd_15_small`.
+pub fn preset_golden(preset: DiffusionPreset) -> Golden {
+    Golden::open(&format!("preset_{}", preset.name().replace('-', "_").replace('.', "")))
+}
+
+/// A preset's fixture (seed 0, `adp fixtures --diffusion NAME`), written once into the build
+/// folder, and checked to be the one its golden was computed from.
+pub fn preset_fixture(preset: DiffusionPreset) -> PresetPaths {
+    let root = crate::build_dir().join("adp-fixtures");
+    let done = root.join(format!("{}-seed0", preset.name()));
+    if !done.join(".complete").exists() {
+        std::fs::create_dir_all(&root).expect("fixture folder");
+        let tmp = tempfile::tempdir_in(&root).expect("temp dir");
+        adp_host::fixtures::write_preset(tmp.path(), 0, preset, None).expect("preset fixture");
+        std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
+        let _ = std::fs::remove_dir_all(&done);
+        // Another test process may have won the race; its copy is identical.
+        let _ = std::fs::rename(tmp.keep(), &done);
+    }
+    assert_made_from(&preset_golden(preset), &done);
+    PresetPaths {
+        clip: done.join("clip"),
+        sd: done.join(preset.name()),
+    }
+}
+
+pub fn preset_spec(preset: DiffusionPreset) -> DiffusionSpec {
+    DiffusionSpec::from_dir(&preset_fixture(preset).sd).expect("preset diffusers folder")
 }

@@ -162,6 +162,10 @@ macro_rules! with_suite {
                 img2img_matches_diffusers_v_prediction,
                 img2img_is_deterministic_under_a_seed,
                 diffuser_rejects_bad_inputs,
+                presets_vae_matches_diffusers,
+                presets_conditioning_and_unet_match_diffusers,
+                presets_denoising_loss_matches_diffusers,
+                presets_img2img_matches_diffusers,
             ]
             optimizer(optimizer_cases, Some($crate::Capability::ConceptOptimizer)) [
                 learns_deterministically_with_progress,

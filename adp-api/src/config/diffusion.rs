@@ -20,6 +20,10 @@ pub struct TextEncoderConfig {
     pub layer_norm_eps: f64,
 }
 
+/// Every other key of a config, checked against [`UNET_FIXED`] / [`VAE_FIXED`]: what adp does
+/// not implement is refused at load, naming the key and its value.
+pub type Extra = serde_json::Map<String, serde_json::Value>;
+
 /// `attention_head_dim` is a number or one number per block in diffusers configs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -35,6 +39,37 @@ impl PerBlock {
             PerBlock::Each(v) => v[block.min(v.len().saturating_sub(1))],
         }
     }
+
+    /// The one value of a number or of a list whose entries are all equal.
+    pub fn uniform(&self) -> Option<usize> {
+        match self {
+            PerBlock::One(v) => Some(*v),
+            PerBlock::Each(v) => v.first().copied().filter(|f| v.iter().all(|x| x == f)),
+        }
+    }
+
+    fn max(&self) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v.iter().copied().max().unwrap_or(0),
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            PerBlock::One(_) => 1,
+            PerBlock::Each(v) => v.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for PerBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PerBlock::One(v) => write!(f, "{v}"),
+            PerBlock::Each(v) => write!(f, "{v:?}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,13 +81,28 @@ pub struct UnetConfig {
     pub block_out_channels: Vec<usize>,
     pub down_block_types: Vec<String>,
     pub up_block_types: Vec<String>,
-    #[serde(default = "d_2")]
-    pub layers_per_block: usize,
-    pub cross_attention_dim: usize,
+    /// One number, or one per block (adp runs equal ones only).
+    #[serde(default = "d_2_blocks")]
+    pub layers_per_block: PerBlock,
+    /// One width, or one per block (adp runs equal ones only).
+    pub cross_attention_dim: PerBlock,
+    /// diffusers' naming quirk: without `num_attention_heads` this is the number of HEADS per
+    /// block (a number or one per block), as `UNet2DConditionModel` reads it.
     #[serde(default = "d_head_dim")]
     pub attention_head_dim: PerBlock,
+    /// diffusers refuses this key (its naming issue 2011); so does adp.
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    /// `false` (SD 1.x): `proj_in`/`proj_out` are 1×1 convolutions; `true` (SD 2.x): linear.
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// SD 2.1 (768) computes attention scores in float32 under fp16; adp computes in float32
+    /// throughout, so it is accepted and has no further effect.
+    #[serde(default)]
+    pub upcast_attention: bool,
+    /// `BasicTransformerBlock`s per attention (adp runs 1).
+    #[serde(default = "d_1_blocks")]
+    pub transformer_layers_per_block: PerBlock,
     #[serde(default = "d_32")]
     pub norm_num_groups: usize,
     #[serde(default = "d_eps5")]
@@ -61,6 +111,80 @@ pub struct UnetConfig {
     pub flip_sin_to_cos: bool,
     #[serde(default)]
     pub freq_shift: usize,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl UnetConfig {
+    /// The cross-attention width (every block's, once [`DiffusionSpec::check_supported`] passed).
+    pub fn cross_dim(&self) -> usize {
+        self.cross_attention_dim.get(0)
+    }
+
+    /// Resnets per down block (every block's, once checked).
+    pub fn layers(&self) -> usize {
+        self.layers_per_block.get(0)
+    }
+}
+
+/// UNet keys whose other values adp does not implement: `(key, allowed values)`; an absent key
+/// takes diffusers' default, which is always allowed.
+const UNET_FIXED: &[(&str, &[&str])] = &[
+    ("center_input_sample", &["false"]),
+    ("dual_cross_attention", &["false"]),
+    ("class_embed_type", &["null"]),
+    ("num_class_embeds", &["null"]),
+    ("class_embeddings_concat", &["false"]),
+    ("addition_embed_type", &["null"]),
+    ("addition_time_embed_dim", &["null"]),
+    ("projection_class_embeddings_input_dim", &["null"]),
+    ("encoder_hid_dim", &["null"]),
+    ("encoder_hid_dim_type", &["null"]),
+    ("mid_block_type", &["\"UNetMidBlock2DCrossAttn\""]),
+    ("mid_block_only_cross_attention", &["null", "false"]),
+    ("mid_block_scale_factor", &["1", "1.0"]),
+    ("time_embedding_type", &["\"positional\""]),
+    ("time_embedding_dim", &["null"]),
+    ("time_embedding_act_fn", &["null"]),
+    ("timestep_post_act", &["null"]),
+    ("time_cond_proj_dim", &["null"]),
+    ("act_fn", &["\"silu\""]),
+    ("resnet_time_scale_shift", &["\"default\""]),
+    ("resnet_skip_time_act", &["false"]),
+    ("resnet_out_scale_factor", &["1", "1.0"]),
+    ("conv_in_kernel", &["3"]),
+    ("conv_out_kernel", &["3"]),
+    ("downsample_padding", &["1"]),
+    ("attention_type", &["\"default\""]),
+    ("cross_attention_norm", &["null"]),
+    ("reverse_transformer_layers_per_block", &["null"]),
+];
+
+/// VAE keys whose other values adp does not implement (`force_upcast` is a no-op in float32).
+const VAE_FIXED: &[(&str, &[&str])] = &[
+    ("act_fn", &["\"silu\""]),
+    ("use_quant_conv", &["true"]),
+    ("use_post_quant_conv", &["true"]),
+    ("mid_block_add_attention", &["true"]),
+    ("shift_factor", &["null"]),
+    ("latents_mean", &["null"]),
+    ("latents_std", &["null"]),
+];
+
+/// The first key of `extra` whose value `fixed` does not allow, as an error naming `file`.
+fn check_fixed(file: &Path, extra: &Extra, fixed: &[(&str, &[&str])]) -> Result<()> {
+    for (key, allowed) in fixed {
+        if let Some(v) = extra.get(*key) {
+            let text = v.to_string();
+            if !allowed.contains(&text.as_str()) {
+                return Err(Error::config(
+                    file,
+                    format!("`{key}` is {text}; adp supports {}", allowed.join(" or ")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +204,8 @@ pub struct VaeConfig {
     pub sample_size: Option<usize>,
     #[serde(default = "d_scaling")]
     pub scaling_factor: f32,
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +324,10 @@ pub struct DiffusionSpec {
     pub vae: VaeConfig,
     pub scheduler: SchedulerConfig,
     pub prediction: Prediction,
+    /// The id prompts are padded with, from the `tokenizer/` folder's `pad_token`: 49407
+    /// (`<|endoftext|>`) in SD 1.x, 0 (`!`) in SD 2.x.
+    #[serde(default)]
+    pub pad_token_id: u32,
 }
 
 impl DiffusionSpec {
@@ -235,8 +365,20 @@ impl DiffusionSpec {
             vae: read_json(&root.join("vae/config.json"))?,
             scheduler,
             prediction,
+            pad_token_id: 0,
         };
         spec.check_limits()?;
+        let pad_token_id = crate::tokenizer::pad_token_id(&root.join("tokenizer"))?;
+        if pad_token_id as usize >= spec.text_encoder.vocab_size {
+            return Err(Error::config(
+                root.join("tokenizer"),
+                format!(
+                    "pad token id {pad_token_id} is outside the text encoder's vocab_size {}",
+                    spec.text_encoder.vocab_size
+                ),
+            ));
+        }
+        let spec = DiffusionSpec { pad_token_id, ..spec };
         spec.validate()?;
         Ok(spec)
     }
@@ -257,11 +399,6 @@ impl DiffusionSpec {
                 ("vocab_size", t.vocab_size, 1, 1 << 20),
             ],
         )?;
-        let per_block = |v: &PerBlock| match v {
-            PerBlock::One(x) => (1, *x),
-            PerBlock::Each(v) => (v.len(), v.iter().copied().max().unwrap_or(0)),
-        };
-        let (head_blocks, head_dim) = per_block(&u.attention_head_dim);
         let max_of = |v: &[usize]| v.iter().copied().max().unwrap_or(1);
         check_bounds(
             &self.root.join("unet/config.json"),
@@ -273,10 +410,24 @@ impl DiffusionSpec {
                 ("block_out_channels", max_of(&u.block_out_channels), 1, CH),
                 ("down_block_types (count)", u.down_block_types.len(), 0, 16),
                 ("up_block_types (count)", u.up_block_types.len(), 0, 16),
-                ("layers_per_block", u.layers_per_block, 1, 16),
-                ("cross_attention_dim", u.cross_attention_dim, 1, CH),
-                ("attention_head_dim (count)", head_blocks, 0, 16),
-                ("attention_head_dim", head_dim, 1, 1024),
+                ("layers_per_block (count)", u.layers_per_block.count(), 1, 16),
+                ("layers_per_block", u.layers_per_block.max(), 1, 16),
+                ("cross_attention_dim (count)", u.cross_attention_dim.count(), 1, 16),
+                ("cross_attention_dim", u.cross_attention_dim.max(), 1, CH),
+                ("attention_head_dim (count)", u.attention_head_dim.count(), 0, 16),
+                ("attention_head_dim", u.attention_head_dim.max(), 1, 1024),
+                (
+                    "transformer_layers_per_block (count)",
+                    u.transformer_layers_per_block.count(),
+                    1,
+                    16,
+                ),
+                (
+                    "transformer_layers_per_block",
+                    u.transformer_layers_per_block.max(),
+                    0,
+                    64,
+                ),
                 ("norm_num_groups", u.norm_num_groups, 1, 1024),
                 ("freq_shift", u.freq_shift, 0, 1024),
             ],
@@ -313,7 +464,7 @@ impl DiffusionSpec {
                 ),
             ));
         }
-        if u.cross_attention_dim != self.text_encoder.hidden_size {
+        if u.cross_attention_dim.uniform() != Some(self.text_encoder.hidden_size) {
             return Err(Error::config(
                 self.root.join("unet/config.json"),
                 format!(
@@ -362,7 +513,119 @@ impl DiffusionSpec {
         if self.scheduler.num_train_timesteps == 0 {
             return Err(Error::config(self.root.join("scheduler"), "num_train_timesteps is 0"));
         }
-        self.check_limits()
+        self.check_limits()?;
+        self.check_unet_keys()?;
+        self.check_text_encoder_and_vae_keys()
+    }
+
+    /// The UNet keys that decide its structure, beyond the block types: what adp builds must be
+    /// what diffusers builds, or the checkpoint is refused here rather than by a shape error.
+    fn check_unet_keys(&self) -> Result<()> {
+        let (u, file) = (&self.unet, self.root.join("unet/config.json"));
+        let n = u.block_out_channels.len();
+        let bad = |m: String| Err(Error::config(&file, m));
+        if let Some(h) = &u.num_attention_heads {
+            return bad(format!(
+                "`num_attention_heads` is {h}; like diffusers' UNet2DConditionModel, adp takes the \
+                 head count from `attention_head_dim` (diffusers issue 2011)"
+            ));
+        }
+        for (key, v) in [
+            ("attention_head_dim", &u.attention_head_dim),
+            ("cross_attention_dim", &u.cross_attention_dim),
+            ("layers_per_block", &u.layers_per_block),
+            ("transformer_layers_per_block", &u.transformer_layers_per_block),
+        ] {
+            if matches!(v, PerBlock::Each(l) if l.len() != n) {
+                return bad(format!("`{key}` is {v}: {} entries for {n} blocks", v.count()));
+            }
+        }
+        for (key, v) in [
+            ("layers_per_block", &u.layers_per_block),
+            ("cross_attention_dim", &u.cross_attention_dim),
+        ] {
+            if v.uniform().is_none() {
+                return bad(format!("`{key}` is {v}; adp supports one value for every block"));
+            }
+        }
+        if u.transformer_layers_per_block.uniform() != Some(1) {
+            return bad(format!(
+                "`transformer_layers_per_block` is {}; adp supports 1",
+                u.transformer_layers_per_block
+            ));
+        }
+        match u.extra.get("only_cross_attention") {
+            None | Some(serde_json::Value::Bool(false)) => {}
+            Some(serde_json::Value::Array(a)) if a.iter().all(|v| v == &serde_json::Value::Bool(false)) => {}
+            Some(v) => return bad(format!("`only_cross_attention` is {v}; adp supports false")),
+        }
+        check_fixed(&file, &u.extra, UNET_FIXED)?;
+        for (i, &c) in u.block_out_channels.iter().enumerate() {
+            let heads = u.attention_head_dim.get(i);
+            if heads == 0 || c % heads != 0 {
+                return bad(format!(
+                    "block {i}: `block_out_channels` {c} is not a multiple of `attention_head_dim` {heads} \
+                     (the number of heads)"
+                ));
+            }
+            if c % u.norm_num_groups != 0 {
+                return bad(format!(
+                    "block {i}: `block_out_channels` {c} is not a multiple of `norm_num_groups` {}",
+                    u.norm_num_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_text_encoder_and_vae_keys(&self) -> Result<()> {
+        let (t, file) = (&self.text_encoder, self.root.join("text_encoder/config.json"));
+        if !matches!(t.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(Error::config(
+                &file,
+                format!(
+                    "`hidden_act` is {:?}; adp supports \"quick_gelu\" or \"gelu\"",
+                    t.hidden_act
+                ),
+            ));
+        }
+        if t.hidden_size % t.num_attention_heads != 0 {
+            return Err(Error::config(
+                &file,
+                format!(
+                    "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                    t.hidden_size, t.num_attention_heads
+                ),
+            ));
+        }
+        let (v, file) = (&self.vae, self.root.join("vae/config.json"));
+        check_fixed(&file, &v.extra, VAE_FIXED)?;
+        let n = v.block_out_channels.len();
+        for (key, kind) in [
+            ("down_block_types", "DownEncoderBlock2D"),
+            ("up_block_types", "UpDecoderBlock2D"),
+        ] {
+            let Some(types) = v.extra.get(key) else { continue };
+            let ok = types
+                .as_array()
+                .is_some_and(|a| a.len() == n && a.iter().all(|t| t.as_str() == Some(kind)));
+            if !ok {
+                return Err(Error::config(
+                    &file,
+                    format!("`{key}` is {types}; adp supports {n} × {kind:?}"),
+                ));
+            }
+        }
+        if let Some(c) = v.block_out_channels.iter().find(|&&c| c % v.norm_num_groups != 0) {
+            return Err(Error::config(
+                &file,
+                format!(
+                    "`block_out_channels` {c} is not a multiple of `norm_num_groups` {}",
+                    v.norm_num_groups
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The safetensors file of a part (`unet`, `vae`, `text_encoder`).
@@ -404,8 +667,11 @@ impl DiffusionSpec {
 fn d_1() -> usize {
     1
 }
-fn d_2() -> usize {
-    2
+fn d_2_blocks() -> PerBlock {
+    PerBlock::One(2)
+}
+fn d_1_blocks() -> PerBlock {
+    PerBlock::One(1)
 }
 fn d_3() -> usize {
     3
@@ -499,13 +765,15 @@ mod tests {
             .unwrap(),
             unet: serde_json::from_str(
                 r#"{"in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16], "cross_attention_dim": 8,
+                    "norm_num_groups": 4,
                     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
                     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}"#,
             )
             .unwrap(),
-            vae: serde_json::from_str(r#"{"block_out_channels": [8]}"#).unwrap(),
+            vae: serde_json::from_str(r#"{"block_out_channels": [8], "norm_num_groups": 4}"#).unwrap(),
             scheduler: serde_json::from_str("{}").unwrap(),
             prediction: Prediction::Epsilon,
+            pad_token_id: 0,
         }
     }
 
@@ -549,7 +817,7 @@ mod tests {
         };
         fails(&none, "0 down and 0 up block types for 0 block_out_channels");
         fails(
-            &|s| s.unet.cross_attention_dim = 4,
+            &|s| s.unet.cross_attention_dim = PerBlock::One(4),
             "cross_attention_dim 4 differs from the text encoder's hidden_size",
         );
         fails(
@@ -571,6 +839,130 @@ mod tests {
     }
 
     #[test]
+    fn sd_keys_are_read_and_what_adp_cannot_run_is_refused_naming_key_and_value() {
+        let mut spec = tiny_spec();
+        // SD 1.5's spelling: one head count, conv projections; SD 2.1's: per-block lists, upcast.
+        spec.unet = serde_json::from_value(serde_json::json!({
+            "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16], "norm_num_groups": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "cross_attention_dim": [8, 8], "attention_head_dim": [2, 4], "layers_per_block": [1, 1],
+            "transformer_layers_per_block": 1, "use_linear_projection": false, "upcast_attention": true,
+            "only_cross_attention": [false, false], "mid_block_type": "UNetMidBlock2DCrossAttn",
+            "act_fn": "silu", "mid_block_scale_factor": 1, "dual_cross_attention": false,
+            "class_embed_type": null, "_class_name": "UNet2DConditionModel"
+        }))
+        .unwrap();
+        spec.check_supported().unwrap();
+        assert_eq!(
+            (
+                spec.unet.cross_dim(),
+                spec.unet.layers(),
+                spec.unet.attention_head_dim.get(1)
+            ),
+            (8, 1, 4)
+        );
+        assert!(spec.unet.upcast_attention && !spec.unet.use_linear_projection);
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
+            let mut s = spec.clone();
+            edit(&mut s);
+            let e = s.check_supported().unwrap_err().to_string();
+            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
+        };
+        let set = |key: &'static str, v: serde_json::Value| {
+            move |s: &mut DiffusionSpec| {
+                s.unet.extra.insert(key.into(), v.clone());
+            }
+        };
+        fails(
+            &|s| s.unet.num_attention_heads = Some(PerBlock::One(2)),
+            "unet/config.json: `num_attention_heads` is 2",
+        );
+        fails(
+            &|s| s.unet.attention_head_dim = PerBlock::Each(vec![2, 4, 4]),
+            "`attention_head_dim` is [2, 4, 4]: 3 entries for 2 blocks",
+        );
+        fails(
+            &|s| s.unet.attention_head_dim = PerBlock::Each(vec![3, 4]),
+            "block 0: `block_out_channels` 8 is not a multiple of `attention_head_dim` 3",
+        );
+        fails(
+            &|s| s.unet.layers_per_block = PerBlock::Each(vec![1, 2]),
+            "`layers_per_block` is [1, 2]; adp supports one value for every block",
+        );
+        fails(
+            &|s| s.unet.cross_attention_dim = PerBlock::Each(vec![8, 16]),
+            "cross_attention_dim [8, 16] differs from the text encoder's hidden_size 8",
+        );
+        fails(
+            &|s| s.unet.transformer_layers_per_block = PerBlock::One(2),
+            "`transformer_layers_per_block` is 2; adp supports 1",
+        );
+        fails(
+            &set("only_cross_attention", serde_json::json!([true, false])),
+            "`only_cross_attention` is [true,false]; adp supports false",
+        );
+        fails(
+            &set("dual_cross_attention", true.into()),
+            "`dual_cross_attention` is true",
+        );
+        fails(
+            &set("class_embed_type", "timestep".into()),
+            "`class_embed_type` is \"timestep\"; adp supports null",
+        );
+        fails(
+            &set("addition_embed_type", "text_time".into()),
+            "`addition_embed_type` is \"text_time\"",
+        );
+        fails(
+            &set("mid_block_type", "UNetMidBlock2DSimpleCrossAttn".into()),
+            "`mid_block_type` is",
+        );
+        fails(
+            &set("mid_block_type", serde_json::Value::Null),
+            "`mid_block_type` is null",
+        );
+        fails(
+            &set("time_embedding_type", "fourier".into()),
+            "`time_embedding_type` is \"fourier\"",
+        );
+        fails(&set("act_fn", "gelu".into()), "unet/config.json: `act_fn` is \"gelu\"");
+        fails(&set("conv_in_kernel", 7.into()), "`conv_in_kernel` is 7");
+        // Every fixed key refuses a value outside its list.
+        for (key, _) in UNET_FIXED {
+            fails(&set(key, "nonsense".into()), &format!("`{key}` is \"nonsense\""));
+        }
+        for (key, _) in VAE_FIXED {
+            fails(
+                &|s| {
+                    s.vae.extra.insert((*key).into(), "nonsense".into());
+                },
+                &format!("vae/config.json: `{key}` is \"nonsense\""),
+            );
+        }
+        fails(
+            &|s| {
+                s.vae
+                    .extra
+                    .insert("down_block_types".into(), serde_json::json!(["DownBlock2D"]));
+            },
+            "vae/config.json: `down_block_types` is [\"DownBlock2D\"]; adp supports 1 × \"DownEncoderBlock2D\"",
+        );
+        fails(
+            &|s| s.text_encoder.hidden_act = "relu".into(),
+            "text_encoder/config.json: `hidden_act` is \"relu\"",
+        );
+        fails(
+            &|s| s.text_encoder.num_attention_heads = 3,
+            "`hidden_size` 8 is not a multiple of `num_attention_heads` 3",
+        );
+        fails(
+            &|s| s.unet.norm_num_groups = 16,
+            "block 0: `block_out_channels` 8 is not a multiple of `norm_num_groups` 16",
+        );
+    }
+
+    #[test]
     fn absurd_sizes_are_refused_naming_file_key_and_range() {
         tiny_spec().check_limits().unwrap();
         let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
@@ -580,7 +972,7 @@ mod tests {
             assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
         };
         fails(
-            &|s| s.unet.layers_per_block = 1 << 40,
+            &|s| s.unet.layers_per_block = PerBlock::One(1 << 40),
             "unet/config.json: `layers_per_block` is 1099511627776, outside the supported range 1..=16",
         );
         fails(

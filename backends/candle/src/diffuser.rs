@@ -88,7 +88,7 @@ impl CandleDiffuser {
             schedule,
             spec: spec.clone(),
             dims,
-            tokenizer: ClipTokenizer::new(),
+            tokenizer: ClipTokenizer::new().with_pad(spec.pad_token_id),
             device,
         })
     }

@@ -47,7 +47,7 @@ impl TchDiffuser {
             schedule,
             spec: spec.clone(),
             dims,
-            tokenizer: ClipTokenizer::new(),
+            tokenizer: ClipTokenizer::new().with_pad(spec.pad_token_id),
             device,
         })
     }

@@ -99,10 +99,41 @@ impl Attention {
     }
 }
 
-/// `Transformer2DModel` with linear projections and one `BasicTransformerBlock`.
+/// `proj_in`/`proj_out`: linear on tokens (`use_linear_projection`, SD 2.x) or a 1×1 convolution
+/// on the feature map (SD 1.x); the two differ in where the reshape to tokens happens.
+enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+impl Projection {
+    fn new(vb: VarBuilder, c: usize, linear_projection: bool) -> Result<Self> {
+        Ok(if linear_projection {
+            Self::Linear(linear(c, c, vb)?)
+        } else {
+            Self::Conv(conv2d(c, c, 1, Default::default(), vb)?)
+        })
+    }
+}
+
+/// `[b, c, h, w]` → `[b, h·w, c]`. `.contiguous()`: candle's batched matmul mis-reads
+/// non-contiguous left operands (batch > 1).
+fn to_tokens(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
+}
+
+/// `[b, h·w, c]` → `[b, c, h, w]`.
+fn to_map(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    x.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
+}
+
+/// `Transformer2DModel` with one `BasicTransformerBlock`. Attention runs in float32, so
+/// `upcast_attention` (SD 2.1) changes nothing here.
 struct SpatialTransformer {
     norm: GroupNorm,
-    proj_in: Linear,
+    proj_in: Projection,
     norm1: LayerNorm,
     attn1: Attention,
     norm2: LayerNorm,
@@ -110,7 +141,7 @@ struct SpatialTransformer {
     norm3: LayerNorm,
     ff_in: Linear,
     ff_out: Linear,
-    proj_out: Linear,
+    proj_out: Projection,
 }
 
 impl SpatialTransformer {
@@ -118,40 +149,35 @@ impl SpatialTransformer {
         let b = vb.pp("transformer_blocks.0");
         Ok(Self {
             norm: group_norm(cfg.norm_num_groups, c, 1e-6, vb.pp("norm"))?,
-            proj_in: linear(c, c, vb.pp("proj_in"))?,
+            proj_in: Projection::new(vb.pp("proj_in"), c, cfg.use_linear_projection)?,
             norm1: layer_norm(c, 1e-5, b.pp("norm1"))?,
             attn1: Attention::new(b.pp("attn1"), c, c, heads)?,
             norm2: layer_norm(c, 1e-5, b.pp("norm2"))?,
-            attn2: Attention::new(b.pp("attn2"), c, cfg.cross_attention_dim, heads)?,
+            attn2: Attention::new(b.pp("attn2"), c, cfg.cross_dim(), heads)?,
             norm3: layer_norm(c, 1e-5, b.pp("norm3"))?,
             ff_in: linear(c, 8 * c, b.pp("ff.net.0.proj"))?,
             ff_out: linear(4 * c, c, b.pp("ff.net.2"))?,
-            proj_out: linear(c, c, vb.pp("proj_out"))?,
+            proj_out: Projection::new(vb.pp("proj_out"), c, cfg.use_linear_projection)?,
         })
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        // `.contiguous()`: candle's batched matmul mis-reads non-contiguous left operands (batch > 1).
-        let hs = self
-            .norm
-            .forward(x)?
-            .reshape((b, c, h * w))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let hs = self.proj_in.forward(&hs)?;
+        let (_, c, h, w) = x.dims4()?;
+        let hs = self.norm.forward(x)?;
+        let hs = match &self.proj_in {
+            Projection::Linear(l) => l.forward(&to_tokens(&hs)?)?,
+            Projection::Conv(conv) => to_tokens(&conv.forward(&hs)?)?,
+        };
         let n1 = self.norm1.forward(&hs)?;
         let hs = (&hs + self.attn1.forward(&n1, &n1)?)?;
         let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context)?)?;
         let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
         let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
         let hs = (&hs + self.ff_out.forward(&(a * gate.gelu_erf()?)?)?)?;
-        let out = self
-            .proj_out
-            .forward(&hs)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, c, h, w))?;
+        let out = match &self.proj_out {
+            Projection::Linear(l) => to_map(&l.forward(&hs)?, h, w)?,
+            Projection::Conv(conv) => conv.forward(&to_map(&hs, h, w)?)?,
+        };
         out + x
     }
 }
@@ -206,7 +232,7 @@ impl UNet {
         for i in 0..n {
             let vb = vb.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            let layers = (0..c.layers_per_block)
+            let layers = (0..c.layers())
                 .map(|j| {
                     layer(
                         &vb,
@@ -236,7 +262,7 @@ impl UNet {
             let out = ch[n - 1 - i];
             let prev = if i == 0 { last } else { ch[n - i] };
             let input = ch[n - 1 - (i + 1).min(n - 1)];
-            let layers_n = c.layers_per_block + 1;
+            let layers_n = c.layers() + 1;
             let layers = (0..layers_n)
                 .map(|j| {
                     let skip = if j + 1 == layers_n { input } else { out };

@@ -73,10 +73,40 @@ impl Attention {
     }
 }
 
-/// `Transformer2DModel` with linear projections and one `BasicTransformerBlock`.
+/// `proj_in`/`proj_out`: linear on tokens (`use_linear_projection`, SD 2.x) or a 1×1 convolution
+/// on the feature map (SD 1.x); the two differ in where the reshape to tokens happens.
+enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+impl Projection {
+    fn new(w: Prefixed, c: usize, linear_projection: bool) -> Result<Self> {
+        Ok(if linear_projection {
+            Self::Linear(Linear::new(w, c, c, true)?)
+        } else {
+            Self::Conv(Conv2d::k1(w, c, c)?)
+        })
+    }
+}
+
+/// `[b, c, h, w]` → `[b, h·w, c]`.
+fn to_tokens(x: &Tensor) -> TchResult<Tensor> {
+    let (b, c, h, w) = x.size4()?;
+    x.f_reshape([b, c, h * w])?.f_transpose(1, 2)
+}
+
+/// `[b, h·w, c]` → `[b, c, h, w]`.
+fn to_map(x: &Tensor, h: i64, w: i64) -> TchResult<Tensor> {
+    let (b, _, c) = x.size3()?;
+    x.f_transpose(1, 2)?.f_reshape([b, c, h, w])
+}
+
+/// `Transformer2DModel` with one `BasicTransformerBlock`. Attention runs in float32, so
+/// `upcast_attention` (SD 2.1) changes nothing here.
 struct SpatialTransformer {
     norm: GroupNorm,
-    proj_in: Linear,
+    proj_in: Projection,
     norm1: LayerNorm,
     attn1: Attention,
     norm2: LayerNorm,
@@ -84,7 +114,7 @@ struct SpatialTransformer {
     norm3: LayerNorm,
     ff_in: Linear,
     ff_out: Linear,
-    proj_out: Linear,
+    proj_out: Projection,
     channels: i64,
 }
 
@@ -93,23 +123,26 @@ impl SpatialTransformer {
         let b = w.pp("transformer_blocks.0");
         Ok(Self {
             norm: GroupNorm::new(w.pp("norm"), cfg.norm_num_groups, c, 1e-6)?,
-            proj_in: Linear::new(w.pp("proj_in"), c, c, true)?,
+            proj_in: Projection::new(w.pp("proj_in"), c, cfg.use_linear_projection)?,
             norm1: LayerNorm::new(b.pp("norm1"), c, 1e-5)?,
             attn1: Attention::new(b.pp("attn1"), c, c, heads)?,
             norm2: LayerNorm::new(b.pp("norm2"), c, 1e-5)?,
-            attn2: Attention::new(b.pp("attn2"), c, cfg.cross_attention_dim, heads)?,
+            attn2: Attention::new(b.pp("attn2"), c, cfg.cross_dim(), heads)?,
             norm3: LayerNorm::new(b.pp("norm3"), c, 1e-5)?,
             ff_in: Linear::new(b.pp("ff.net.0.proj"), c, 8 * c, true)?,
             ff_out: Linear::new(b.pp("ff.net.2"), 4 * c, c, true)?,
-            proj_out: Linear::new(w.pp("proj_out"), c, c, true)?,
+            proj_out: Projection::new(w.pp("proj_out"), c, cfg.use_linear_projection)?,
             channels: c as i64,
         })
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> TchResult<Tensor> {
-        let (b, c, h, w) = x.size4()?;
-        let hs = self.norm.forward(x)?.f_reshape([b, c, h * w])?.f_transpose(1, 2)?;
-        let hs = self.proj_in.forward(&hs)?;
+        let (_, _, h, w) = x.size4()?;
+        let hs = self.norm.forward(x)?;
+        let hs = match &self.proj_in {
+            Projection::Linear(l) => l.forward(&to_tokens(&hs)?)?,
+            Projection::Conv(conv) => to_tokens(&conv.forward(&hs)?)?,
+        };
         let n1 = self.norm1.forward(&hs)?;
         let hs = hs.f_add(&self.attn1.forward(&n1, &n1)?)?;
         let hs = hs.f_add(&self.attn2.forward(&self.norm2.forward(&hs)?, context)?)?;
@@ -117,7 +150,10 @@ impl SpatialTransformer {
         let inner = 4 * self.channels;
         let (a, gate) = (g.f_narrow(-1, 0, inner)?, g.f_narrow(-1, inner, inner)?);
         let hs = hs.f_add(&self.ff_out.forward(&a.f_mul(&gate.f_gelu("none")?)?)?)?;
-        let out = self.proj_out.forward(&hs)?.f_transpose(1, 2)?.f_reshape([b, c, h, w])?;
+        let out = match &self.proj_out {
+            Projection::Linear(l) => to_map(&l.forward(&hs)?, h, w)?,
+            Projection::Conv(conv) => conv.forward(&to_map(&hs, h, w)?)?,
+        };
         out.f_add(x)
     }
 }
@@ -173,7 +209,7 @@ impl UNet {
         for i in 0..n {
             let wb = w.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            let layers = (0..c.layers_per_block)
+            let layers = (0..c.layers())
                 .map(|j| {
                     layer(
                         &wb,
@@ -203,7 +239,7 @@ impl UNet {
             let out = ch[n - 1 - i];
             let prev = if i == 0 { last } else { ch[n - i] };
             let input = ch[n - 1 - (i + 1).min(n - 1)];
-            let layers_n = c.layers_per_block + 1;
+            let layers_n = c.layers() + 1;
             let layers = (0..layers_n)
                 .map(|j| {
                     let skip = if j + 1 == layers_n { input } else { out };
