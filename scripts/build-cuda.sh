@@ -48,7 +48,9 @@ fi
 [ -n "$adp" ] || { log "no adp binary: build the CPU workspace first (scripts/test.sh does)"; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/adp-cuda-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-clip=$("$adp" fixtures --out "$work/fixtures" | head -1)
+# Into a file, not `| head -1`: the closed pipe made `adp` panic (exit 101) and failed the script.
+"$adp" fixtures --out "$work/fixtures" >"$work/fixtures.txt"
+clip=$(sed -n 1p "$work/fixtures.txt")
 
 # Runs `adp embed` on the CUDA plugin; expects failure with $2 (a regex) in the message, no panic.
 expect_error() {
