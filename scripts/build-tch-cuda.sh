@@ -92,7 +92,8 @@ expect_no_cuda() {
 expect_no_cuda "no driver" 0 -u LD_LIBRARY_PATH
 "$adp" plugins --plugin-dir "$(dirname "$plugin")" --json >"$work/plugins"
 grep -q '"cuda:0"' "$work/plugins" && { log "FAIL: a CUDA device listed without a GPU"; exit 1; }
-# 2. A driver but no GPU, played by setup-cuda's link-time libcuda stub (every call fails).
+# 2. A driver but no GPU, played by setup-cuda's link-time libcuda stub (every call fails; in CI
+#    build-cuda.sh has provisioned it already, else this fetches the CUDA toolchain once, 680 MB).
 eval "$(scripts/setup-cuda.sh --print-env)"
 mkdir -p "$work/driver"
 ln -s "$CUDA_ROOT/lib/stubs/libcuda.so" "$work/driver/libcuda.so.1"
