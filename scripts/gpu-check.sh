@@ -8,6 +8,7 @@
 #   target/cuda/release/libadp_plugin_candle.so         scripts/build-cuda.sh, sm_90 (57 MiB: over
 #                                                       the 64 MiB carry limit with the rest)
 #   target/tch-cuda/release/libadp_plugin_tch.so        scripts/build-tch-cuda.sh --release, if built
+#                                                       (7 MB; 2.5 MB packed)
 #                                                       (ADP_TCH_CUDA_PLUGIN names another)
 # Assumed on the GPU machine (too big to carry: cuBLASLt alone is 516 MB): an NVIDIA driver for
 # CUDA >= 13.0 (libcuda.so.1) and the CUDA 13 libraries libcudart.so.13, libcublas.so.13,
