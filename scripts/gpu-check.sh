@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# One short check (under 10 minutes) of the CUDA candle plugin on a GPU machine, from artefacts
-# built elsewhere: such a machine has no package registry and no Rust toolchain.
+# One short check (under 10 minutes) of the CUDA plugins on a GPU machine, from artefacts built
+# elsewhere: such a machine has no package registry and no Rust toolchain.
 #
 # Carry target/gpu-check (about 11 MB) with the working tree (10 MB). `scripts/gpu-check.sh --pack`
 # makes it here, stripped and xz-compressed, from
 #   target/release/adp                                  the CPU host (6.5 MiB)
 #   target/cuda/release/libadp_plugin_candle.so         scripts/build-cuda.sh, sm_90 (57 MiB: over
 #                                                       the 64 MiB carry limit with the rest)
+#   target/tch-cuda/release/libadp_plugin_tch.so        scripts/build-tch-cuda.sh --release, if built
+#                                                       (7 MB; 2.5 MB packed)
+#                                                       (ADP_TCH_CUDA_PLUGIN names another)
 # Assumed on the GPU machine (too big to carry: cuBLASLt alone is 516 MB): an NVIDIA driver for
 # CUDA >= 13.0 (libcuda.so.1) and the CUDA 13 libraries libcudart.so.13, libcublas.so.13,
 # libcublasLt.so.13 and libcurand.so.10, in a system CUDA 13 toolkit or a
@@ -18,6 +21,12 @@
 #     on cpu and on cuda:0 agree within TOL (default 1e-3 relative, stated in the summary);
 #  3. timings at real sizes with random weights (ViT-H-14, SD 2.1): winclip scoring per photo,
 #     ADP fit with 1 and 3 concept steps (batch 4), and peak GPU memory (nvidia-smi).
+#  4. the tch plugin built against the CUDA libtorch (scripts/build-tch-cuda.sh --release), packed
+#     too when built: steps 1-2 and ViT-H-14 winclip scoring for it, ONLY IF the machine has
+#     libtorch 2.13 for CUDA 13 (a python3 whose torch is 2.13.x with CUDA 13.x, or ADP_LIBTORCH_LIB,
+#     a folder with libtorch_cuda.so).
+#     That libtorch cannot be carried (libtorch_cuda.so alone is 470 MB, the whole 3.4 GB); the
+#     device machine was last seen with torch 2.11, so there the tch part is SKIPPED, and says so.
 # Usage: scripts/gpu-check.sh --pack   (here)   then   scripts/gpu-check.sh [ADP_BIN [PLUGIN]]   (there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +37,12 @@ if [ "${1:-}" = "--pack" ]; then
   for f in "${ADP_BIN:-target/release/adp}" "${ADP_CUDA_PLUGIN:-target/cuda/release/libadp_plugin_candle.so}"; do
     strip -o "$pack/$(basename "$f")" "$f" && xz -f -T0 -6 "$pack/$(basename "$f")"
   done
+  tch="${ADP_TCH_CUDA_PLUGIN:-target/tch-cuda/release/libadp_plugin_tch.so}"
+  if [ -f "$tch" ]; then
+    strip -o "$pack/$(basename "$tch")" "$tch" && xz -f -T0 -6 "$pack/$(basename "$tch")"
+  else
+    echo "gpu-check: no $tch (scripts/build-tch-cuda.sh --release): the tch part will not run" >&2
+  fi
   ls -l "$pack" >&2; echo "$pack"; exit 0
 fi
 # Packed artefacts, when no paths are given: unpacked once into the work folder.
@@ -36,6 +51,12 @@ if [ $# -eq 0 ] && [ -z "${ADP_BIN:-}" ] && [ -f "$pack/adp.xz" ]; then
   for f in adp libadp_plugin_candle.so; do
     xz -dc "$pack/$f.xz" >"${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/$f"
   done
+  # In a folder of its own: `adp plugins --plugin-dir` lists one plugin per folder.
+  if [ -f "$pack/libadp_plugin_tch.so.xz" ] && [ -z "${ADP_TCH_CUDA_PLUGIN:-}" ]; then
+    mkdir -p "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/tch"
+    xz -dc "$pack/libadp_plugin_tch.so.xz" >"${ADP_GPU_WORK:-/tmp/adp-gpu-check}/tch/libadp_plugin_tch.so"
+    export ADP_TCH_CUDA_PLUGIN="${ADP_GPU_WORK:-/tmp/adp-gpu-check}/tch/libadp_plugin_tch.so"
+  fi
   chmod +x "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/adp"
   set -- "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/adp" "${ADP_GPU_WORK:-/tmp/adp-gpu-check}/bin/libadp_plugin_candle.so"
 fi
@@ -136,26 +157,64 @@ clip=$(sed -n 1p "$out/fixtures-tiny.out")
 sd=$(sed -n 2p "$out/fixtures-tiny.out")
 photos=examples/images/metal_plate
 tests=$(ls $photos/test/*/*.png)  # `adp score` takes files or a folder of photos, not a tree
-for dev in cpu cuda; do
-  d=cpu; [ $dev = cuda ] && d=cuda:0
-  step "embed-$dev" 120 "$adp" embed --plugin "$plugin" --clip "$clip" --device "$d" \
-    --image $photos/test/good/000.png --image $photos/test/defect/000.png --text "a photo of a metal plate"
-  # One detector fitted on the CPU, scored on both devices: the scoring path alone.
-  [ $dev = cpu ] && step fit-winclip-tiny 120 "$adp" fit --plugin "$plugin" --method winclip --clip "$clip" \
-    --support $photos/train/good --device cpu --quiet -o "$work/winclip-tiny.adp"
-  step "score-winclip-$dev" 120 "$adp" score --detector "$work/winclip-tiny.adp" --plugin "$plugin" \
-    --device "$d" --quiet $tests
-  # ADP on tiny SD, fitted on each device (seeded): concept learning and img2img on the GPU.
-  step "fit-adp-tiny-$dev" 180 "$adp" fit --plugin "$plugin" --clip "$clip" --sd "$sd" \
-    --support $photos/train/good --steps 2 --validation-pseudo 2 --ddim-steps 5 --device "$d" --quiet \
-    -o "$work/adp-tiny-$dev.adp"
-  step "score-adp-$dev" 120 "$adp" score --detector "$work/adp-tiny-$dev.adp" --plugin "$plugin" \
-    --device "$d" --quiet $tests
-done
-agree embed
-agree score-winclip
-agree score-adp
+# The same checks for each plugin: $1 prefixes the step names ("" for candle), $2 is the plugin.
+conformance() {
+  local p=$1 plugin=$2 dev d
+  for dev in cpu cuda; do
+    d=cpu; [ $dev = cuda ] && d=cuda:0
+    step "${p}embed-$dev" 120 "$adp" embed --plugin "$plugin" --clip "$clip" --device "$d" \
+      --image $photos/test/good/000.png --image $photos/test/defect/000.png --text "a photo of a metal plate"
+    # One detector fitted on the CPU, scored on both devices: the scoring path alone.
+    [ $dev = cpu ] && step "${p}fit-winclip-tiny" 120 "$adp" fit --plugin "$plugin" --method winclip \
+      --clip "$clip" --support $photos/train/good --device cpu --quiet -o "$work/${p}winclip-tiny.adp"
+    step "${p}score-winclip-$dev" 120 "$adp" score --detector "$work/${p}winclip-tiny.adp" --plugin "$plugin" \
+      --device "$d" --quiet $tests
+    # ADP on tiny SD, fitted on each device (seeded): concept learning and img2img on the GPU.
+    step "${p}fit-adp-tiny-$dev" 180 "$adp" fit --plugin "$plugin" --clip "$clip" --sd "$sd" \
+      --support $photos/train/good --steps 2 --validation-pseudo 2 --ddim-steps 5 --device "$d" --quiet \
+      -o "$work/${p}adp-tiny-$dev.adp"
+    step "${p}score-adp-$dev" 120 "$adp" score --detector "$work/${p}adp-tiny-$dev.adp" --plugin "$plugin" \
+      --device "$d" --quiet $tests
+  done
+  agree "${p}embed"
+  agree "${p}score-winclip"
+  agree "${p}score-adp"
+}
+conformance "" "$plugin"
 log "conformance part done at $(elapsed) s"
+
+# --- 4a. the tch plugin (CUDA libtorch), if the machine has libtorch 2.13 for CUDA 13 -------------
+tch_plugin=${ADP_TCH_CUDA_PLUGIN:-}
+tch_lib=""
+if [ -z "$tch_plugin" ] || [ ! -f "$tch_plugin" ]; then
+  log "SKIP tch: no tch plugin built against the CUDA libtorch was carried (ADP_TCH_CUDA_PLUGIN)"
+else
+  tch_plugin=$(realpath "$tch_plugin")
+  if [ -n "${ADP_LIBTORCH_LIB:-}" ]; then
+    tch_lib=$ADP_LIBTORCH_LIB
+  else
+    # The PyPI wheel's torch.__version__ has no +cuXYZ: torch.version.cuda says which CUDA.
+    read -r torch_ver torch_cuda torch_dir < <(python3 -c 'import os, torch; print(torch.__version__.split("+")[0],
+      torch.version.cuda or "none", os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null) || true
+    case "${torch_ver:-none}/${torch_cuda:-none}" in
+      2.13.*/13.*) tch_lib=$torch_dir ;;
+      *) log "SKIP tch: tch 0.26 needs libtorch 2.13 for CUDA 13, this machine's python3 has torch" \
+           "${torch_ver:-none} (CUDA ${torch_cuda:-none}); the CUDA libtorch (3.4 GB) cannot be carried" ;;
+    esac
+  fi
+  [ -n "$tch_lib" ] && [ ! -f "$tch_lib/libtorch_cuda.so" ] && { log "SKIP tch: no libtorch_cuda.so in $tch_lib"; tch_lib=""; }
+fi
+if [ -n "$tch_lib" ]; then
+  log "tch: libtorch from $tch_lib"
+  # Its libraries find their NVIDIA neighbours through their own RUNPATH (a site-packages layout).
+  saved_ld=$LD_LIBRARY_PATH
+  export LD_LIBRARY_PATH="$tch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  step tch-plugins 60 "$adp" plugins --plugin-dir "$(dirname "$tch_plugin")" --json
+  grep -q '"cuda:0"' "$out/tch-plugins.out" && log "ok   tch plugin lists a CUDA device" || log "FAIL tch plugin lists no CUDA device"
+  conformance tch- "$tch_plugin"
+  export LD_LIBRARY_PATH=$saved_ld
+  log "tch conformance part done at $(elapsed) s"
+fi
 
 # --- 3. real sizes, random weights, cuda:0 ------------------------------------------------------
 # About 14 GB of random weights; skipped if they are already there from an earlier call.
@@ -182,6 +241,17 @@ if [ -n "$clip" ]; then
   if [ -s "$out/fit-adp-h14-steps1.secs" ] && [ -s "$out/fit-adp-h14-steps3.secs" ]; then
     log "ADP concept step (ViT-H-14 + SD 2.1, batch 4): $(calc "($(cat "$out/fit-adp-h14-steps3.secs") - $(cat "$out/fit-adp-h14-steps1.secs")) / 2") s; peak $(cat "$out/peak-fit-adp-3.mib") MiB"
   fi
+fi
+if [ -n "$clip" ] && [ -n "$tch_lib" ]; then
+  saved_ld=$LD_LIBRARY_PATH
+  export LD_LIBRARY_PATH="$tch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  step tch-fit-winclip-h14 120 "$adp" fit --plugin "$tch_plugin" --method winclip --clip "$clip" \
+    --support $photos/train/good --device cuda:0 --quiet -o "$work/tch-winclip-h14.adp"
+  with_peak "$out/peak-tch-score-h14.mib" step tch-score-winclip-h14 120 "$adp" score \
+    --detector "$work/tch-winclip-h14.adp" --plugin "$tch_plugin" --device cuda:0 --quiet $tests $photos/train/good/*.png
+  n=$(wc -l <"$out/tch-score-winclip-h14.out" 2>/dev/null || echo 0)
+  [ "$n" -gt 0 ] && log "tch ViT-H-14 winclip: $(calc "$(cat "$out/tch-score-winclip-h14.secs") / $n") s per photo over $n photos (load included), peak $(cat "$out/peak-tch-score-h14.mib") MiB"
+  export LD_LIBRARY_PATH=$saved_ld
 fi
 log "done in $(elapsed) s; results in $out"
 grep -q FAIL "$summary" && exit 1

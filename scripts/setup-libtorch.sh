@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Provisions a CPU libtorch 2.13 (what tch 0.26 needs) cut from PyPI's torch wheel, once per user.
-# The wheel is a CUDA build: its libtorch_cpu.so still needs libcudart/libcupti at load time, so the
-# two small NVIDIA runtime wheels are unpacked next to it. tch links `-ltorch`, which a CPU build
-# satisfies with an empty stub libtorch.so.
+# Provisions libtorch 2.13 (what tch 0.26 needs) cut from PyPI's torch wheel, once per user.
 #
-# Idempotent: a finished install is marked by $LIBTORCH/.adp-complete and reused.
-# Usage: eval "$(scripts/setup-libtorch.sh --print-env)"   or   scripts/setup-libtorch.sh
-# Honours: LIBTORCH (use an existing full libtorch, e.g. a CUDA one, as is),
+# Default (CPU): the wheel is a CUDA build, but only its CPU half is kept: libtorch_cpu.so still
+# needs libcudart/libcupti at load time, so the two small NVIDIA runtime wheels are unpacked next
+# to it. tch links `-ltorch`, which a CPU build satisfies with an empty stub libtorch.so.
+#
+# --cuda: the whole CUDA 13.0 build, for the tch plugin on a GPU (scripts/build-tch-cuda.sh):
+# torch's libtorch_cuda.so and the NVIDIA runtime wheels torch==2.13.0 pins, laid out as in a
+# Python site-packages (torch/lib beside nvidia/*/lib) so that the libraries' own RUNPATH
+# ($ORIGIN/../../nvidia/...) finds their neighbours. Only what libtorch_cuda loads is kept (its
+# NEEDED closure, and what torch and cuDNN dlopen); about 3.5 GB on disk, 2.3 GB downloaded.
+#
+# Idempotent: a finished install is marked by .adp-complete and reused.
+# Usage: eval "$(scripts/setup-libtorch.sh [--cuda] --print-env)"   or   scripts/setup-libtorch.sh [--cuda]
+# Honours: LIBTORCH (use an existing full libtorch, e.g. a CUDA one, as is; with --cuda only if
+#          it has libtorch_cuda.so),
 #          ADP_LIBTORCH_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/adp/libtorch).
 set -euo pipefail
 
@@ -14,8 +22,18 @@ TORCH_VERSION=2.13.0
 CUDART_VERSION=13.0.96
 CUPTI_VERSION=13.0.85
 print_env=0
-[ "${1:-}" = "--print-env" ] && print_env=1
+cuda=0
+for arg in "$@"; do
+  case "$arg" in
+    --print-env) print_env=1 ;;
+    --cuda) cuda=1 ;;
+    *) echo "setup-libtorch: unknown argument $arg (expected --cuda, --print-env)" >&2; exit 2 ;;
+  esac
+done
 log() { echo "setup-libtorch: $*" >&2; }
+if [ "$cuda" = 1 ]; then
+  exec "$(dirname "$0")/setup-libtorch-cuda.sh" "$@"
+fi
 
 if [ -n "${LIBTORCH:-}" ] && [ -f "$LIBTORCH/lib/libtorch_cpu.so" ] && [ ! -f "$LIBTORCH/.adp-complete" ]; then
   # A user-supplied libtorch (possibly with libtorch_cuda): used untouched.
