@@ -392,3 +392,29 @@ fn eval_names_a_missing_category_and_dataset() {
     let nowhere = dir.path().join("no-such-dataset");
     eval(&nowhere, "widget", &[s(&nowhere)]);
 }
+
+/// `adp fixtures | head -1`: output into a closed pipe ends the command quietly (SIGPIPE), never
+/// with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(build_dir().join("adp"))
+        .args(["fixtures", "--out", s(dir.path())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc_sigpipe()), "{:?}: {err}", out.status);
+}
+
+/// SIGPIPE's number on Linux and the BSDs.
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}

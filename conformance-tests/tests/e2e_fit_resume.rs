@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Steps per concept: enough that the kill lands inside the learning of `c_n`.
 const STEPS: &str = "30";
+/// A loss no step computes, written into the checkpoint's history before resuming.
+const MARK: f32 = 12345.0;
 
 fn support(dir: &Path) -> PathBuf {
     let folder = dir.join("good");
@@ -64,6 +66,25 @@ fn saved_step(file: &Path) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
+/// The checkpoint text with the loss of its first history entry replaced by [`MARK`].
+fn mark_first_loss(text: &str) -> String {
+    let history = text.find("\"history\"").expect("a history in the checkpoint");
+    let start = history + text[history..].find("\"loss\":").expect("a loss in the history") + "\"loss\":".len();
+    let end = start + text[start..].find([',', '}']).expect("the end of the loss");
+    format!("{}{MARK:?}{}", &text[..start], &text[end..])
+}
+
+/// The recorded loss of `c_n`'s first step in a detector.
+fn first_loss_of_c_n(d: &mut DetectorFile) -> &mut f32 {
+    let c_n = d
+        .header
+        .concepts
+        .iter_mut()
+        .find(|c| c.name == "c_n")
+        .expect("a c_n concept");
+    &mut c_n.provenance.loss_history[0].loss
+}
+
 #[test]
 fn a_killed_fit_resumes_to_the_uninterrupted_detector() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,13 +125,25 @@ fn a_killed_fit_resumes_to_the_uninterrupted_detector() {
         "killed mid-learning (checkpoint at step {at_kill} of {steps})"
     );
 
+    // Mark the checkpoint: a run that really continues from it carries the mark into the
+    // concept's loss history; a run that silently started over would recompute that entry.
+    // Only that number's text changes, so every other float is read back as it was written.
+    std::fs::write(&c_n, mark_first_loss(&std::fs::read_to_string(&c_n).unwrap())).unwrap();
+
     let mut args = fit_args(good, &resumed, &ckpt_b, plugin_dir);
     args.push("--resume");
     adp(&args);
-    let (a, b) = (
+    let (a, mut b) = (
         DetectorFile::load(Path::new(&whole)).unwrap(),
         DetectorFile::load(Path::new(&resumed)).unwrap(),
     );
+    let whole_first = *first_loss_of_c_n(&mut a.clone());
+    let first_loss = first_loss_of_c_n(&mut b);
+    assert_eq!(
+        *first_loss, MARK,
+        "the resumed fit continued from the checkpoint (step {at_kill})"
+    );
+    *first_loss = whole_first;
     // Same machine, backend and options: the resumed run draws and computes what the
     // uninterrupted one did, so the detectors are equal, not merely close.
     assert_eq!(a.header.concepts, b.header.concepts, "learned concepts");

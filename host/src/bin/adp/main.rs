@@ -50,6 +50,13 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Rust ignores SIGPIPE, so `println!` into a closed pipe (`adp fixtures | head -1`) panics.
+    // A command-line tool should end quietly instead, as the default action does.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match Cli::parse().command {
         Command::Plugins(a) => plugins::run(a),
         Command::Embed(a) => embed::run(a),
