@@ -264,7 +264,7 @@ fn split(all: &ImageBatch, shots: usize) -> Result<(ImageBatch, ImageBatch)> {
     if all.len() <= shots {
         return Err(Error::invalid(
             "bench",
-            format!("needs more photos ({}) than --shots ({shots})", all.len()),
+            format!("needs more images ({}) than --shots ({shots})", all.len()),
         ));
     }
     let idx: Vec<usize> = (0..all.len()).collect();

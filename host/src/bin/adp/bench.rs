@@ -121,6 +121,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.run.quiet {
         eprint!("{}", markdown(&out));
     }
+    let failed = out.iter().filter(|v| v.get("error").is_some()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} row(s) failed (see above)", out.len());
+    }
     Ok(())
 }
 
