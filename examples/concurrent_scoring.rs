@@ -24,7 +24,14 @@ struct Args {
 
 fn parse() -> anyhow::Result<Args> {
     let mut positional = Vec::new();
-    let (mut tasks, mut options) = (4, ServiceOptions { workers: 2, queue: 4 });
+    let (mut tasks, mut options) = (
+        4,
+        ServiceOptions {
+            workers: 2,
+            queue: 4,
+            threads: None,
+        },
+    );
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut number = |name: &str| -> anyhow::Result<usize> {

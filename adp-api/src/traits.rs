@@ -97,6 +97,16 @@ pub trait Backend: Send + Sync {
     fn feature_extractor(&self, _backbone: &BackboneCheckpoint, _device: Device) -> Result<Box<dyn FeatureExtractor>> {
         Err(self.info().unsupported(Capability::FeatureExtractor))
     }
+    /// Runs `work`, during which the calls this thread makes on the backend's objects spread
+    /// their own work over at most `threads` threads (≥ 1; 0 counts as 1). Side-by-side callers
+    /// (the service's workers) use it so that workers × threads fits the cores instead of each
+    /// call's thread pool claiming every core. `work` may run on another thread (candle runs it
+    /// inside a pool of that size); the thread's previous setting is back afterwards. The default
+    /// runs `work` as it is, for backends with nothing to size.
+    fn with_threads(&self, threads: usize, work: &mut (dyn FnMut() + Send)) {
+        let _ = threads;
+        work()
+    }
 }
 
 /// CLIP: images and prompts into one embedding space (SPEC §2–3, §6).

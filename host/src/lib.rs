@@ -7,9 +7,11 @@
 //! - [`eval`]: datasets, metrics, the evaluation protocol and reports, benchmarks (uses
 //!   `detect`, `images`, `overlay`);
 //! - [`service`] (feature `service`): the async API for host applications;
+//! - [`bench`]: benchmarks beyond `eval`'s (the service's throughput);
 //! - [`fixtures`]: the deterministic reference checkpoints of the test suite.
 //!
 //! The `adp` command line is the binary `src/bin/adp` (feature `cli`).
+pub mod bench;
 pub mod detect;
 pub mod eval;
 pub mod fixtures;

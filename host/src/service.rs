@@ -70,7 +70,7 @@ pub trait AsyncScorer: Send + Sync {
     async fn score(&self, images: Vec<ImageBatch>) -> Result<Vec<ImageScore>>;
 }
 
-/// Pool and queue sizes.
+/// Pool, queue and thread sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceOptions {
     /// Worker threads, i.e. requests scored at the same time (≥ 1).
@@ -78,11 +78,32 @@ pub struct ServiceOptions {
     /// Requests that may wait for a worker (≥ 1); beyond that `score` waits and `try_score`
     /// reports [`ServiceError::Busy`].
     pub queue: usize,
+    /// The most threads one worker's backend calls spread over (≥ 1); `None`: the cores shared
+    /// out, [`ServiceOptions::threads_per_worker`].
+    pub threads: Option<usize>,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        Self { workers: 2, queue: 16 }
+        Self {
+            workers: 2,
+            queue: 16,
+            threads: None,
+        }
+    }
+}
+
+/// The cores this process may use (its affinity mask, cgroup quota aside), at least 1.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ServiceOptions {
+    /// `threads`, else the cores shared out between the workers (at least 1 each), so that
+    /// workers × threads fits the machine instead of every worker's calls spreading over every
+    /// core and the pools fighting for them.
+    pub fn threads_per_worker(&self) -> usize {
+        self.threads.unwrap_or_else(|| cores() / self.workers.max(1)).max(1)
     }
 }
 
@@ -174,18 +195,30 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The one place the async API calls the pipeline: `detector`'s models opened once on `backend`
-/// (checkpoint identity checked here, not per request), shared by every worker.
+/// (checkpoint identity checked here, not per request), shared by every worker. With `threads`,
+/// each request's backend calls spread over at most that many threads
+/// ([`Backend::with_threads`], across the plugin boundary too).
 pub fn pipeline_scorer(
     backend: Arc<dyn Backend>,
     checkpoints: &Checkpoints,
     detector: DetectorFile,
     device: Device,
+    threads: Option<usize>,
 ) -> adp_api::Result<ScoreFn> {
     let scoring = Scoring::open(&*backend, checkpoints, detector, device)?;
     // The models live in the backend's library: it stays loaded as long as they do.
-    Ok(Arc::new(move |images: &[ImageBatch]| {
-        let _backend = &backend;
-        scoring.score(images)
+    Ok(Arc::new(move |images: &[ImageBatch]| match threads {
+        Some(threads) => {
+            let mut out = None;
+            backend.with_threads(threads, &mut || out = Some(scoring.score(images)));
+            out.unwrap_or_else(|| {
+                Err(adp_api::Error::invalid(
+                    "scoring",
+                    "the backend did not run the request",
+                ))
+            })
+        }
+        None => scoring.score(images),
     }))
 }
 
@@ -193,12 +226,15 @@ impl Detector {
     /// A detector scoring with `scorer` (any function: the pipeline through
     /// [`pipeline_scorer`], or a stand-in in tests) on `options.workers` threads.
     pub fn with_scorer(scorer: ScoreFn, options: ServiceOptions) -> adp_api::Result<Self> {
-        if !(1..=MAX_WORKERS).contains(&options.workers) || !(1..=MAX_QUEUE).contains(&options.queue) {
+        if !(1..=MAX_WORKERS).contains(&options.workers)
+            || !(1..=MAX_QUEUE).contains(&options.queue)
+            || options.threads.is_some_and(|t| !(1..=MAX_WORKERS).contains(&t))
+        {
             return Err(adp_api::Error::invalid(
                 "service options",
                 format!(
-                    "workers ({}) must be in 1..={MAX_WORKERS} and queue ({}) in 1..={MAX_QUEUE}",
-                    options.workers, options.queue
+                    "workers ({}) must be in 1..={MAX_WORKERS}, queue ({}) in 1..={MAX_QUEUE} and threads ({:?}) in 1..={MAX_WORKERS}",
+                    options.workers, options.queue, options.threads
                 ),
             ));
         }
@@ -248,7 +284,11 @@ impl Detector {
         options: ServiceOptions,
     ) -> adp_api::Result<Self> {
         let header = detector.header.clone();
-        let mut d = Self::with_scorer(pipeline_scorer(backend, &checkpoints, detector, device)?, options)?;
+        let threads = Some(options.threads_per_worker());
+        let mut d = Self::with_scorer(
+            pipeline_scorer(backend, &checkpoints, detector, device, threads)?,
+            options,
+        )?;
         d.header = Some(header);
         Ok(d)
     }

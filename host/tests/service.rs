@@ -89,6 +89,7 @@ async fn no_more_requests_run_at_once_than_there_are_workers() {
             ServiceOptions {
                 workers: WORKERS,
                 queue: 4,
+                threads: None,
             },
         )
         .unwrap(),
@@ -116,7 +117,17 @@ async fn a_full_queue_pushes_back() {
             echo(images)
         })
     };
-    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 2 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            scorer,
+            ServiceOptions {
+                workers: 1,
+                queue: 2,
+                threads: None,
+            },
+        )
+        .unwrap(),
+    );
     let first = detector.try_score(vec![batch(0.0, 1)]).unwrap();
     gate.wait_for_arrivals(1); // the worker holds the first request
     let queued = [
@@ -186,7 +197,15 @@ async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
         }
         echo(images)
     });
-    let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap();
+    let detector = Detector::with_scorer(
+        scorer,
+        ServiceOptions {
+            workers: 1,
+            queue: 1,
+            threads: None,
+        },
+    )
+    .unwrap();
     let err = detector.score(vec![batch(0.0, 1)]).await.unwrap_err();
     assert!(
         matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a black pixel")),
@@ -203,7 +222,17 @@ async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_request_gets_its_own_scores_in_order() {
-    let detector = Arc::new(Detector::with_scorer(Arc::new(echo), ServiceOptions { workers: 3, queue: 2 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            Arc::new(echo),
+            ServiceOptions {
+                workers: 3,
+                queue: 2,
+                threads: None,
+            },
+        )
+        .unwrap(),
+    );
     let tasks: Vec<_> = (0..24)
         .map(|k| {
             let d = detector.clone();
@@ -236,7 +265,17 @@ async fn close_scores_what_is_queued_then_refuses() {
             echo(images)
         })
     };
-    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 2, queue: 8 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            scorer,
+            ServiceOptions {
+                workers: 2,
+                queue: 8,
+                threads: None,
+            },
+        )
+        .unwrap(),
+    );
     let tickets: Vec<_> = (0..5)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
         .collect();
@@ -275,7 +314,15 @@ fn dropping_the_handle_still_answers_what_was_accepted_without_a_runtime() {
             echo(images)
         })
     };
-    let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 2, queue: 8 }).unwrap();
+    let detector = Detector::with_scorer(
+        scorer,
+        ServiceOptions {
+            workers: 2,
+            queue: 8,
+            threads: None,
+        },
+    )
+    .unwrap();
     let tickets: Vec<_> = (0..6)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
         .collect();
@@ -313,7 +360,17 @@ fn is_open(gate: &Gate) -> bool {
 #[tokio::test]
 async fn after_close_callers_waiting_for_a_slot_get_closed() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            scorer,
+            ServiceOptions {
+                workers: 1,
+                queue: 1,
+                threads: None,
+            },
+        )
+        .unwrap(),
+    );
     let accepted = [
         detector.try_score(vec![batch(0.0, 1)]).unwrap(),
         detector.try_score(vec![batch(1.0, 1)]).unwrap(),
@@ -346,7 +403,15 @@ async fn after_close_callers_waiting_for_a_slot_get_closed() {
 #[tokio::test]
 async fn try_score_accepts_while_a_worker_or_a_queue_slot_is_free() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Detector::with_scorer(scorer, ServiceOptions { workers: 4, queue: 1 }).unwrap();
+    let detector = Detector::with_scorer(
+        scorer,
+        ServiceOptions {
+            workers: 4,
+            queue: 1,
+            threads: None,
+        },
+    )
+    .unwrap();
     // Back to back on an idle detector: 4 workers + 1 queue slot.
     let tickets: Vec<_> = (0..5)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).expect("a free slot"))
@@ -366,7 +431,17 @@ async fn try_score_accepts_while_a_worker_or_a_queue_slot_is_free() {
 #[tokio::test(flavor = "current_thread")]
 async fn close_and_drop_never_block_the_runtime_thread() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Arc::new(Detector::with_scorer(scorer, ServiceOptions { workers: 1, queue: 1 }).unwrap());
+    let detector = Arc::new(
+        Detector::with_scorer(
+            scorer,
+            ServiceOptions {
+                workers: 1,
+                queue: 1,
+                threads: None,
+            },
+        )
+        .unwrap(),
+    );
     let held = detector.try_score(vec![batch(1.0, 1)]).unwrap();
     gate.wait_for_arrivals(1);
     let closing = tokio::spawn({
@@ -383,7 +458,15 @@ async fn close_and_drop_never_block_the_runtime_thread() {
     );
 
     let (gate2, scorer2) = gated_with_watchdog();
-    let other = Detector::with_scorer(scorer2, ServiceOptions { workers: 1, queue: 1 }).unwrap();
+    let other = Detector::with_scorer(
+        scorer2,
+        ServiceOptions {
+            workers: 1,
+            queue: 1,
+            threads: None,
+        },
+    )
+    .unwrap();
     let pending = other.try_score(vec![batch(2.0, 1)]).unwrap();
     gate2.wait_for_arrivals(1);
     drop(other);
@@ -398,10 +481,35 @@ async fn close_and_drop_never_block_the_runtime_thread() {
 
 #[test]
 fn zero_workers_or_queue_is_refused() {
-    for (workers, queue) in [(0, 1), (1, 0)] {
-        let err = Detector::with_scorer(Arc::new(echo), ServiceOptions { workers, queue })
-            .err()
-            .expect("refused");
+    for (workers, queue, threads) in [(0, 1, None), (1, 0, None), (1, 1, Some(0))] {
+        let err = Detector::with_scorer(
+            Arc::new(echo),
+            ServiceOptions {
+                workers,
+                queue,
+                threads,
+            },
+        )
+        .err()
+        .expect("refused");
         assert!(err.to_string().contains("workers"), "{err}");
     }
+}
+
+#[test]
+fn workers_share_the_cores_out() {
+    let cores = adp_host::service::cores();
+    let per = |workers, threads| {
+        ServiceOptions {
+            workers,
+            queue: 1,
+            threads,
+        }
+        .threads_per_worker()
+    };
+    assert_eq!(per(1, None), cores);
+    assert_eq!(per(2, None), (cores / 2).max(1));
+    assert_eq!(per(cores * 4, None), 1, "more workers than cores: one thread each");
+    assert_eq!(per(2, Some(3)), 3, "an explicit budget wins");
+    assert!(per(2, None) * 2 <= cores.max(2));
 }

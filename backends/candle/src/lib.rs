@@ -10,6 +10,7 @@ mod features;
 mod nn;
 pub mod open_clip;
 mod scorer;
+mod threads;
 
 use adp_api::learning::Learner;
 use adp_api::{
@@ -80,5 +81,13 @@ impl Backend for CandleBackend {
             backbone,
             convert::device(device)?,
         )?))
+    }
+
+    /// Runs `work` inside a rayon pool of `threads` threads owned by the calling thread: candle's
+    /// matrix products (gemm), its convolutions and our own kernels split their work over the
+    /// current rayon pool, so each caller gets its own share of the cores. (candle's pool for
+    /// large element-wise maps is process-wide and serves one caller at a time.)
+    fn with_threads(&self, threads: usize, work: &mut (dyn FnMut() + Send)) {
+        threads::with_threads(threads, work)
     }
 }

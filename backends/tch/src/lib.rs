@@ -80,6 +80,27 @@ impl Backend for TchBackend {
             convert::device(device)?,
         )?))
     }
+
+    /// libtorch's intra-op threads are OpenMP's: `at::set_num_threads` sets the calling thread's
+    /// OpenMP and MKL thread counts (per-thread settings), and only the default of threads that
+    /// have not run an op yet (a process-wide number). So the budget is set on this thread
+    /// around `work` and the previous count restored after it.
+    fn with_threads(&self, threads: usize, work: &mut (dyn FnMut() + Send)) {
+        struct Restore(i32);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                tch::set_num_threads(self.0);
+            }
+        }
+        let threads = threads.clamp(1, i32::MAX as usize) as i32;
+        let before = tch::get_num_threads();
+        if before == threads {
+            return work();
+        }
+        tch::set_num_threads(threads);
+        let _restore = Restore(before);
+        work()
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +128,24 @@ mod tests {
         // libtorch really is loaded and computes.
         let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).sum(tch::Kind::Float);
         assert_eq!(f32::try_from(t).unwrap(), 6.0);
+    }
+
+    #[test]
+    fn thread_budget_holds_during_the_work_and_is_undone_after() {
+        let before = tch::get_num_threads();
+        let mut inside = 0;
+        TchBackend.with_threads(1, &mut || inside = tch::get_num_threads());
+        assert_eq!(inside, 1);
+        assert_eq!(tch::get_num_threads(), before);
+        // Another thread keeps its own count while this one is budgeted.
+        TchBackend.with_threads(1, &mut || {
+            let other = std::thread::spawn(|| {
+                TchBackend.with_threads(2, &mut || assert_eq!(tch::get_num_threads(), 2));
+                tch::get_num_threads()
+            });
+            other.join().unwrap();
+            assert_eq!(tch::get_num_threads(), 1);
+        });
     }
 
     #[test]

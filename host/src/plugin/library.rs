@@ -3,7 +3,7 @@
 use adp_api::requests::{Flow, Progress};
 use adp_api::{BackendInfo, Error, Result};
 use adp_plugin_abi::ffi::*;
-use adp_plugin_abi::wire::{self, Call, Open, Reply};
+use adp_plugin_abi::wire::{self, Call, Open, Reply, Request};
 use adp_plugin_abi::DECLARATION_SYMBOL;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
@@ -182,6 +182,26 @@ unsafe extern "C" fn forward_progress(user: *mut c_void, progress: *const AdpPro
     }
 }
 
+thread_local! {
+    /// The thread budget [`adp_api::Backend::with_threads`] set on this thread for its plugin
+    /// calls; every call carries it across the boundary.
+    static CALL_THREADS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `work` with this thread's plugin calls carrying `threads`; the previous budget is back
+/// afterwards, even if `work` panics.
+pub(crate) fn with_call_threads(threads: usize, work: &mut (dyn FnMut() + Send)) {
+    struct Restore(Option<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CALL_THREADS.with(|t| t.set(self.0));
+        }
+    }
+    let budget = threads.clamp(1, u32::MAX as usize) as u32;
+    let _restore = Restore(CALL_THREADS.with(|t| t.replace(Some(budget))));
+    work()
+}
+
 impl Remote {
     pub(crate) fn open(lib: &Arc<Library>, request: &Open) -> Result<Self> {
         let bytes = wire::encode(request)?;
@@ -200,7 +220,8 @@ impl Remote {
     }
 
     pub(crate) fn call(&self, call: &Call, progress: Option<&mut dyn FnMut(&Progress) -> Flow>) -> Result<Reply> {
-        let bytes = wire::encode(call)?;
+        let threads = CALL_THREADS.with(|t| t.get());
+        let bytes = wire::encode(&Request { threads, call })?;
         let mut out = AdpBuffer::empty();
         let code = match progress {
             Some(mut observer) => {

@@ -65,6 +65,11 @@ impl Backend for Plugin {
     fn info(&self) -> BackendInfo {
         self.info.clone()
     }
+    /// The budget crosses the boundary with every call `work` makes on this thread; the plugin
+    /// applies it around each call (ABI 4).
+    fn with_threads(&self, threads: usize, work: &mut (dyn FnMut() + Send)) {
+        library::with_call_threads(threads, work)
+    }
     fn text_image_encoder(&self, clip: &ClipCheckpoint, device: Device) -> Result<Box<dyn TextImageEncoder>> {
         let remote = Remote::open(
             &self.lib,

@@ -1,7 +1,7 @@
 //! The plugin side of the boundary: the functions behind the tables, generic over the backend a
 //! plugin exports. Use [`crate::export_plugin!`] rather than these directly.
 use crate::ffi::*;
-use crate::wire::{self, Call, Open, Reply};
+use crate::wire::{self, Call, Open, Reply, Request};
 use adp_api::requests::{Flow, Progress};
 use adp_api::{Backend, ConceptOptimizer, Error, FeatureExtractor, LatentDiffuser, Result, Scorer, TextImageEncoder};
 use std::ffi::c_void;
@@ -83,7 +83,11 @@ impl<E: PluginEntry> BackendTableFor<E> {
     };
 }
 
-pub static OBJECT_TABLE: AdpObjectTable = AdpObjectTable { call, close };
+pub struct ObjectTableFor<E>(PhantomData<E>);
+
+impl<E: PluginEntry> ObjectTableFor<E> {
+    pub const TABLE: AdpObjectTable = AdpObjectTable { call: call::<E>, close };
+}
 
 unsafe extern "C" fn info<E: PluginEntry>(out: *mut AdpBuffer) -> i32 {
     guarded(out, || wire::encode(&E::backend().info()))
@@ -120,7 +124,7 @@ unsafe extern "C" fn close(object: *mut AdpObject) {
     }
 }
 
-unsafe extern "C" fn call(
+unsafe extern "C" fn call<E: PluginEntry>(
     object: *const AdpObject,
     request: AdpBytes,
     progress: AdpProgressFn,
@@ -132,12 +136,30 @@ unsafe extern "C" fn call(
             .cast::<Object>()
             .as_ref()
             .ok_or_else(|| protocol("?", "call on a null object"))?;
-        let call: Call = wire::decode(request.as_slice()).map_err(|e| protocol(object.backend, e))?;
-        let mut observe = |p: &Progress| match progress {
-            Some(f) if f(user, &AdpProgress::from(p)) != 0 => Flow::Cancel,
-            _ => Flow::Continue,
+        let Request::<Call> { threads, call } =
+            wire::decode(request.as_slice()).map_err(|e| protocol(object.backend, e))?;
+        let reply = match threads {
+            // Learning reports progress through the host's callback, which must run on the
+            // host's own thread, so it keeps the backend's default threads.
+            Some(threads) if !matches!(call, Call::Learn(_)) => {
+                let mut call = Some(call);
+                let mut reply = None;
+                E::backend().with_threads(threads as usize, &mut || {
+                    if let Some(call) = call.take() {
+                        reply = Some(dispatch(object, call, &mut |_| Flow::Continue));
+                    }
+                });
+                reply.unwrap_or_else(|| Err(protocol(object.backend, "the backend did not run the call")))
+            }
+            _ => {
+                let mut observe = |p: &Progress| match progress {
+                    Some(f) if f(user, &AdpProgress::from(p)) != 0 => Flow::Cancel,
+                    _ => Flow::Continue,
+                };
+                dispatch(object, call, &mut observe)
+            }
         };
-        wire::encode(&dispatch(object, call, &mut observe)?)
+        wire::encode(&reply?)
     })
 }
 
@@ -197,7 +219,7 @@ macro_rules! export_plugin {
             backend_name: concat!($name, "\0").as_ptr().cast(),
             abi_crate_version: $crate::API_VERSION_NUL.as_ptr().cast(),
             backend: &$crate::export::BackendTableFor::<__AdpPluginEntry>::TABLE,
-            object: &$crate::export::OBJECT_TABLE,
+            object: &$crate::export::ObjectTableFor::<__AdpPluginEntry>::TABLE,
         };
     };
 }

@@ -54,6 +54,15 @@ pub enum Call<'a> {
     BackboneOutputs(Cow<'a, ImageBatch>),
 }
 
+/// What the host hands to `call` (since ABI 4): one method call and the most threads its own
+/// work may spread over ([`adp_api::Backend::with_threads`]; `None`: the backend's default).
+/// The host encodes a `Request<&Call>`, the plugin decodes a `Request<Call>`: the same bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request<C> {
+    pub threads: Option<u32>,
+    pub call: C,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     EncoderDims(EncoderDims),
@@ -106,6 +115,22 @@ mod tests {
         let bytes = encode(&Call::BuildMemory(FeatureKind::Window(2), Cow::Borrowed(&t))).unwrap();
         match decode::<Call>(&bytes).unwrap() {
             Call::BuildMemory(FeatureKind::Window(2), back) => assert_eq!(back.as_ref(), &t),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_carry_their_thread_budget() {
+        let call = Call::TokenEmbedding(Cow::Borrowed("object"));
+        let request = Request {
+            threads: Some(3),
+            call: &call,
+        };
+        match decode::<Request<Call>>(&encode(&request).unwrap()).unwrap() {
+            Request {
+                threads: Some(3),
+                call: Call::TokenEmbedding(w),
+            } => assert_eq!(w, "object"),
             other => panic!("{other:?}"),
         }
     }

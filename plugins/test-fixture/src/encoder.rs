@@ -120,6 +120,9 @@ impl TextImageEncoder for FixtureEncoder {
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
+        if word == crate::THREADS_PROBE {
+            return Ok(vec![crate::THREADS.with(|t| t.get()) as f32, 0.0, 0.0]);
+        }
         let first = word.bytes().next().ok_or_else(|| Error::invalid("word", "empty"))?;
         Ok(vec![word.len() as f32, first as f32 / 100.0, 1.0])
     }

@@ -12,6 +12,13 @@ pub use encoder::prompt_vector;
 pub const NAME: &str = "test-fixture";
 /// Every vector of the fixture has this many components.
 pub const WIDTH: usize = 3;
+/// `token_embedding` of this word is `[budget, 0, 0]`: the thread budget
+/// ([`Backend::with_threads`]) the call ran under, 0 for none, so tests can see it cross.
+pub const THREADS_PROBE: &str = "<threads>";
+
+thread_local! {
+    pub(crate) static THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FixtureBackend;
@@ -51,6 +58,11 @@ impl Backend for FixtureBackend {
     fn scorer(&self, device: Device) -> Result<Box<dyn adp_api::Scorer>> {
         self.info().check_device(device)?;
         Ok(Box::new(scorer::FixtureScorer))
+    }
+    fn with_threads(&self, threads: usize, work: &mut (dyn FnMut() + Send)) {
+        let before = THREADS.with(|t| t.replace(threads));
+        work();
+        THREADS.with(|t| t.set(before));
     }
 }
 

@@ -1,0 +1,60 @@
+//! Thread budgets ([`adp_api::Backend::with_threads`]): one rayon pool per calling thread.
+use std::cell::RefCell;
+use std::sync::Arc;
+
+thread_local! {
+    /// The calling thread's pool and its size, rebuilt when the budget changes. It lives as
+    /// long as the thread (a service worker): building a pool per call would cost thread starts.
+    static POOL: RefCell<Option<(usize, Arc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn with_threads(threads: usize, work: &mut (dyn FnMut() + Send)) {
+    let threads = threads.max(1);
+    // Already on a pool of that size (a budgeted call inside another): stay there.
+    if rayon::current_thread_index().is_some() && rayon::current_num_threads() == threads {
+        return work();
+    }
+    let pool = POOL.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        match &*slot {
+            Some((n, pool)) if *n == threads => Some(pool.clone()),
+            _ => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("adp-candle-{threads}-{i}"))
+                    .build()
+                    .ok()
+                    .map(Arc::new);
+                *slot = pool.clone().map(|p| (threads, p));
+                pool
+            }
+        }
+    });
+    match pool {
+        Some(pool) => pool.install(work),
+        // No thread could be started: the call still runs, on the shared pool.
+        None => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_threads;
+
+    #[test]
+    fn work_runs_on_a_pool_of_the_budget() {
+        for budget in [1, 2, 3] {
+            let mut seen = None;
+            with_threads(budget, &mut || seen = Some(rayon::current_num_threads()));
+            assert_eq!(seen, Some(budget));
+        }
+        let mut nested = None;
+        with_threads(2, &mut || {
+            with_threads(2, &mut || nested = Some(rayon::current_num_threads()))
+        });
+        assert_eq!(nested, Some(2));
+        let mut zero = None;
+        with_threads(0, &mut || zero = Some(rayon::current_num_threads()));
+        assert_eq!(zero, Some(1), "a budget of 0 counts as 1");
+    }
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""adp and its PyTorch peer (peer.py) side by side: the same rows on the same weight files and
+photos at the same thread count, interleaved (per round: the peer, then each adp plugin, row by
+row) so that a slow spell of the machine costs them alike. Prints a markdown table of medians over
+the rounds, each adp time with its ratio to the peer's, and every side's peak resident memory
+(each row runs in a process of its own on both sides).
+
+    /root/.cache/adp/golden-venv/bin/python tools/bench/side_by_side.py \\
+        --adp target/release/adp --plugin-dir target/release --plugin candle --plugin tch \\
+        --threads 2 --rounds 3 --repeats 5 --rows visual,clip-image,clip-dense,clip-text \\
+        --clip /tmp/adp-fixtures-b16/clip PHOTO_DIR
+
+Threads: the peer calls torch.set_num_threads(T); adp runs with RAYON_NUM_THREADS=T (candle) and
+OMP_NUM_THREADS=T (libtorch's default intra-op threads).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER_ROWS = {"visual", "clip-image", "clip-dense", "clip-text"}
+
+
+def run_json(cmd, env):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1:] }"}
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adp", required=True)
+    p.add_argument("--plugin-dir")
+    p.add_argument("--plugin", action="append", default=None)
+    p.add_argument("--python", default=sys.executable, help="the peer's interpreter")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--shots", type=int, default=4)
+    p.add_argument("--rows", default="visual")
+    p.add_argument("--backbone", default=os.path.expanduser("~/.cache/adp/weights/efficientnet-lite0.safetensors"))
+    p.add_argument("--clip")
+    p.add_argument("images", nargs="+")
+    a = p.parse_args()
+    plugins = a.plugin or ["candle", "tch"]
+    rows = a.rows.split(",")
+    t = str(a.threads)
+    env = dict(os.environ, RAYON_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
+    results = {}  # (row, side) -> list of row dicts
+    for rnd in range(a.rounds):
+        for row in rows:
+            if row in PEER_ROWS:
+                cmd = [a.python, os.path.join(HERE, "peer.py"), row, "--repeats", str(a.repeats),
+                       "--threads", t, "--shots", str(a.shots)]
+                cmd += ["--backbone", a.backbone] if row == "visual" else ["--clip", a.clip]
+                results.setdefault((row, "pytorch"), []).append(run_json(cmd + a.images, env))
+            for plugin in plugins:
+                cmd = [a.adp, "bench", "--quiet", "--rows", row, "--plugin", plugin, "--repeats", str(a.repeats),
+                       "--shots", str(a.shots), "--backbone", a.backbone]
+                cmd += ["--plugin-dir", a.plugin_dir] if a.plugin_dir else []
+                cmd += ["--clip", a.clip] if a.clip else []
+                results.setdefault((row, plugin), []).append(run_json(cmd + a.images, env))
+            print(f"round {rnd + 1}/{a.rounds}: {row} done", file=sys.stderr, flush=True)
+
+    def summary(runs):
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            return None, None, runs[-1].get("error")
+        return (statistics.median(r["ms"] for r in ok),
+                max((r.get("peak_rss_mb") or 0) for r in ok), None)
+
+    sides = ["pytorch"] + plugins
+    out = ["| row | per | " + " | ".join(f"{s} ms" for s in sides) + " | "
+           + " | ".join(f"{s} peak MiB" for s in sides) + " |",
+           "|" + "---|" * (2 + 2 * len(sides))]
+    for row in rows:
+        per = next((r.get("per") for s in sides for r in results.get((row, s), []) if "per" in r), "?")
+        peer, _, _ = summary(results.get((row, "pytorch"), [{"error": "no peer"}]))
+        times, peaks = [], []
+        for s in sides:
+            ms, peak, err = summary(results.get((row, s), [{"error": "no peer for this row"}]))
+            if ms is None:
+                times.append(f"- ({err})" if s != "pytorch" else "-")
+                peaks.append("-")
+                continue
+            ratio = f" ({ms / peer:.2f}x)" if peer and s != "pytorch" else ""
+            times.append(f"{ms:.1f}{ratio}")
+            peaks.append(f"{peak:.0f}")
+        out.append(f"| {row} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
+    print("\n".join(out))
+    print(f"\n{a.threads} threads, {a.rounds} rounds x {a.repeats} repeats, medians; load average "
+          f"{os.getloadavg()[0]:.1f} at the end", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
