@@ -112,15 +112,30 @@ impl Backend for Recording {
     }
 }
 
-/// The fixture's checkpoint specs with the weight files they name present (empty: the fixture
-/// reads none, but a detector records their hashes); CLIP input 4×4.
+/// The fixture's checkpoint specs with the config and weight files they name present (empty:
+/// the fixture reads none, but a fit records their hashes as the concepts' provenance);
+/// CLIP input 4×4.
 pub fn specs(dir: &Path) -> (ClipCheckpoint, DiffusionSpec) {
     let (mut clip, mut sd) = dummy_specs();
     clip.config.vision_cfg.image_size = 4; // the fixture encoder's input size
+    clip.config_path = dir.join("open_clip_config.json");
     clip.weights = dir.join("open_clip_model.safetensors");
-    std::fs::write(&clip.weights, b"").unwrap();
     sd.root = dir.join("sd");
-    std::fs::create_dir_all(sd.root.join("unet")).unwrap();
-    std::fs::write(sd.root.join("unet/diffusion_pytorch_model.safetensors"), b"").unwrap();
+    let files = [
+        "model_index.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ];
+    for file in [clip.config_path.clone(), clip.weights.clone()]
+        .into_iter()
+        .chain(files.map(|f| sd.root.join(f)))
+    {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"").unwrap();
+    }
     (clip, sd)
 }
