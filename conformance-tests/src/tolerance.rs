@@ -38,7 +38,8 @@ pub const F16: Half = Half {
 };
 
 /// bf16 keeps 8 bits of mantissa (unit roundoff 2⁻⁸ ≈ 4e-3): ~1e-2 of the magnitude after a few
-/// layers.
+/// layers (seen on tch: 2e-2 for the UNet, the decoded image and the loss gradient; candle runs
+/// no bf16 on the CPU).
 pub const BF16: Half = Half {
     forward: 5e-2,
     gradient: 1e-1,
