@@ -27,7 +27,7 @@ pub use concept::{Concept, LossRecord, Provenance};
 pub use config::clip::{ClipCheckpoint, ClipConfig, TextConfig, VisionConfig};
 pub use config::diffusion::DiffusionSpec;
 pub use config::efficientnet::{BackboneCheckpoint, EfficientNetConfig};
-pub use device::Device;
+pub use device::{Device, Dtype};
 pub use error::{Error, Result};
 pub use image::ImageBatch;
 pub use requests::*;

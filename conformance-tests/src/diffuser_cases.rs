@@ -3,9 +3,9 @@
 //! and v-prediction, DDIM img2img), gradients, determinism and bad inputs.
 use crate::cases::assert_gradient_matches_finite_differences;
 use crate::goldens::{diffusion_spec, preset_golden, preset_spec, Golden, SMALL_PRESETS};
-use crate::tolerance::{assert_close, FORWARD, GRADIENT, SAMPLED};
+use crate::tolerance::{self, assert_close, FORWARD, GRADIENT, SAMPLED};
 use adp_api::requests::*;
-use adp_api::{Backend, Device, Error, ImageBatch, LatentDiffuser, Tensor};
+use adp_api::{Backend, Device, Dtype, Error, ImageBatch, LatentDiffuser, Tensor};
 
 fn diffuser(backend: &dyn Backend, v_prediction: bool) -> Box<dyn LatentDiffuser> {
     backend
@@ -62,6 +62,51 @@ pub fn conditioning_and_unet_match_diffusers(backend: &dyn Backend) {
         &g.f32("unet_prediction"),
         FORWARD,
     );
+}
+
+/// `--dtype f16` and `bf16`: the fixture text encoder, UNet and VAE run in half precision give
+/// diffusers' f32 VAE latents and decoded image, text conditioning, UNet prediction, and the
+/// textual-inversion loss with its gradient with respect to the f32 concept vector, within
+/// [`tolerance::half`]'s looser bounds.
+pub fn half_precision_matches_diffusers(backend: &dyn Backend) {
+    let (sd, ti) = (Golden::open("sd"), Golden::open("ti_epsilon"));
+    for dtype in [Dtype::F16, Dtype::Bf16] {
+        let d = match backend.latent_diffuser(&diffusion_spec(false).with_dtype(dtype), Device::Cpu) {
+            Ok(d) => d,
+            Err(e) => {
+                tolerance::assert_refused_on_cpu(dtype, &e);
+                continue;
+            }
+        };
+        let tol = tolerance::half(dtype);
+        let what = |s: &str| format!("{dtype}: {s}");
+        let images = ImageBatch::new(sd.f32("vae_images")).unwrap();
+        let latents = d.vae_encode(&images).unwrap();
+        assert_close(&what("VAE latents"), &latents, &sd.f32("vae_latents"), tol.forward);
+        let decoded = d.vae_decode(&sd.f32("vae_latents")).unwrap();
+        assert_close(
+            &what("VAE decoded image"),
+            decoded.pixels(),
+            &sd.f32("vae_decoded"),
+            tol.forward,
+        );
+        let concept = sd.f32("concept").into_data();
+        let cond = d.text_conditioning(&prompts(&sd, "cond_prompts", &concept)).unwrap();
+        assert_close(&what("text conditioning"), &cond, &sd.f32("conditioning"), tol.forward);
+        let request = UnetRequest {
+            latents: sd.f32("unet_latents"),
+            timesteps: timesteps(&sd, "unet_timesteps"),
+            conditioning: sd.f32("conditioning"),
+        };
+        let pred = d.unet_prediction(&request).unwrap();
+        assert_close(&what("UNet prediction"), &pred, &sd.f32("unet_prediction"), tol.forward);
+        let concept = ti.f32("concept").into_data();
+        let got = d.denoising_loss(&loss_request(&ti, &concept)).unwrap();
+        let value = Tensor::new(vec![1], vec![got.value]).unwrap();
+        assert_close(&what("textual-inversion loss"), &value, &ti.f32("loss"), tol.forward);
+        let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
+        assert_close(&what("d loss / d concept"), &grad, &ti.f32("loss_grad"), tol.gradient);
+    }
 }
 
 fn loss_request(g: &Golden, concept: &[f32]) -> DenoisingLossRequest {

@@ -145,6 +145,7 @@ macro_rules! with_suite {
             encoder(encoder_cases, Some($crate::Capability::TextImageEncoder)) [
                 image_features_match_open_clip,
                 text_embeddings_match_open_clip,
+                half_precision_matches_open_clip,
                 quick_gelu_matches_open_clip,
                 state_probability_matches_open_clip,
                 state_probability_gradient_matches_finite_differences,
@@ -155,6 +156,7 @@ macro_rules! with_suite {
             diffuser(diffuser_cases, Some($crate::Capability::LatentDiffuser)) [
                 vae_matches_diffusers,
                 conditioning_and_unet_match_diffusers,
+                half_precision_matches_diffusers,
                 denoising_loss_matches_diffusers_epsilon,
                 denoising_loss_matches_diffusers_v_prediction,
                 denoising_loss_gradient_matches_finite_differences,

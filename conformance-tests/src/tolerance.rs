@@ -21,6 +21,54 @@ pub const SAMPLED: f32 = 1e-3;
 /// magnitude (seen: 2e-7 on the scorer's distances, AMD EPYC with AVX-512).
 pub const REORDERING: f32 = 1e-5;
 
+/// Bounds for models run in half precision (`--dtype`) against the same f32 references.
+#[derive(Debug, Clone, Copy)]
+pub struct Half {
+    pub forward: f32,
+    pub gradient: f32,
+}
+
+/// f16 keeps 11 bits of mantissa (unit roundoff 2⁻¹¹ ≈ 5e-4), so every weight and activation is
+/// off by up to ~5e-4 relative, and the fixtures' layers compound it to a few 1e-3 of the
+/// magnitude (seen on candle: 3.5e-3 for the UNet and the decoded image, 1.1e-2 for the loss
+/// gradient, whose backward pass runs in f16 too); norms and softmaxes run in f32.
+pub const F16: Half = Half {
+    forward: 1e-2,
+    gradient: 3e-2,
+};
+
+/// bf16 keeps 8 bits of mantissa (unit roundoff 2⁻⁸ ≈ 4e-3): ~1e-2 of the magnitude after a few
+/// layers (seen on tch: 2e-2 for the UNet, the decoded image and the loss gradient; candle runs
+/// no bf16 on the CPU).
+pub const BF16: Half = Half {
+    forward: 5e-2,
+    gradient: 1e-1,
+};
+
+/// Asserts that `err`, from opening a model in half precision on the CPU, is the documented refusal
+/// ("`<dtype>` needs cuda on backend …"); anything else fails the case. Backends' own tests pin
+/// which dtypes they must run on the CPU, so a refusal is never a silent skip.
+pub fn assert_refused_on_cpu(dtype: adp_api::Dtype, err: &adp_api::Error) {
+    let m = err.to_string();
+    assert!(
+        matches!(err, adp_api::Error::Invalid { .. }) && m.contains(&format!("{dtype} needs cuda")),
+        "{dtype}: open failed with an unexpected error: {m}"
+    );
+    eprintln!("{dtype}: refused on the cpu, as documented: {m}");
+}
+
+/// The bounds for `dtype`; f32 is held to [`FORWARD`] and [`GRADIENT`].
+pub fn half(dtype: adp_api::Dtype) -> Half {
+    match dtype {
+        adp_api::Dtype::F32 => Half {
+            forward: FORWARD,
+            gradient: GRADIENT,
+        },
+        adp_api::Dtype::F16 => F16,
+        adp_api::Dtype::Bf16 => BF16,
+    }
+}
+
 /// max |got − want| ≤ `rel` × max |want| (f32 throughout), the difference printed either way.
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");

@@ -59,3 +59,34 @@ mod a_perturbed_backend_is_rejected {
         adp_conformance::encoder_cases::image_features_match_open_clip(&PerturbedBackend);
     }
 }
+
+/// Which half precisions candle must run on the CPU, so that the shared half-precision cases never
+/// pass by refusal alone: f16 runs, bf16 is refused (no bf16 matmul kernel on candle's CPU).
+#[test]
+fn half_precision_on_the_cpu_is_f16_only() {
+    use adp_api::{Backend, Device, Dtype};
+    use adp_conformance::goldens::{clip_checkpoint, diffusion_spec};
+    let b = adp_backend_candle::CandleBackend;
+    assert!(b
+        .text_image_encoder(&clip_checkpoint().with_dtype(Dtype::F16), Device::Cpu)
+        .is_ok());
+    assert!(b
+        .latent_diffuser(&diffusion_spec(false).with_dtype(Dtype::F16), Device::Cpu)
+        .is_ok());
+    let refusals = [
+        b.text_image_encoder(&clip_checkpoint().with_dtype(Dtype::Bf16), Device::Cpu)
+            .err(),
+        b.latent_diffuser(&diffusion_spec(false).with_dtype(Dtype::Bf16), Device::Cpu)
+            .err(),
+        b.concept_optimizer(
+            &clip_checkpoint().with_dtype(Dtype::Bf16),
+            &diffusion_spec(false),
+            Device::Cpu,
+        )
+        .err(),
+    ];
+    for e in refusals {
+        let m = e.expect("bf16 refused on the cpu").to_string();
+        assert!(m.contains("bf16 needs cuda on backend candle"), "{m}");
+    }
+}

@@ -418,3 +418,25 @@ fn a_closed_stdout_ends_quietly() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// `--dtype` reaches the plugin: `adp fit` in f16 fits on the CPU, bf16 is candle's documented
+/// refusal there, and a dtype that does not exist is named.
+#[test]
+fn dtype_reaches_the_plugin_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, support, dirp) = (clip(), support(dir.path()), plugin_dir());
+    let out = dir.path().join("f16.adp");
+    let mut args = fit_args(s(&clip), s(&support), s(&out), &dirp);
+    args.extend(["--dtype".into(), "f16".into()]);
+    let ok = run(&args);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.is_file());
+    let refused = dir.path().join("bf16.adp");
+    let mut args = fit_args(s(&clip), s(&support), s(&refused), &dirp);
+    args.extend(["--dtype".into(), "bf16".into()]);
+    fails(&args, &["bf16 needs cuda on backend candle"]);
+    assert!(!refused.exists());
+    let mut args = fit_args(s(&clip), s(&support), s(&refused), &dirp);
+    args.extend(["--dtype".into(), "half".into()]);
+    fails(&args, &["\"half\"", "f16"]);
+}

@@ -1,6 +1,6 @@
 //! OpenCLIP model configs (the JSON files of open_clip's `model_configs/`) and checkpoints.
 use super::{check_bounds, check_ratio, read_json};
-use crate::{Error, Result};
+use crate::{Dtype, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -256,6 +256,10 @@ pub struct ClipCheckpoint {
     pub config: ClipConfig,
     pub config_path: PathBuf,
     pub weights: PathBuf,
+    /// The precision the backend loads and runs the model in (`--dtype`); not a property of
+    /// the file, which may hold any float type.
+    #[serde(default)]
+    pub dtype: Dtype,
 }
 
 impl ClipCheckpoint {
@@ -280,7 +284,13 @@ impl ClipCheckpoint {
             config: ClipConfig::from_file(&config_path)?,
             config_path,
             weights,
+            dtype: Dtype::F32,
         })
+    }
+
+    /// The same checkpoint, run in `dtype`.
+    pub fn with_dtype(self, dtype: Dtype) -> Self {
+        Self { dtype, ..self }
     }
 
     /// Checks the weights file against the config: every tensor present, with the implied shape.

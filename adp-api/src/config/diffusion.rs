@@ -1,6 +1,6 @@
 //! A Stable Diffusion checkpoint in the diffusers folder layout, read from its configs.
 use super::{check_bounds, read_json};
-use crate::{requests::Prediction, Error, Result};
+use crate::{requests::Prediction, Dtype, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -328,9 +328,17 @@ pub struct DiffusionSpec {
     /// (`<|endoftext|>`) in SD 1.x, 0 (`!`) in SD 2.x.
     #[serde(default)]
     pub pad_token_id: u32,
+    /// The precision the backend loads and runs the text encoder, UNet and VAE in (`--dtype`).
+    #[serde(default)]
+    pub dtype: Dtype,
 }
 
 impl DiffusionSpec {
+    /// The same models, run in `dtype`.
+    pub fn with_dtype(self, dtype: Dtype) -> Self {
+        Self { dtype, ..self }
+    }
+
     pub fn from_dir(root: &Path) -> Result<Self> {
         let index = root.join("model_index.json");
         let index_json: serde_json::Value = read_json(&index)?;
@@ -366,6 +374,7 @@ impl DiffusionSpec {
             scheduler,
             prediction,
             pad_token_id: 0,
+            dtype: Dtype::F32,
         };
         spec.check_limits()?;
         let pad_token_id = crate::tokenizer::pad_token_id(&root.join("tokenizer"))?;
@@ -774,6 +783,7 @@ mod tests {
             scheduler: serde_json::from_str("{}").unwrap(),
             prediction: Prediction::Epsilon,
             pad_token_id: 0,
+            dtype: Dtype::F32,
         }
     }
 

@@ -21,6 +21,29 @@ pub fn device(d: Device) -> Result<candle_core::Device> {
     }
 }
 
+/// Refuses what candle cannot run: its CPU matmul (gemm) has f16 kernels but none for bf16.
+pub fn check_dtype(d: adp_api::Dtype, device: &candle_core::Device) -> Result<()> {
+    if d == adp_api::Dtype::Bf16 && device.is_cpu() {
+        return Err(Error::invalid(
+            "dtype",
+            format!(
+                "bf16 needs cuda on backend {} (its CPU matmul has no bf16 kernel); use f16 or f32 on the cpu",
+                crate::NAME
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// candle's dtype for `--dtype`; f16 runs on the CPU too, slowly (see [`check_dtype`]).
+pub fn dtype(d: adp_api::Dtype) -> candle_core::DType {
+    match d {
+        adp_api::Dtype::F32 => candle_core::DType::F32,
+        adp_api::Dtype::F16 => candle_core::DType::F16,
+        adp_api::Dtype::Bf16 => candle_core::DType::BF16,
+    }
+}
+
 pub fn to_candle(t: &adp_api::Tensor, device: &candle_core::Device) -> Result<Tensor> {
     Tensor::from_slice(t.data(), t.shape(), device).map_err(err)
 }

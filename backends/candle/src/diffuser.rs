@@ -1,5 +1,5 @@
 //! `LatentDiffuser` on a diffusers folder.
-use crate::convert::{concept_slots, err, from_candle, to_candle, trainable_var};
+use crate::convert::{concept_slots, dtype, err, from_candle, to_candle, trainable_var};
 use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet};
 use adp_api::requests::*;
 use adp_api::tokenizer::ClipTokenizer;
@@ -18,6 +18,8 @@ pub struct CandleDiffuser {
     dims: DiffuserDims,
     tokenizer: ClipTokenizer,
     device: candle_core::Device,
+    /// The frozen models' dtype; latents, noise, the schedule and the loss stay f32.
+    dtype: DType,
 }
 
 fn load_err(file: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
@@ -27,14 +29,16 @@ fn load_err(file: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
 impl CandleDiffuser {
     pub fn load(spec: &DiffusionSpec, device: candle_core::Device) -> Result<Self> {
         spec.check_supported()?;
+        crate::convert::check_dtype(spec.dtype, &device)?;
+        let model_dtype = dtype(spec.dtype);
         let te_path = spec.weights("text_encoder")?;
         // SAFETY (all three): checkpoints are memory-mapped read-only.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], model_dtype, &device) }
             .map_err(|e| Error::io(&te_path, e))?;
         let text = TextEncoder::new(vb, &spec.text_encoder, &device).map_err(load_err(&te_path))?;
 
         let unet_path = spec.weights("unet")?;
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], model_dtype, &device) }
             .map_err(|e| Error::io(&unet_path, e))?;
         let unet = UNet::new(vb, &spec.unet).map_err(load_err(&unet_path))?;
 
@@ -72,7 +76,7 @@ impl CandleDiffuser {
             use_post_quant_conv: true,
         };
         let vae = vae::AutoEncoderKL::new(
-            VarBuilder::from_tensors(tensors, DType::F32, &device),
+            VarBuilder::from_tensors(tensors, model_dtype, &device),
             v.in_channels,
             v.out_channels,
             vae_cfg,
@@ -90,13 +94,17 @@ impl CandleDiffuser {
             dims,
             tokenizer: ClipTokenizer::new().with_pad(spec.pad_token_id),
             device,
+            dtype: model_dtype,
         })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
         self.dims.check_images(images)?;
         let x = to_candle(images.pixels(), &self.device)?;
-        (x * 2.0).and_then(|x| x - 1.0).map_err(err)
+        (x * 2.0)
+            .and_then(|x| x - 1.0)
+            .and_then(|x| x.to_dtype(self.dtype))
+            .map_err(err)
     }
 
     fn latents(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
@@ -107,6 +115,7 @@ impl CandleDiffuser {
             .map(|i| x.narrow(0, i, 1).and_then(|xi| self.vae.encode(&xi)?.sample()))
             .collect::<candle_core::Result<Vec<_>>>()
             .and_then(|zs| candle_core::Tensor::cat(&zs, 0))
+            .and_then(|z| z.to_dtype(DType::F32))
             .map_err(err)?;
         (z * self.spec.vae.scaling_factor as f64).map_err(err)
     }
@@ -116,6 +125,18 @@ impl CandleDiffuser {
         let tokens = self.tokenizer.encode_all(prompts, self.dims.context_length)?;
         let slots = concept_slots(prompts, self.dims.text_width, trainable, &self.device)?;
         self.text.forward(&tokens, &slots)
+    }
+
+    /// The UNet on f32 latents and any-dtype conditioning: run in the model's dtype, back as f32.
+    fn unet(&self, z: &candle_core::Tensor, t: &[f64], c: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let (z, c) = (
+            z.to_dtype(self.dtype).map_err(err)?,
+            c.to_dtype(self.dtype).map_err(err)?,
+        );
+        self.unet
+            .forward(&z, t, &c)
+            .and_then(|e| e.to_dtype(DType::F32))
+            .map_err(err)
     }
 }
 
@@ -130,14 +151,14 @@ impl LatentDiffuser for CandleDiffuser {
 
     fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch> {
         self.dims.check_latents(latents)?;
-        let z = to_candle(latents, &self.device)?;
+        let z = to_candle(latents, &self.device)?.to_dtype(self.dtype).map_err(err)?;
         let x = (z / self.spec.vae.scaling_factor as f64)
             .and_then(|z| {
                 (0..z.dim(0)?)
                     .map(|i| self.vae.decode(&z.narrow(0, i, 1)?))
                     .collect::<candle_core::Result<Vec<_>>>()
             })
-            .and_then(|xs| candle_core::Tensor::cat(&xs, 0))
+            .and_then(|xs| candle_core::Tensor::cat(&xs, 0)?.to_dtype(DType::F32))
             .and_then(|x| (x / 2.0)? + 0.5)
             .and_then(|x| x.clamp(0.0, 1.0))
             .map_err(err)?;
@@ -154,7 +175,7 @@ impl LatentDiffuser for CandleDiffuser {
             to_candle(&r.latents, &self.device)?,
             to_candle(&r.conditioning, &self.device)?,
         );
-        from_candle(&self.unet.forward(&z, &t, &c).map_err(err)?)
+        from_candle(&self.unet(&z, &t, &c)?)
     }
 
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
@@ -178,7 +199,7 @@ impl LatentDiffuser for CandleDiffuser {
             ts.push(t as f64);
         }
         let zt = candle_core::Tensor::cat(&noisy, 0).map_err(err)?;
-        let pred = self.unet.forward(&zt, &ts, &cond).map_err(err)?;
+        let pred = self.unet(&zt, &ts, &cond)?;
         let target = candle_core::Tensor::cat(&targets, 0).map_err(err)?;
         let loss = (pred - target)
             .and_then(|d| d.sqr())
@@ -220,7 +241,7 @@ impl LatentDiffuser for CandleDiffuser {
         let cond = self.condition(&r.guidance_prompts(n), None)?;
         for &t in &timesteps {
             let input = candle_core::Tensor::cat(&[&latents, &latents], 0).map_err(err)?;
-            let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond).map_err(err)?;
+            let out = self.unet(&input, &vec![t as f64; 2 * n], &cond)?;
             let (uncond, text) = (out.narrow(0, 0, n).map_err(err)?, out.narrow(0, n, n).map_err(err)?);
             let guided = ((&text - &uncond).and_then(|d| d * r.guidance as f64))
                 .and_then(|d| &uncond + d)

@@ -1,5 +1,5 @@
 //! `TextImageEncoder` on an OpenCLIP checkpoint.
-use crate::convert::{concept_slots, err, from_candle, to_candle, trainable_var};
+use crate::convert::{concept_slots, dtype, err, from_candle, to_candle, trainable_var};
 use crate::open_clip::OpenClip;
 use adp_api::preprocess::clip_preprocess;
 use adp_api::requests::*;
@@ -13,13 +13,15 @@ pub struct CandleEncoder {
     tokenizer: ClipTokenizer,
     dims: EncoderDims,
     device: candle_core::Device,
+    dtype: DType,
 }
 
 impl CandleEncoder {
     pub fn load(clip: &ClipCheckpoint, device: candle_core::Device) -> Result<Self> {
+        crate::convert::check_dtype(clip.dtype, &device)?;
         clip.check_weights()?;
         // SAFETY: the file is memory-mapped read-only; adp never writes checkpoints it reads.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&clip.weights], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&clip.weights], dtype(clip.dtype), &device) }
             .map_err(|e| Error::io(&clip.weights, e))?;
         let model = OpenClip::new(vb, &clip.config).map_err(|e| Error::config(&clip.weights, e.to_string()))?;
         let dims = clip.config.encoder_dims();
@@ -28,12 +30,15 @@ impl CandleEncoder {
             tokenizer: ClipTokenizer::new(),
             dims,
             device,
+            dtype: dtype(clip.dtype),
         })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
         checks::images(images)?;
-        to_candle(&clip_preprocess(images, self.dims.image_size), &self.device)
+        to_candle(&clip_preprocess(images, self.dims.image_size), &self.device)?
+            .to_dtype(self.dtype)
+            .map_err(err)
     }
 
     fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
@@ -41,7 +46,9 @@ impl CandleEncoder {
     }
 }
 
+/// L2-normalised in f32, whatever the model's dtype (the CLIP probabilities leave the model here).
 fn normalize(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    let t = t.to_dtype(DType::F32)?;
     t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
 }
 
@@ -76,7 +83,7 @@ impl TextImageEncoder for CandleEncoder {
             .tokenizer
             .single_token(word, self.model.text.token_embedding.dim(0).map_err(err)?)?;
         let row = self.model.text.token_embedding.get(id).map_err(err)?;
-        row.to_vec1::<f32>().map_err(err)
+        row.to_dtype(DType::F32).and_then(|r| r.to_vec1::<f32>()).map_err(err)
     }
 
     fn state_probability(&self, r: &StateProbabilityRequest) -> Result<StateProbability> {

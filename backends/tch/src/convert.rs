@@ -26,6 +26,15 @@ pub fn device(d: Device) -> Result<tch::Device> {
     }
 }
 
+/// libtorch's kind for `--dtype`. Its CPU kernels cover f16 and bf16 for every op the models use.
+pub fn kind(d: adp_api::Dtype) -> Kind {
+    match d {
+        adp_api::Dtype::F32 => Kind::Float,
+        adp_api::Dtype::F16 => Kind::Half,
+        adp_api::Dtype::Bf16 => Kind::BFloat16,
+    }
+}
+
 /// Sizes as libtorch wants them.
 pub fn dims(shape: &[usize]) -> Vec<i64> {
     shape.iter().map(|&d| d as i64).collect()

@@ -17,6 +17,8 @@ pub struct TchDiffuser {
     dims: DiffuserDims,
     tokenizer: ClipTokenizer,
     device: tch::Device,
+    /// The frozen models' kind; latents, noise, the schedule and the loss stay f32.
+    kind: Kind,
 }
 
 // SAFETY: as for `OpenClip`: the weights are loaded once, only ever read, never require
@@ -31,12 +33,11 @@ fn same<T>(r: std::result::Result<T, tch::TchError>) -> Result<T> {
 impl TchDiffuser {
     pub fn load(spec: &DiffusionSpec, device: tch::Device) -> Result<Self> {
         spec.check_supported()?;
-        let text = TextEncoder::new(
-            &Weights::load(&spec.weights("text_encoder")?, device)?,
-            &spec.text_encoder,
-        )?;
-        let unet = UNet::new(&Weights::load(&spec.weights("unet")?, device)?, &spec.unet)?;
-        let vae = Vae::new(&Weights::load(&spec.weights("vae")?, device)?, &spec.vae)?;
+        let kind = crate::convert::kind(spec.dtype);
+        let load = |part: &str| Weights::load_as(&spec.weights(part)?, device, kind);
+        let text = TextEncoder::new(&load("text_encoder")?, &spec.text_encoder)?;
+        let unet = UNet::new(&load("unet")?, &spec.unet)?;
+        let vae = Vae::new(&load("vae")?, &spec.vae)?;
 
         let schedule = Schedule(spec.ddim_schedule()?);
         let dims = spec.dims();
@@ -49,24 +50,27 @@ impl TchDiffuser {
             dims,
             tokenizer: ClipTokenizer::new().with_pad(spec.pad_token_id),
             device,
+            kind,
         })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
         self.dims.check_images(images)?;
         let x = to_tch(images.pixels(), self.device)?;
-        same(x.f_mul_scalar(2.0).and_then(|x| x.f_sub_scalar(1.0)))
+        same(
+            x.f_mul_scalar(2.0)
+                .and_then(|x| x.f_sub_scalar(1.0)?.f_to_kind(self.kind)),
+        )
     }
 
     /// Scaled posterior means, without gradients.
     fn latents(&self, images: &ImageBatch) -> Result<tch::Tensor> {
         let x = self.pixels(images)?;
         tch::no_grad(|| {
-            same(
-                self.vae
-                    .encode_mean(&x)
-                    .and_then(|z| z.f_mul_scalar(self.spec.vae.scaling_factor as f64)),
-            )
+            same(self.vae.encode_mean(&x).and_then(|z| {
+                z.f_to_kind(Kind::Float)?
+                    .f_mul_scalar(self.spec.vae.scaling_factor as f64)
+            }))
         })
     }
 
@@ -78,12 +82,19 @@ impl TchDiffuser {
         self.text.forward(&tokens, &slots)
     }
 
+    /// The UNet on f32 latents and any-kind conditioning: run in the model's kind, back as f32.
+    fn unet(&self, z: &tch::Tensor, t: &[f64], c: &tch::Tensor) -> std::result::Result<tch::Tensor, tch::TchError> {
+        self.unet
+            .forward(&z.f_to_kind(self.kind)?, t, &c.f_to_kind(self.kind)?)?
+            .f_to_kind(Kind::Float)
+    }
+
     /// Images in [0, 1] from scaled latents, without gradients.
     fn decode(&self, z: &tch::Tensor) -> Result<ImageBatch> {
         let x = tch::no_grad(|| {
             same(
                 z.f_div_scalar(self.spec.vae.scaling_factor as f64)
-                    .and_then(|z| self.vae.decode(&z))
+                    .and_then(|z| self.vae.decode(&z.f_to_kind(self.kind)?)?.f_to_kind(Kind::Float))
                     .and_then(|x| x.f_div_scalar(2.0))
                     .and_then(|x| x.f_add_scalar(0.5))
                     .and_then(|x| x.f_clamp(0.0, 1.0)),
@@ -114,7 +125,7 @@ impl LatentDiffuser for TchDiffuser {
     fn unet_prediction(&self, r: &UnetRequest) -> Result<Tensor> {
         let t = self.dims.check_unet(r)?;
         let (z, c) = (to_tch(&r.latents, self.device)?, to_tch(&r.conditioning, self.device)?);
-        tch::no_grad(|| from_tch(&same(self.unet.forward(&z, &t, &c))?))
+        tch::no_grad(|| from_tch(&same(self.unet(&z, &t, &c))?))
     }
 
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
@@ -148,7 +159,7 @@ impl LatentDiffuser for TchDiffuser {
         let t64: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
         let forward = || -> Result<tch::Tensor> {
             let cond = self.condition(&r.prompts, trainable)?;
-            let pred = same(self.unet.forward(&zt, &t64, &cond))?;
+            let pred = same(self.unet(&zt, &t64, &cond))?;
             same(
                 pred.f_sub(&target)
                     .and_then(|d| d.f_square())
@@ -200,7 +211,7 @@ impl LatentDiffuser for TchDiffuser {
             for &t in &timesteps {
                 let run = || -> std::result::Result<tch::Tensor, tch::TchError> {
                     let input = tch::Tensor::f_cat(&[&latents, &latents], 0)?;
-                    let out = self.unet.forward(&input, &vec![t as f64; 2 * n], &cond)?;
+                    let out = self.unet(&input, &vec![t as f64; 2 * n], &cond)?;
                     let (uncond, text) = (out.f_narrow(0, 0, n64)?, out.f_narrow(0, n64, n64)?);
                     let guided = uncond.f_add(&text.f_sub(&uncond)?.f_mul_scalar(r.guidance as f64)?)?;
                     self.schedule.step(&guided, t, t.checked_sub(step), &latents)

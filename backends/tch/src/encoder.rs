@@ -13,13 +13,15 @@ pub struct TchEncoder {
     tokenizer: ClipTokenizer,
     dims: EncoderDims,
     device: tch::Device,
+    kind: Kind,
 }
 
 impl TchEncoder {
     /// Checks the checkpoint against its config, then loads every weight once onto `device`.
     pub fn load(clip: &ClipCheckpoint, device: tch::Device) -> Result<Self> {
         clip.check_weights()?;
-        let weights = Weights::load(&clip.weights, device)?;
+        let kind = crate::convert::kind(clip.dtype);
+        let weights = Weights::load_as(&clip.weights, device, kind)?;
         let model = OpenClip::new(&weights, &clip.config)?;
         let dims = clip.config.encoder_dims();
         Ok(Self {
@@ -27,12 +29,15 @@ impl TchEncoder {
             tokenizer: ClipTokenizer::new(),
             dims,
             device,
+            kind,
         })
     }
 
     fn pixels(&self, images: &ImageBatch) -> Result<tch::Tensor> {
         checks::images(images)?;
-        to_tch(&clip_preprocess(images, self.dims.image_size), self.device)
+        to_tch(&clip_preprocess(images, self.dims.image_size), self.device)?
+            .f_to_kind(self.kind)
+            .map_err(err)
     }
 
     fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
@@ -46,7 +51,9 @@ impl TchEncoder {
     }
 }
 
+/// L2-normalised in f32, whatever the model's dtype (the CLIP probabilities leave the model here).
 fn normalize(t: &tch::Tensor) -> std::result::Result<tch::Tensor, TchError> {
+    let t = &t.f_to_kind(Kind::Float)?;
     t.f_div(&t.f_mul(t)?.f_sum_dim_intlist(-1, true, Kind::Float)?.f_sqrt()?)
 }
 

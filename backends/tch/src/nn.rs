@@ -16,14 +16,16 @@ pub struct Weights {
 impl Weights {
     /// Reads every tensor of `file` once, widening f16 / bf16 to f32, onto `device`.
     pub fn load(file: &Path, device: tch::Device) -> Result<Self> {
+        Self::load_as(file, device, Kind::Float)
+    }
+
+    /// Reads every tensor of `file` once, converted to `kind` (`--dtype`), onto `device`.
+    pub fn load_as(file: &Path, device: tch::Device, kind: Kind) -> Result<Self> {
         let named = Tensor::read_safetensors(file).map_err(|e| Error::io(file, e))?;
         let tensors = named
             .into_iter()
             .map(|(name, t)| {
-                let t = t
-                    .f_to_kind(Kind::Float)
-                    .and_then(|t| t.f_to_device(device))
-                    .map_err(err)?;
+                let t = t.f_to_kind(kind).and_then(|t| t.f_to_device(device)).map_err(err)?;
                 Ok((name, t))
             })
             .collect::<Result<_>>()?;
@@ -131,8 +133,12 @@ impl LayerNorm {
             eps,
         })
     }
+    /// In f32 whatever the model's dtype, as under torch autocast.
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_layer_norm([self.width], Some(&self.weight), Some(&self.bias), self.eps, true)
+        let (w, b) = (self.weight.f_to_kind(Kind::Float)?, self.bias.f_to_kind(Kind::Float)?);
+        x.f_to_kind(Kind::Float)?
+            .f_layer_norm([self.width], Some(&w), Some(&b), self.eps, true)?
+            .f_to_kind(x.kind())
     }
 }
 
@@ -159,8 +165,12 @@ impl GroupNorm {
             eps,
         })
     }
+    /// In f32 whatever the model's dtype, as under torch autocast.
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        x.f_group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+        let (w, b) = (self.weight.f_to_kind(Kind::Float)?, self.bias.f_to_kind(Kind::Float)?);
+        x.f_to_kind(Kind::Float)?
+            .f_group_norm(self.groups, Some(&w), Some(&b), self.eps, true)?
+            .f_to_kind(x.kind())
     }
 }
 
@@ -213,6 +223,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> TchResult<Tensor> {
     let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?;
     scores
         .f_softmax(-1, tch::Kind::Float)?
+        .f_to_kind(v.kind())?
         .f_matmul(v)?
         .f_transpose(1, 2)?
         .f_reshape([b, t, h * d])
@@ -223,11 +234,18 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> TchResult<Tensor> {
 pub fn substitute(table: &Tensor, s: &Substitution, slots: &[Vec<Tensor>]) -> Result<Tensor> {
     let device = table.device();
     let (ids, rows) = (index(&s.ids, device)?, index(&s.rows, device)?);
-    let vectors: Vec<&Tensor> = s.slots.iter().map(|&(i, k)| &slots[i][k]).collect();
     let run = || -> TchResult<Tensor> {
+        // The f32 concept vectors enter the model's dtype here; the cast is differentiable, so
+        // their gradient comes back as f32.
+        let vectors = s
+            .slots
+            .iter()
+            .map(|&(i, k)| slots[i][k].f_to_kind(table.kind()))
+            .collect::<TchResult<Vec<_>>>()?;
         let keep = Tensor::f_from_slice(&s.keep)?
             .f_reshape([s.keep.len() as i64, 1])?
-            .f_to_device(device)?;
+            .f_to_device(device)?
+            .f_to_kind(table.kind())?;
         let emb = table.f_index_select(0, &ids)?.f_mul(&keep)?;
         if vectors.is_empty() {
             return Ok(emb);

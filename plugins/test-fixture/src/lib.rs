@@ -74,6 +74,7 @@ pub fn dummy_specs() -> (ClipCheckpoint, DiffusionSpec) {
         config: adp_api::ClipConfig::vit_b_16(),
         config_path: "fixture/open_clip_config.json".into(),
         weights: "fixture/open_clip_model.safetensors".into(),
+        dtype: Default::default(),
     };
     let sd = serde_json::from_value(serde_json::json!({
         "root": "fixture/sd",

@@ -51,8 +51,8 @@ impl EncoderLayer {
                 .contiguous()
         };
         let (q, k, v) = (split(&self.q_proj)?, split(&self.k_proj)?, split(&self.v_proj)?);
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask)?;
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let attn = crate::nn::attention_softmax(&scores, Some(mask))?
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, w))?;

@@ -91,7 +91,7 @@ impl Attention {
             heads(self.to_v.forward(context)?)?,
         );
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        let out = candle_nn::ops::softmax(&scores, D::Minus1)?
+        let out = crate::nn::attention_softmax(&scores, None)?
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, w))?;
@@ -307,7 +307,7 @@ impl UNet {
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.
     pub fn forward(&self, x: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
-        let temb = self.timestep_embedding(timesteps, x.device())?;
+        let temb = self.timestep_embedding(timesteps, x.device())?.to_dtype(x.dtype())?;
         let temb = self.linear_2.forward(&self.linear_1.forward(&temb)?.silu()?)?;
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];

@@ -35,11 +35,8 @@ impl Attention {
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let attn = crate::nn::attention_softmax(&scores, mask)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
         self.out_proj.forward(&out)
     }

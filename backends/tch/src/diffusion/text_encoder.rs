@@ -52,6 +52,7 @@ impl EncoderLayer {
             .f_add(mask)?;
         let attn = scores
             .f_softmax(-1, tch::Kind::Float)?
+            .f_to_kind(v.kind())?
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_reshape([b, t, w])?;

@@ -283,7 +283,7 @@ impl UNet {
 
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.
     pub fn forward(&self, x: &Tensor, timesteps: &[f64], context: &Tensor) -> TchResult<Tensor> {
-        let temb = self.timestep_embedding(timesteps, x.device())?;
+        let temb = self.timestep_embedding(timesteps, x.device())?.f_to_kind(x.kind())?;
         let temb = self.linear_2.forward(&self.linear_1.forward(&temb)?.f_silu()?)?;
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.shallow_clone()];

@@ -35,7 +35,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.f_add(mask)?;
         }
-        let attn = scores.f_softmax(-1, Kind::Float)?;
+        let attn = scores.f_softmax(-1, Kind::Float)?.f_to_kind(v.kind())?;
         let out = attn.f_matmul(&v)?.f_transpose(1, 2)?.f_reshape([b, t, w])?;
         self.out_proj.forward(&out)
     }

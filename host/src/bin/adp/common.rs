@@ -1,5 +1,5 @@
 //! Arguments several subcommands share.
-use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device};
+use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device, Dtype};
 use adp_host::detect::{default_backbone, Checkpoints, Method};
 use adp_host::plugin::{self, Plugin};
 use std::path::PathBuf;
@@ -52,7 +52,12 @@ pub struct Models {
     /// Stable Diffusion folder (diffusers layout); not needed by `winclip` and `visual`.
     #[arg(long)]
     pub sd: Option<PathBuf>,
+    #[arg(long, default_value = "f32", help = DTYPE_HELP)]
+    pub dtype: Dtype,
 }
+
+pub const DTYPE_HELP: &str = "Precision the frozen CLIP and Stable Diffusion models run in: f32, f16 or bf16 \
+    (concept vectors, their optimiser state and the `visual` EfficientNet stay f32)";
 
 impl Models {
     pub fn backend(&self) -> adp_api::Result<Plugin> {
@@ -71,12 +76,17 @@ impl Models {
             false => None,
         };
         Ok(Checkpoints {
-            clip: self.clip.as_deref().map(ClipCheckpoint::from_dir).transpose()?,
+            clip: self
+                .clip
+                .as_deref()
+                .map(|d| ClipCheckpoint::from_dir(d).map(|c| c.with_dtype(self.dtype)))
+                .transpose()?,
             backbone,
         })
     }
     pub fn sd(&self) -> anyhow::Result<Option<adp_api::DiffusionSpec>> {
-        Ok(self.sd.as_deref().map(adp_api::DiffusionSpec::from_dir).transpose()?)
+        let sd = self.sd.as_deref().map(adp_api::DiffusionSpec::from_dir).transpose()?;
+        Ok(sd.map(|s| s.with_dtype(self.dtype)))
     }
 }
 

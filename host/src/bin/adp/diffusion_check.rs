@@ -37,6 +37,8 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
     device: Device,
+    #[arg(long, default_value = "f32", help = crate::common::DTYPE_HELP)]
+    dtype: adp_api::Dtype,
 }
 
 const KNOWN: [&str; 5] = ["images", "latents", "timesteps", "noise", "concept"];
@@ -223,7 +225,7 @@ fn run_parts(dif: &dyn LatentDiffuser, path: &Path, i: &Inputs) -> Result<Vec<(&
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let backend = a.plugins.find(&a.plugin)?;
-    let spec = DiffusionSpec::from_dir(&a.diffusion)?;
+    let spec = DiffusionSpec::from_dir(&a.diffusion)?.with_dtype(a.dtype);
     let dif = backend.latent_diffuser(&spec, a.device)?;
     let inputs = read_inputs(&a.inputs, &dif.dims())?;
     let outputs = run_parts(&*dif, &a.inputs, &inputs)?;
@@ -239,7 +241,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let info = backend.info();
     let about = serde_json::json!({
         "backend": info.name, "backend_version": info.version, "diffusion": a.diffusion,
-        "device": a.device.to_string(), "dims": serde_json::to_value(dif.dims())?,
+        "device": a.device.to_string(), "dtype": a.dtype.to_string(), "dims": serde_json::to_value(dif.dims())?,
     });
     let meta = HashMap::from([("adp.diffusion_check".to_string(), about.to_string())]);
     adp_api::atomic::write_atomic(&a.out, &safetensors::serialize(views, Some(meta))?)?;

@@ -23,11 +23,13 @@ pub struct Args {
     texts: Vec<String>,
     #[arg(long, default_value = "cpu")]
     device: Device,
+    #[arg(long, default_value = "f32", help = crate::common::DTYPE_HELP)]
+    dtype: adp_api::Dtype,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let backend = a.plugins.find(&a.plugin)?;
-    let encoder = backend.text_image_encoder(&ClipCheckpoint::from_dir(&a.clip)?, a.device)?;
+    let encoder = backend.text_image_encoder(&ClipCheckpoint::from_dir(&a.clip)?.with_dtype(a.dtype), a.device)?;
     for path in &a.images {
         let e = encoder.image_embeddings(&ImageBatch::read_files(std::slice::from_ref(path))?)?;
         println!("{}", serde_json::json!({ "image": path, "embedding": e.data() }));

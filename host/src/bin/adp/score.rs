@@ -27,6 +27,8 @@ pub struct Args {
     plugins: PluginDirs,
     #[arg(long)]
     clip: Option<PathBuf>,
+    #[arg(long, default_value = "f32", help = crate::common::DTYPE_HELP)]
+    dtype: adp_api::Dtype,
     /// Default: the backbone file the detector was fitted with (`visual`).
     #[arg(long)]
     backbone: Option<PathBuf>,
@@ -97,7 +99,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(p) => a.plugins.find(p)?,
         None => adp_host::plugin::find_named(&detector.header.backend, &a.plugins.dirs())?,
     };
-    let checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
+    let mut checkpoints = detector.header.checkpoints(a.clip.as_deref(), a.backbone.as_deref())?;
+    if let Some(clip) = checkpoints.clip.as_mut() {
+        clip.dtype = a.dtype;
+    }
     let scoring = Scoring::open(&backend, &checkpoints, detector, a.run.device)?;
     let files = adp_host::images::list(&a.images)?;
     let maps = outputs(a.maps.as_deref(), &files, a.overwrite, adp_host::images::map_paths)?;
