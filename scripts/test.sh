@@ -14,4 +14,5 @@ cargo clippy --workspace --all-targets --features adp-conformance/tch -- -D warn
 cargo check -p adp-host --no-default-features
 # The conformance tests load the plugins from the build folder, so build them first.
 cargo build --workspace --features adp-conformance/tch
-cargo test --workspace --features adp-conformance/tch "$@"
+# --no-fail-fast: one run names every failing test, not only the first failing binary.
+cargo test --workspace --no-fail-fast --features adp-conformance/tch "$@"
