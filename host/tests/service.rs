@@ -11,6 +11,15 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 const SCALE: f32 = 4096.0;
 
 /// `n` images of 2×2 pixels, image `i` standing for `first + i`.
+/// Service options with `workers` and `queue`, threads shared out by default.
+fn options(workers: usize, queue: usize) -> ServiceOptions {
+    ServiceOptions {
+        workers,
+        queue,
+        threads: None,
+    }
+}
+
 fn batch(first: f32, n: usize) -> ImageBatch {
     let data = (0..n)
         .flat_map(|i| std::iter::repeat_n((first + i as f32) / SCALE, 12))
@@ -83,17 +92,7 @@ async fn no_more_requests_run_at_once_than_there_are_workers() {
             echo(images)
         })
     };
-    let detector = Arc::new(
-        Detector::with_scorer(
-            scorer,
-            ServiceOptions {
-                workers: WORKERS,
-                queue: 4,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(scorer, options(WORKERS, 4)).unwrap());
     let tasks: Vec<_> = (0..7 * WORKERS)
         .map(|k| {
             let d = detector.clone();
@@ -117,17 +116,7 @@ async fn a_full_queue_pushes_back() {
             echo(images)
         })
     };
-    let detector = Arc::new(
-        Detector::with_scorer(
-            scorer,
-            ServiceOptions {
-                workers: 1,
-                queue: 2,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(scorer, options(1, 2)).unwrap());
     let first = detector.try_score(vec![batch(0.0, 1)]).unwrap();
     gate.wait_for_arrivals(1); // the worker holds the first request
     let queued = [
@@ -197,15 +186,7 @@ async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
         }
         echo(images)
     });
-    let detector = Detector::with_scorer(
-        scorer,
-        ServiceOptions {
-            workers: 1,
-            queue: 1,
-            threads: None,
-        },
-    )
-    .unwrap();
+    let detector = Detector::with_scorer(scorer, options(1, 1)).unwrap();
     let err = detector.score(vec![batch(0.0, 1)]).await.unwrap_err();
     assert!(
         matches!(&err, ServiceError::WorkerPanic(m) if m.contains("boom on a black pixel")),
@@ -222,17 +203,7 @@ async fn a_panic_in_scoring_is_an_error_and_the_worker_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_request_gets_its_own_scores_in_order() {
-    let detector = Arc::new(
-        Detector::with_scorer(
-            Arc::new(echo),
-            ServiceOptions {
-                workers: 3,
-                queue: 2,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(Arc::new(echo), options(3, 2)).unwrap());
     let tasks: Vec<_> = (0..24)
         .map(|k| {
             let d = detector.clone();
@@ -265,17 +236,7 @@ async fn close_scores_what_is_queued_then_refuses() {
             echo(images)
         })
     };
-    let detector = Arc::new(
-        Detector::with_scorer(
-            scorer,
-            ServiceOptions {
-                workers: 2,
-                queue: 8,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(scorer, options(2, 8)).unwrap());
     let tickets: Vec<_> = (0..5)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
         .collect();
@@ -314,15 +275,7 @@ fn dropping_the_handle_still_answers_what_was_accepted_without_a_runtime() {
             echo(images)
         })
     };
-    let detector = Detector::with_scorer(
-        scorer,
-        ServiceOptions {
-            workers: 2,
-            queue: 8,
-            threads: None,
-        },
-    )
-    .unwrap();
+    let detector = Detector::with_scorer(scorer, options(2, 8)).unwrap();
     let tickets: Vec<_> = (0..6)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).unwrap())
         .collect();
@@ -360,17 +313,7 @@ fn is_open(gate: &Gate) -> bool {
 #[tokio::test]
 async fn after_close_callers_waiting_for_a_slot_get_closed() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Arc::new(
-        Detector::with_scorer(
-            scorer,
-            ServiceOptions {
-                workers: 1,
-                queue: 1,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(scorer, options(1, 1)).unwrap());
     let accepted = [
         detector.try_score(vec![batch(0.0, 1)]).unwrap(),
         detector.try_score(vec![batch(1.0, 1)]).unwrap(),
@@ -403,15 +346,7 @@ async fn after_close_callers_waiting_for_a_slot_get_closed() {
 #[tokio::test]
 async fn try_score_accepts_while_a_worker_or_a_queue_slot_is_free() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Detector::with_scorer(
-        scorer,
-        ServiceOptions {
-            workers: 4,
-            queue: 1,
-            threads: None,
-        },
-    )
-    .unwrap();
+    let detector = Detector::with_scorer(scorer, options(4, 1)).unwrap();
     // Back to back on an idle detector: 4 workers + 1 queue slot.
     let tickets: Vec<_> = (0..5)
         .map(|k| detector.try_score(vec![batch(k as f32, 1)]).expect("a free slot"))
@@ -431,17 +366,7 @@ async fn try_score_accepts_while_a_worker_or_a_queue_slot_is_free() {
 #[tokio::test(flavor = "current_thread")]
 async fn close_and_drop_never_block_the_runtime_thread() {
     let (gate, scorer) = gated_with_watchdog();
-    let detector = Arc::new(
-        Detector::with_scorer(
-            scorer,
-            ServiceOptions {
-                workers: 1,
-                queue: 1,
-                threads: None,
-            },
-        )
-        .unwrap(),
-    );
+    let detector = Arc::new(Detector::with_scorer(scorer, options(1, 1)).unwrap());
     let held = detector.try_score(vec![batch(1.0, 1)]).unwrap();
     gate.wait_for_arrivals(1);
     let closing = tokio::spawn({
@@ -458,15 +383,7 @@ async fn close_and_drop_never_block_the_runtime_thread() {
     );
 
     let (gate2, scorer2) = gated_with_watchdog();
-    let other = Detector::with_scorer(
-        scorer2,
-        ServiceOptions {
-            workers: 1,
-            queue: 1,
-            threads: None,
-        },
-    )
-    .unwrap();
+    let other = Detector::with_scorer(scorer2, options(1, 1)).unwrap();
     let pending = other.try_score(vec![batch(2.0, 1)]).unwrap();
     gate2.wait_for_arrivals(1);
     drop(other);

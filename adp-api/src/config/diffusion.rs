@@ -765,6 +765,14 @@ mod tests {
         assert_eq!((i2i.len(), i2i[0]), (15, 463));
     }
 
+    /// Asserts that `base` with `edit` applied is refused by `check_supported` with `fragment`.
+    fn refused(base: &DiffusionSpec, edit: &dyn Fn(&mut DiffusionSpec), fragment: &str) {
+        let mut spec = base.clone();
+        edit(&mut spec);
+        let e = spec.check_supported().unwrap_err().to_string();
+        assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
+    }
+
     fn tiny_spec() -> DiffusionSpec {
         DiffusionSpec {
             root: PathBuf::from("sd"),
@@ -806,12 +814,8 @@ mod tests {
     #[test]
     fn unsupported_layouts_are_named() {
         tiny_spec().check_supported().unwrap();
-        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
-            let mut spec = tiny_spec();
-            edit(&mut spec);
-            let e = spec.check_supported().unwrap_err().to_string();
-            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
-        };
+        let base = tiny_spec();
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| refused(&base, edit, fragment);
         fails(
             &|s| s.unet.down_block_types[1] = "AttnDownBlock2D".into(),
             "unet/config.json: unsupported block",
@@ -873,12 +877,7 @@ mod tests {
             (8, 1, 4)
         );
         assert!(spec.unet.upcast_attention && !spec.unet.use_linear_projection);
-        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
-            let mut s = spec.clone();
-            edit(&mut s);
-            let e = s.check_supported().unwrap_err().to_string();
-            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
-        };
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| refused(&spec, edit, fragment);
         let set = |key: &'static str, v: serde_json::Value| {
             move |s: &mut DiffusionSpec| {
                 s.unet.extra.insert(key.into(), v.clone());
@@ -975,12 +974,8 @@ mod tests {
     #[test]
     fn absurd_sizes_are_refused_naming_file_key_and_range() {
         tiny_spec().check_limits().unwrap();
-        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| {
-            let mut spec = tiny_spec();
-            edit(&mut spec);
-            let e = spec.check_supported().unwrap_err().to_string();
-            assert!(e.contains(fragment), "{e:?} does not contain {fragment:?}");
-        };
+        let base = tiny_spec();
+        let fails = |edit: &dyn Fn(&mut DiffusionSpec), fragment: &str| refused(&base, edit, fragment);
         fails(
             &|s| s.unet.layers_per_block = PerBlock::One(1 << 40),
             "unet/config.json: `layers_per_block` is 1099511627776, outside the supported range 1..=16",
