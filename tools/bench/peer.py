@@ -6,6 +6,8 @@ Prints one JSON line per row, with the same field names as `adp bench`.
     /root/.cache/adp/golden-venv/bin/python tools/bench/peer.py visual \
         --backbone ~/.cache/adp/weights/efficientnet-lite0.safetensors --shots 4 --repeats 5 \
         --threads 2 IMAGE...
+    /root/.cache/adp/golden-venv/bin/python tools/bench/peer.py learn-step-4 --sd SD_DIR --size 512 \
+        --repeats 5 --threads 2 IMAGE...
 
 Rows:
   visual  EfficientNet-Lite (efficientnet-lite-pytorch) patch features of the test photos (stages
@@ -17,6 +19,19 @@ Rows:
           patch tokens and WinCLIP 2x2 and 3x3 window embeddings (every window of a size in one
           batch through the transformer: class token + that window's patch tokens, ln_post, proj);
           encode_text of the 54 state prompts of one class (27 templates x flawless/damaged).
+  unet, learn-step-1, learn-step-4, img2img-step   diffusers + transformers on a diffusers folder
+          (`--sd DIR`, `--size N` pixels, default the UNet's sample size times the VAE's
+          downsampling): the folder's CLIPTokenizer, CLIPTextModel, UNet2DConditionModel (default
+          attention processor: SDPA), AutoencoderKL and a DDIMScheduler of the folder's scheduler
+          config, float32, every weight frozen; timestep num_train_timesteps // 2.
+          unet: one UNet forward, batch 1, seeded latent, conditioning "a photo of a bottle"; per call.
+          learn-step-B: B photos, VAE posterior mean x scaling_factor (no gradient), add_noise with
+          seeded noise, the text encoder on B x "a photo of a <c>" with the concept vector put in
+          place of <c>'s token embedding (a forward hook), UNet, MSE to the noise (to the velocity
+          for v_prediction), backward to the concept vector only; per step / B, as adp.
+          img2img-step: img2img at strength 1.0, guidance 7.5 (one UNet batch of "" and "a photo of
+          a damaged bottle"), the core loop of StableDiffusionImg2ImgPipeline written out (posterior
+          mean as adp, seeded noise, DDIM eta 0, VAE decode): 2 steps minus 1 step, batch 1.
 """
 
 import argparse
@@ -204,6 +219,152 @@ def clip(a):
     }]
 
 
+class Diffusion:
+    """A diffusers folder loaded as its users load it: the folder's tokenizer, CLIPTextModel,
+    UNet2DConditionModel, AutoencoderKL (default attention processor, float32) and DDIMScheduler,
+    every weight frozen."""
+
+    PLACEHOLDER = "<c>"
+
+    def __init__(self, folder):
+        import diffusers
+        import transformers
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        part = lambda name: os.path.join(folder, name)
+        self.tokenizer = CLIPTokenizer.from_pretrained(part("tokenizer"))
+        self.text_encoder = CLIPTextModel.from_pretrained(part("text_encoder")).eval()
+        self.unet = UNet2DConditionModel.from_pretrained(part("unet")).eval()
+        self.vae = AutoencoderKL.from_pretrained(part("vae")).eval()
+        self.scheduler = DDIMScheduler.from_pretrained(part("scheduler"))
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.requires_grad_(False)
+        self.scaling = self.vae.config.scaling_factor
+        self.downsampling = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.default_size = (self.unet.config.sample_size or 64) * self.downsampling
+        # The concept's token: added to the tokenizer (one token, whatever the text around it);
+        # its id is past the frozen embedding table, so it is looked up as 0 and the concept
+        # vector is put in its place by a hook on the token embedding.
+        self.tokenizer.add_tokens([self.PLACEHOLDER])
+        self.placeholder_id = self.tokenizer.convert_tokens_to_ids(self.PLACEHOLDER)
+        processors = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
+        self.runtime = (f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
+                        f"transformers {transformers.__version__}, {'/'.join(processors)}")
+
+    def conditioning(self, prompts, concept=None):
+        """The text encoder's last hidden states; `concept` replaces the placeholder's embedding."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        mask = ids == self.placeholder_id
+        if concept is None:
+            return self.text_encoder(input_ids=ids).last_hidden_state
+
+        def substitute(_module, _inputs, out):
+            return torch.where(mask.unsqueeze(-1), concept.to(out.dtype).expand_as(out), out)
+
+        hook = self.text_encoder.get_input_embeddings().register_forward_hook(substitute)
+        try:
+            return self.text_encoder(input_ids=ids.masked_fill(mask, 0)).last_hidden_state
+        finally:
+            hook.remove()
+
+    def encode(self, images01):
+        """Scaled posterior means of images in [0, 1] (adp's `latents`: the mean, not a sample)."""
+        return self.scaling * self.vae.encode(2 * images01 - 1).latent_dist.mean
+
+    def decode(self, latents):
+        return (self.vae.decode(latents / self.scaling).sample / 2 + 0.5).clamp(0, 1)
+
+    def learn_step(self, images, prompts, concept, timesteps, noise):
+        """One concept-learning step: the loss and its gradient to the concept vector only."""
+        with torch.no_grad():
+            z0 = self.encode(images)
+            zt = self.scheduler.add_noise(z0, noise, timesteps)
+            v = self.scheduler.config.prediction_type == "v_prediction"
+            target = self.scheduler.get_velocity(z0, noise, timesteps) if v else noise
+        cond = self.conditioning(prompts, concept)
+        pred = self.unet(zt, timesteps, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, target)
+        concept.grad = None
+        loss.backward()
+        return loss.item(), concept.grad
+
+    def img2img(self, images, prompt, negative, strength, guidance, steps, seed):
+        """DDIM img2img with classifier-free guidance, the core of diffusers'
+        StableDiffusionImg2ImgPipeline (no image processor, no safety checker), on the posterior
+        mean as adp does (the pipeline samples the posterior)."""
+        s = self.scheduler
+        s.set_timesteps(steps)
+        timesteps = s.timesteps[steps - min(int(steps * strength), steps):]
+        n = images.shape[0]
+        z0 = self.encode(images)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+        if len(timesteps) == 0:
+            return self.decode(z0)
+        cond = self.conditioning([negative] * n + [prompt] * n)
+        latents = s.add_noise(z0, noise, timesteps[:1].repeat(n))
+        for t in timesteps:
+            out = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=cond).sample
+            uncond, text = out.chunk(2)
+            latents = s.step(uncond + guidance * (text - uncond), t, latents, eta=0.0).prev_sample
+        return self.decode(latents)
+
+
+def diffusion(a):
+    d = Diffusion(a.sd)
+    size = a.size or d.default_size
+    if size <= 0 or size % d.downsampling:
+        sys.exit(f"--size {size} is not a multiple of the VAE's downsampling {d.downsampling}")
+    side = size // d.downsampling
+    channels = d.unet.config.in_channels
+    t = d.scheduler.config.num_train_timesteps // 2
+    gen = lambda seed: torch.Generator().manual_seed(seed)
+    row = {"row": a.row, "plugin": "pytorch", "runtime": d.runtime, "per": "step", "items": 1,
+           "repeats": a.repeats, "size": size}
+
+    def median_ms(fn):
+        fn()  # warm-up, as adp's rows
+        return statistics.median(timed(fn)[1] for _ in range(a.repeats))
+
+    if a.row == "unet":
+        row["per"] = "call"
+        with torch.inference_mode():
+            z = torch.randn(1, channels, side, side, generator=gen(1))
+            cond = d.conditioning(["a photo of a bottle"])
+            ts = torch.tensor([t])
+            row["ms"] = median_ms(lambda: d.unet(z, ts, encoder_hidden_states=cond).sample)
+    elif a.row.startswith("learn-step-"):
+        b = int(a.row.rsplit("-", 1)[1])
+        files = list_images(a.images)
+        images = photos([files[k % len(files)] for k in range(b)], size)
+        width = d.text_encoder.config.hidden_size
+        concept = (0.01 * torch.randn(width, generator=gen(7))).requires_grad_(True)
+        noise = torch.randn(b, channels, side, side, generator=gen(2))
+        prompts = [f"a photo of a {Diffusion.PLACEHOLDER}"] * b
+        ts = torch.full((b,), t, dtype=torch.int64)
+        row["items"] = b
+        row["ms"] = median_ms(lambda: d.learn_step(images, prompts, concept, ts, noise)) / b
+    else:
+        image = photos(list_images(a.images)[:1], size)
+        ms = {}
+        with torch.inference_mode():
+            for steps in (1, 2):
+                ms[steps] = median_ms(lambda: d.img2img(image, "a photo of a damaged bottle", "", 1.0, 7.5,
+                                                        steps, 0))
+        row["parts"] = {"img2img_1_step": ms[1], "img2img_2_steps": ms[2]}
+        row["ms"] = ms[2] - ms[1]
+    row.update(threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb())
+    return [row]
+
+
+DIFFUSION_ROWS = ("unet", "learn-step-1", "learn-step-4", "img2img-step")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="row", required=True)
@@ -219,12 +380,20 @@ def main():
         c.add_argument("--shots", type=int, default=4, help="the first N photos are skipped (the support set)")
         c.add_argument("images", nargs="+")
         subs.append(c)
+    for row in DIFFUSION_ROWS:
+        d = sub.add_parser(row)
+        d.add_argument("--sd", required=True, help="a diffusers folder")
+        d.add_argument("--size", type=int, help="side in pixels (default: the UNet's sample size "
+                       "times the VAE's downsampling)")
+        d.add_argument("--shots", type=int, default=4, help="unused (side_by_side.py passes it to every row)")
+        d.add_argument("images", nargs="+")
+        subs.append(d)
     for s in subs:
         s.add_argument("--repeats", type=int, default=5)
         s.add_argument("--threads", type=int, default=os.cpu_count())
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    rows = {"visual": visual}.get(a.row, clip)(a)
+    rows = (diffusion if a.row in DIFFUSION_ROWS else {"visual": visual}.get(a.row, clip))(a)
     for r in rows:
         print(json.dumps(r), flush=True)
 

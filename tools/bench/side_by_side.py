@@ -10,6 +10,11 @@ the rounds, each adp time with its ratio to the peer's, and every side's peak re
         --threads 2 --rounds 3 --repeats 5 --rows visual,clip-image,clip-dense,clip-text \\
         --clip /tmp/adp-fixtures-b16/clip PHOTO_DIR
 
+The diffusion rows (unet, learn-step-1, learn-step-4, img2img-step) need `--sd DIR` (a diffusers
+folder) and take `--size N` (pixels; default the model's own), passed to both sides alike:
+
+    ... --rows unet,learn-step-1,learn-step-4,img2img-step --sd SD_DIR --size 512 PHOTO_DIR
+
 Threads: the peer calls torch.set_num_threads(T); adp runs with RAYON_NUM_THREADS=T (candle) and
 OMP_NUM_THREADS=T (libtorch's default intra-op threads).
 """
@@ -22,7 +27,9 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEER_ROWS = {"visual", "clip-image", "clip-dense", "clip-text"}
+CLIP_ROWS = {"clip-image", "clip-dense", "clip-text"}
+DIFFUSION_ROWS = {"unet", "learn-step-1", "learn-step-4", "img2img-step"}
+PEER_ROWS = {"visual"} | CLIP_ROWS | DIFFUSION_ROWS
 
 
 def run_json(cmd, env):
@@ -46,25 +53,34 @@ def main():
     p.add_argument("--rows", default="visual")
     p.add_argument("--backbone", default=os.path.expanduser("~/.cache/adp/weights/efficientnet-lite0.safetensors"))
     p.add_argument("--clip")
+    p.add_argument("--sd", help="diffusers folder (diffusion rows)")
+    p.add_argument("--size", type=int, help="side in pixels of the diffusion rows (default: the model's own)")
     p.add_argument("images", nargs="+")
     a = p.parse_args()
     plugins = a.plugin or ["candle", "tch"]
     rows = a.rows.split(",")
     t = str(a.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
+    size = ["--size", str(a.size)] if a.size else []
     results = {}  # (row, side) -> list of row dicts
     for rnd in range(a.rounds):
         for row in rows:
             if row in PEER_ROWS:
                 cmd = [a.python, os.path.join(HERE, "peer.py"), row, "--repeats", str(a.repeats),
                        "--threads", t, "--shots", str(a.shots)]
-                cmd += ["--backbone", a.backbone] if row == "visual" else ["--clip", a.clip]
+                if row == "visual":
+                    cmd += ["--backbone", a.backbone]
+                elif row in CLIP_ROWS:
+                    cmd += ["--clip", a.clip] if a.clip else []
+                else:
+                    cmd += (["--sd", a.sd] if a.sd else []) + size
                 results.setdefault((row, "pytorch"), []).append(run_json(cmd + a.images, env))
             for plugin in plugins:
                 cmd = [a.adp, "bench", "--quiet", "--rows", row, "--plugin", plugin, "--repeats", str(a.repeats),
                        "--shots", str(a.shots), "--backbone", a.backbone]
                 cmd += ["--plugin-dir", a.plugin_dir] if a.plugin_dir else []
                 cmd += ["--clip", a.clip] if a.clip else []
+                cmd += (["--sd", a.sd] if a.sd else []) + size
                 results.setdefault((row, plugin), []).append(run_json(cmd + a.images, env))
             print(f"round {rnd + 1}/{a.rounds}: {row} done", file=sys.stderr, flush=True)
 
@@ -81,6 +97,7 @@ def main():
            "|" + "---|" * (2 + 2 * len(sides))]
     for row in rows:
         per = next((r.get("per") for s in sides for r in results.get((row, s), []) if "per" in r), "?")
+        px = next((r["size"] for s in sides for r in results.get((row, s), []) if r.get("size")), None)
         peer, _, _ = summary(results.get((row, "pytorch"), [{"error": "no peer"}]))
         times, peaks = [], []
         for s in sides:
@@ -92,7 +109,8 @@ def main():
             ratio = f" ({ms / peer:.2f}x)" if peer and s != "pytorch" else ""
             times.append(f"{ms:.1f}{ratio}")
             peaks.append(f"{peak:.0f}")
-        out.append(f"| {row} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
+        label = f"{row} @{px}" if px else row
+        out.append(f"| {label} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
     print("\n".join(out))
     print(f"\n{a.threads} threads, {a.rounds} rounds x {a.repeats} repeats, medians; load average "
           f"{os.getloadavg()[0]:.1f} at the end", file=sys.stderr)
