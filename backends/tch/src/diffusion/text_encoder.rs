@@ -2,7 +2,7 @@
 //! can be substituted and differentiated. Returns `last_hidden_state` (final layer norm applied),
 //! which Stable Diffusion's UNet cross-attends to. Mirrors the candle backend's text encoder.
 use crate::convert::{err, to_tch};
-use crate::nn::{split_heads, substitute, LayerNorm, Linear, Prefixed, TchResult, Weights};
+use crate::nn::{attend, split_heads, substitute, LayerNorm, Linear, Prefixed, TchResult, Weights};
 use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::layout::{causal_mask, Substitution};
 use adp_api::tokenizer::Tokens;
@@ -41,21 +41,10 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> TchResult<Tensor> {
-        let (b, t, w) = x.size3()?;
-        let d = w / self.heads;
         let h = self.layer_norm1.forward(x)?;
         let split = |l: &Linear| -> TchResult<Tensor> { split_heads(&l.forward(&h)?, self.heads) };
         let (q, k, v) = (split(&self.q_proj)?, split(&self.k_proj)?, split(&self.v_proj)?);
-        let scores = q
-            .f_matmul(&k.f_transpose(-2, -1)?)?
-            .f_div_scalar((d as f64).sqrt())?
-            .f_add(mask)?;
-        let attn = scores
-            .f_softmax(-1, tch::Kind::Float)?
-            .f_to_kind(v.kind())?
-            .f_matmul(&v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, t, w])?;
+        let attn = attend(&q, &k, &v, Some(mask))?;
         let x = x.f_add(&self.out_proj.forward(&attn)?)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = if self.quick_gelu {

@@ -69,7 +69,7 @@ impl Attention {
         let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
         let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
         let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
-        self.to_out.forward(&attend(&q, &k, &v)?)
+        self.to_out.forward(&attend(&q, &k, &v, None)?)
     }
 }
 

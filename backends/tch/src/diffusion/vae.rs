@@ -70,7 +70,7 @@ impl Attention {
         let q = split_heads(&self.to_q.forward(&hs)?, 1)?;
         let k = split_heads(&self.to_k.forward(&hs)?, 1)?;
         let v = split_heads(&self.to_v.forward(&hs)?, 1)?;
-        let out = self.to_out.forward(&attend(&q, &k, &v)?)?;
+        let out = self.to_out.forward(&attend(&q, &k, &v, None)?)?;
         out.f_transpose(1, 2)?.f_reshape([b, c, h, w])?.f_add(x)
     }
 }

@@ -1,7 +1,7 @@
 //! open_clip's `Transformer`: `resblocks.N.{ln_1, attn, ln_2, mlp}`, pre-norm, batch first.
-use crate::nn::{LayerNorm, Linear, Prefixed, TchResult};
+use crate::nn::{attend, LayerNorm, Linear, Prefixed, TchResult};
 use adp_api::Result;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// `nn.MultiheadAttention` with its packed `in_proj_weight` / `in_proj_bias`.
 pub struct Attention {
@@ -31,12 +31,7 @@ impl Attention {
                 .f_transpose(1, 2)
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let mut scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_div_scalar((d as f64).sqrt())?;
-        if let Some(mask) = mask {
-            scores = scores.f_add(mask)?;
-        }
-        let attn = scores.f_softmax(-1, Kind::Float)?.f_to_kind(v.kind())?;
-        let out = attn.f_matmul(&v)?.f_transpose(1, 2)?.f_reshape([b, t, w])?;
+        let out = attend(&q, &k, &v, mask)?;
         self.out_proj.forward(&out)
     }
 }
