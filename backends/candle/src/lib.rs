@@ -25,6 +25,7 @@ pub struct CandleBackend;
 
 impl CandleBackend {
     pub fn new() -> Self {
+        threads::keep_elementwise_maps_on_the_caller();
         Self
     }
 }

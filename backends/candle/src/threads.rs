@@ -8,6 +8,23 @@ thread_local! {
     static POOL: RefCell<Option<(usize, Arc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
 }
 
+/// candle 0.11 splits element-wise maps of 64 Ki elements or more over a process-wide "barrier
+/// pool" of `CANDLE_NUM_THREADS − 1` threads (default: every core), behind one lock, whose
+/// caller spins until the pool's threads are done. That pool ignores the budgets above: beside
+/// budgeted callers it serialises their maps and its spinning takes the cores their pools need
+/// (a `visual` service on 2 cores: 2.2–3.6 photos/s with it, 6.6–20.7 without). Unless the
+/// user set `CANDLE_NUM_THREADS`, it is sized to no threads before candle first builds it, so
+/// those maps run on the calling thread, inside its budget.
+pub(crate) fn keep_elementwise_maps_on_the_caller() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // Set once, when the plugin is created, before any candle operation reads it.
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    });
+}
+
 pub(crate) fn with_threads(threads: usize, work: &mut (dyn FnMut() + Send)) {
     let threads = threads.max(1);
     // Already on a pool of that size (a budgeted call inside another): stay there.
