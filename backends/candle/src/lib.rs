@@ -1,6 +1,7 @@
 //! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`),
 //! concept learning (`ConceptOptimizer`), reference association (`Scorer`) and the
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
+mod attention;
 mod convert;
 mod diffuser;
 pub mod diffusion;
