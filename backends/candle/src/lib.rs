@@ -8,6 +8,7 @@ pub mod diffusion;
 pub mod efficientnet;
 mod encoder;
 mod features;
+mod frozen;
 mod nn;
 pub mod open_clip;
 mod scorer;
