@@ -8,6 +8,7 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod nn;
+mod norm;
 pub mod open_clip;
 mod scorer;
 mod threads;
