@@ -10,6 +10,7 @@ mod encoder;
 mod features;
 mod frozen;
 mod nn;
+mod norm;
 pub mod open_clip;
 mod scorer;
 mod threads;
