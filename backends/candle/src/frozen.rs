@@ -10,7 +10,6 @@
 //! the input's gradient only. The bias is added outside the op with `broadcast_add`: its gradient
 //! is one vector per layer, and candle's own backward handles it.
 // Until the UNet is switched over to these layers, only the tests use them.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
@@ -59,10 +58,12 @@ impl FrozenLinear {
         }
     }
 
+    #[cfg(test)]
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    #[cfg(test)]
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
@@ -234,14 +235,17 @@ impl FrozenConv2d {
         })
     }
 
+    #[cfg(test)]
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    #[cfg(test)]
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
 
+    #[cfg(test)]
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }

@@ -9,7 +9,6 @@
 //! returns. Statistics and the affine map compute in f32 (f64 stays f64), as `crate::nn` says,
 //! and the result returns in the input's dtype. Weight and bias are frozen: they get no gradient.
 // Nothing outside the tests uses these until unet.rs swaps them in; drop this then.
-#![allow(dead_code)]
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{

@@ -2,11 +2,16 @@
 //! from candle-transformers because the concept's gradient must flow back through
 //! cross-attention (candle-transformers uses a softmax without a backward pass there), and
 //! because every sample of a batch needs its own timestep.
-use crate::nn::{layer_norm, LayerNorm};
+//!
+//! Its layers keep for the backward pass only what the concept's gradient needs: frozen linear and
+//! convolution layers give no weight gradients (`crate::frozen`), each norm is one node
+//! (`crate::norm`) and attention recomputes its probabilities (`crate::attention`).
+use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
+use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
 use adp_api::layout;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
     conv2d(
