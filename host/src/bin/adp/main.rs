@@ -1,5 +1,6 @@
 //! `adp`: few-shot industrial anomaly detection from the command line. Each subcommand lives in
 //! its own file: it parses, calls the library, prints.
+mod allocator;
 mod bench;
 mod common;
 mod diffusion_check;
@@ -57,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    allocator::keep_freed_blocks();
     match Cli::parse().command {
         Command::Plugins(a) => plugins::run(a),
         Command::Embed(a) => embed::run(a),
