@@ -316,6 +316,12 @@ impl ConvOp {
             y.copy()
         }
     }
+
+    /// A copy of the output's storage (any device) and its shape.
+    fn output_storage(&self) -> Result<(Storage, Shape)> {
+        let y = self.output()?;
+        Ok((crate::storage::copy_out(&y)?, y.shape().clone()))
+    }
 }
 
 impl CustomOp1 for ConvOp {
@@ -325,30 +331,22 @@ impl CustomOp1 for ConvOp {
 
     // The input storage is not read: the output was computed from the same tensor in `forward`.
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = self.output()?;
-        let (s, layout) = y.storage_and_layout();
-        match &*s {
-            // `CpuStorage`'s `try_clone` copies the whole buffer whatever the layout; a fresh or
-            // copied contiguous tensor from offset 0 spans exactly its buffer's start.
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+        match self.output_storage()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
             _ => bail!("frozen conv2d: output not on the cpu"),
         }
     }
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        let y = self.output()?;
-        let (s, layout) = y.storage_and_layout();
-        match &*s {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+        match self.output_storage()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
             _ => bail!("frozen conv2d: output not on the cuda device"),
         }
     }
 
     fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        let y = self.output()?;
-        let (s, layout) = y.storage_and_layout();
-        match &*s {
-            Storage::Metal(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+        match self.output_storage()? {
+            (Storage::Metal(s), shape) => Ok((s, shape)),
             _ => bail!("frozen conv2d: output not on the metal device"),
         }
     }
@@ -388,6 +386,7 @@ impl CustomOp1 for ConvOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_diff;
     use candle_core::{DType, Device, Var};
     use candle_nn::{Conv2d, Linear, VarMap};
 
@@ -399,20 +398,6 @@ mod tests {
 
     fn randn(dims: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1., dims, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Whether any gradient in the store has one of these shapes.

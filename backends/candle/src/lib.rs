@@ -13,6 +13,9 @@ mod nn;
 mod norm;
 pub mod open_clip;
 mod scorer;
+mod storage;
+#[cfg(test)]
+mod testing;
 mod threads;
 
 use adp_api::learning::Learner;

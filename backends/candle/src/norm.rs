@@ -8,9 +8,8 @@
 //! into a tensor without autograd, so the temporaries of the computation are freed when it
 //! returns. Statistics and the affine map compute in f32 (f64 stays f64), as `crate::nn` says,
 //! and the result returns in the input's dtype. Weight and bias are frozen: they get no gradient.
-// Nothing outside the tests uses these until unet.rs swaps them in; drop this then.
+use crate::storage::{copy_out, wrap};
 use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, DType, Error, Layout, MetalStorage, Module, Result, Shape, Storage,
     Tensor,
@@ -86,7 +85,7 @@ impl NormOp {
     /// The forward on raw storage: wrap, compute, unwrap. The temporaries die here.
     fn forward_storage(&self, storage: Storage, layout: &Layout) -> Result<(Storage, Shape)> {
         let y = self.compute(&wrap(storage, layout)?)?;
-        Ok((unwrap(&y)?, layout.shape().clone()))
+        Ok((copy_out(&y)?, layout.shape().clone()))
     }
 }
 
@@ -97,34 +96,6 @@ fn internal(dtype: DType) -> Result<DType> {
         DType::F64 => Ok(DType::F64),
         other => bail!("norm: unsupported dtype {other:?} (expected a float tensor)"),
     }
-}
-
-/// `storage`, a clone of the op's input buffer (`try_clone` copies the whole buffer and
-/// ignores the layout, on CPU and CUDA alike), as a tensor with the input's shape and no
-/// autograd. The input is contiguous (`Module::forward` ensures it) but may start at an offset
-/// into its buffer, hence the narrow of a flat view.
-fn wrap(storage: Storage, layout: &Layout) -> Result<Tensor> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("norm: input must be contiguous")
-    };
-    Tensor::from_storage(storage, end, BackpropOp::none(), false)
-        .narrow(0, start, end - start)?
-        .reshape(layout.shape())
-}
-
-/// A copy of `y`'s storage, which must be contiguous from offset 0: the op's output storage is
-/// read with the plain contiguous layout of its shape. `y` comes fresh from an elementwise op
-/// (or a cast), so its buffer holds exactly its elements.
-fn unwrap(y: &Tensor) -> Result<Storage> {
-    let (storage, layout) = y.storage_and_layout();
-    if !layout.is_contiguous() || layout.start_offset() != 0 {
-        bail!("norm: internal error, result is not a fresh contiguous tensor")
-    }
-    Ok(match &*storage {
-        Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
-        Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
-        Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
-    })
 }
 
 impl CustomOp1 for NormOp {
@@ -258,6 +229,7 @@ impl Module for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_diff;
     use candle_core::{Device, Var};
     use std::collections::HashMap;
 
@@ -272,22 +244,6 @@ mod tests {
 
     /// Makes the norm's input from a var (e.g. a transpose, for a non-contiguous input).
     type View<'a> = &'a dyn Fn(&Tensor) -> Tensor;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let a = a.to_dtype(DType::F32).unwrap();
-        let b = b.to_dtype(DType::F32).unwrap();
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// Random weight and bias of length `n` (weight around 1, as trained norms are), rounded
     /// through f16 so that f16 and f32 models hold the same values.

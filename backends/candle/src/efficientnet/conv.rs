@@ -198,16 +198,7 @@ mod tests {
                 ("CPU kernel", x.apply_op1_no_bwd(&op).unwrap()),
             ] {
                 assert_eq!(got.dims(), want.dims(), "{how}: k {k} s {s} {h}×{w}");
-                let diff = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::testing::max_diff(&got, &want);
                 assert!(diff < 1e-5, "{how}: k {k} s {s} {h}×{w}: {diff}");
             }
         }
