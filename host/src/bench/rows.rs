@@ -195,6 +195,17 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                     ),
                 ));
             }
+            // The learning step and img2img take photos at the model's own size only (the
+            // diffuser's checks), so another size is refused here, before any work.
+            if row != Row::Unet && size != dims.image_size {
+                return Err(Error::invalid(
+                    "bench --size",
+                    format!(
+                        "{size}: row {row} runs at the model's own size, {}; only `unet` takes another",
+                        dims.image_size
+                    ),
+                ));
+            }
             out.size = Some(size);
             let side = size / dims.vae_downsampling;
             let batch = match row {

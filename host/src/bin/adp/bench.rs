@@ -32,7 +32,7 @@ pub struct Args {
     /// Stable Diffusion folder, diffusers layout (unet, learn-step-*, img2img-step rows).
     #[arg(long)]
     sd: Option<PathBuf>,
-    /// Side in pixels of the diffusion rows [default: the model's own].
+    /// Side in pixels of the `unet` row [default: the model's own; the other diffusion rows run only at it].
     #[arg(long)]
     size: Option<usize>,
     /// The first N images are the support set, the others are scored.

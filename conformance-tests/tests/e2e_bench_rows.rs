@@ -1,0 +1,111 @@
+//! Host end-to-end test: `adp bench`'s CLIP and diffusion rows run on the tiny fixtures through
+//! each plugin, each row in a process of its own, and report what they timed. No timing is
+//! asserted (speed is the bench's to measure, not a test's); `--size` is refused where a row
+//! cannot honour it.
+use adp_conformance::{adp, build_dir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Three small photos with a little texture, as PNG files.
+fn photos(dir: &Path) -> Vec<PathBuf> {
+    (0..3u32)
+        .map(|k| {
+            let img = image::RgbImage::from_fn(40, 40, |x, y| {
+                let v = |s: u32| ((x * 7 + y * 3 + k * 50 + s) % 256) as u8;
+                image::Rgb([v(0), v(85), v(170)])
+            });
+            let path = dir.join(format!("{k:03}.png"));
+            img.save(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn rows_run(plugin: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = photos(dir.path());
+    let printed = adp(&["fixtures", "--out", dir.path().join("fx").to_str().unwrap()]);
+    let clip = printed.lines().next().unwrap().to_string();
+    let sd = dir.path().join("fx/sd-v");
+    let plugins = build_dir();
+    let mut args: Vec<String> = ["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", plugin]
+        .map(String::from)
+        .into();
+    args.extend(
+        [
+            "--rows",
+            "clip-image,clip-dense,clip-text,unet,learn-step-1,img2img-step",
+        ]
+        .map(String::from),
+    );
+    args.extend(["--clip", &clip, "--sd", sd.to_str().unwrap()].map(String::from));
+    args.extend(["--shots", "1", "--repeats", "1", "--quiet"].map(String::from));
+    args.extend(files.iter().map(|f| f.to_str().unwrap().to_string()));
+    let out = adp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_str().unwrap(),
+                r["per"].as_str().unwrap(),
+                r["items"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Two photos scored after one shot; 54 state prompts (27 templates × 2 states).
+    assert_eq!(
+        got,
+        [
+            ("clip-image", "photo", 2),
+            ("clip-dense", "photo", 2),
+            ("clip-text", "prompt", 54),
+            ("unet", "call", 1),
+            ("learn-step-1", "step", 1),
+            ("img2img-step", "step", 1),
+        ],
+        "{out}"
+    );
+    for r in &rows {
+        assert_eq!(r["plugin"], plugin, "{r}");
+        assert!(r["ms"].as_f64().is_some_and(f64::is_finite), "{r}");
+        if cfg!(target_os = "linux") {
+            assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    let img2img = rows.iter().find(|r| r["row"] == "img2img-step").unwrap();
+    for part in ["img2img_1_step", "img2img_2_steps"] {
+        assert!(img2img["parts"][part].as_f64().is_some_and(|t| t > 0.0), "{img2img}");
+    }
+
+    // The learning step takes photos at the model's own size only: another is refused by name.
+    let out = Command::new(build_dir().join("adp"))
+        .args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", plugin])
+        .args([
+            "--rows",
+            "learn-step-1",
+            "--sd",
+            sd.to_str().unwrap(),
+            "--size",
+            "64",
+            "--shots",
+            "0",
+        ])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--size") && err.contains("model's own size"), "{err}");
+}
+
+#[test]
+fn bench_rows_run_on_candle() {
+    rows_run("candle");
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn bench_rows_run_on_tch() {
+    rows_run("tch");
+}
