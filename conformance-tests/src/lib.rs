@@ -16,7 +16,7 @@ pub mod tolerance;
 
 use adp_api::Backend;
 pub use adp_api::Capability;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub type Subject = Arc<dyn Backend>;
@@ -99,6 +99,22 @@ pub fn pngs(dir: PathBuf, n: usize) -> Vec<PathBuf> {
     v.sort();
     v.truncate(n);
     v
+}
+
+/// `n` small (40 × 40) smooth photos with a little texture, written as PNG files into `dir`: inputs
+/// for end-to-end runs that check that every stage runs, not what it finds.
+pub fn textured_photos(dir: &Path, n: u32) -> Vec<PathBuf> {
+    (0..n)
+        .map(|k| {
+            let img = image::RgbImage::from_fn(40, 40, |x, y| {
+                let v = |s: u32| ((x * 5 + y * 3 + k * 40 + s) % 256) as u8;
+                image::Rgb([v(0), v(85), v(170)])
+            });
+            let path = dir.join(format!("{k:03}.png"));
+            img.save(&path).unwrap();
+            path
+        })
+        .collect()
 }
 
 /// One shared case: its test module and name, the capability it holds a backend to (`None`: every

@@ -2,28 +2,12 @@
 //! each plugin, each row in a process of its own, and report what they timed. No timing is
 //! asserted (speed is the bench's to measure, not a test's); `--size` is refused where a row
 //! cannot honour it.
-use adp_conformance::{adp, build_dir};
-use std::path::{Path, PathBuf};
+use adp_conformance::{adp, build_dir, textured_photos};
 use std::process::Command;
-
-/// Three small photos with a little texture, as PNG files.
-fn photos(dir: &Path) -> Vec<PathBuf> {
-    (0..3u32)
-        .map(|k| {
-            let img = image::RgbImage::from_fn(40, 40, |x, y| {
-                let v = |s: u32| ((x * 7 + y * 3 + k * 50 + s) % 256) as u8;
-                image::Rgb([v(0), v(85), v(170)])
-            });
-            let path = dir.join(format!("{k:03}.png"));
-            img.save(&path).unwrap();
-            path
-        })
-        .collect()
-}
 
 fn rows_run(plugin: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let files = photos(dir.path());
+    let files = textured_photos(dir.path(), 3);
     let printed = adp(&["fixtures", "--out", dir.path().join("fx").to_str().unwrap()]);
     let clip = printed.lines().next().unwrap().to_string();
     let sd = dir.path().join("fx/sd-v");

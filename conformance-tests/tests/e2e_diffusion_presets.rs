@@ -4,27 +4,12 @@
 //!
 //! Tiny settings (one step, two 40-pixel photos, two DDIM steps): this checks that every stage
 //! runs on each layout and that the detector scores, not what it learns (the weights are random).
-use adp_conformance::{adp, build_dir};
-use std::path::{Path, PathBuf};
-
-/// Two small smooth photos with a little texture, as PNG files.
-fn photos(dir: &Path) -> Vec<PathBuf> {
-    (0..2u32)
-        .map(|k| {
-            let img = image::RgbImage::from_fn(40, 40, |x, y| {
-                let v = |s: u32| ((x * 5 + y * 3 + k * 40 + s) % 256) as u8;
-                image::Rgb([v(0), v(85), v(170)])
-            });
-            let path = dir.join(format!("{k:03}.png"));
-            img.save(&path).unwrap();
-            path
-        })
-        .collect()
-}
+use adp_conformance::{adp, build_dir, textured_photos};
+use std::path::Path;
 
 fn fit_and_score_on_every_small_preset(plugin: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let support = photos(dir.path());
+    let support = textured_photos(dir.path(), 2);
     let plugins = build_dir();
     let plugins = plugins.to_str().unwrap();
     for preset in ["sd-1.5-small", "sd-2.1-base-small", "sd-2.1-small"] {
