@@ -467,6 +467,7 @@ mod tests {
                 image_size: 8,
                 latent_channels: 1,
                 vae_downsampling: 8,
+                unet_downsampling: 1,
                 text_width: WIDTH,
                 context_length: 77,
                 train_timesteps: 1000,

@@ -189,6 +189,8 @@ pub struct DiffuserDims {
     pub latent_channels: usize,
     /// Latent side = image side / this.
     pub vae_downsampling: usize,
+    /// The UNet takes latents whose sides are multiples of this, 2^(UNet blocks − 1).
+    pub unet_downsampling: usize,
     pub text_width: usize,
     pub context_length: usize,
     pub train_timesteps: usize,

@@ -62,6 +62,30 @@ fn rows_run(plugin: &str) {
         assert!(img2img["parts"][part].as_f64().is_some_and(|t| t > 0.0), "{img2img}");
     }
 
+    // The UNet is fully convolutional: its row runs at another size (the tiny fixture works at
+    // 32 px; 48 px is 24 latents, a multiple of its UNet's downsampling 2).
+    let at = |size: &str| {
+        Command::new(build_dir().join("adp"))
+            .args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", plugin])
+            .args(["--rows", "unet", "--sd", sd.to_str().unwrap(), "--size", size])
+            .args(["--shots", "0", "--repeats", "1", "--quiet"])
+            .args(&files)
+            .output()
+            .unwrap()
+    };
+    let out = at("48");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (row["row"].as_str(), row["size"].as_u64()),
+        (Some("unet"), Some(48)),
+        "{row}"
+    );
+    let out = at("42");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("42 is not a multiple of 4"), "{err}");
+
     // The learning step takes photos at the model's own size only: another is refused by name.
     let out = Command::new(build_dir().join("adp"))
         .args(["bench", "--plugin-dir", plugins.to_str().unwrap(), "--plugin", plugin])

@@ -42,9 +42,23 @@ impl DiffuserDims {
     }
 
     /// A UNet request's shapes and timesteps, the latter as the UNet takes them.
+    /// The latents may have any sides the UNet can halve and double back (multiples of
+    /// `unet_downsampling`): it is fully convolutional, and `adp bench --size` times it so.
     pub fn check_unet(&self, r: &UnetRequest) -> Result<Vec<f64>> {
         let n = r.timesteps.len();
-        r.latents.expect_shape("latents", &exactly(&self.latent_shape(n)))?;
+        r.latents
+            .expect_shape("latents", &[Some(n), Some(self.latent_channels), None, None])?;
+        let (h, w, f) = (
+            r.latents.shape()[2],
+            r.latents.shape()[3],
+            self.unet_downsampling.max(1),
+        );
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
+            return Err(Error::invalid(
+                "latents",
+                format!("{h}×{w}: the UNet takes sides that are positive multiples of {f}"),
+            ));
+        }
         r.conditioning.expect_shape(
             "conditioning",
             &[Some(n), Some(self.context_length), Some(self.text_width)],
@@ -101,6 +115,7 @@ mod tests {
         image_size: 16,
         latent_channels: 4,
         vae_downsampling: 2,
+        unet_downsampling: 4,
         text_width: 8,
         context_length: 5,
         train_timesteps: 10,
@@ -138,9 +153,19 @@ mod tests {
         fails(DIMS.check_unet(&unet(0, vec![])), "timesteps: no sample given");
         fails(
             DIMS.check_unet(&unet(2, vec![1])),
-            "latents: expected shape [1, 4, 8, 8]",
+            "latents: expected shape [1, 4, _, _]",
         );
         assert_eq!(DIMS.check_unet(&unet(1, vec![3])).unwrap(), [3.0]);
+        let at = |h: usize, w: usize| UnetRequest {
+            latents: Tensor::zeros(vec![1, 4, h, w]),
+            ..unet(1, vec![3])
+        };
+        assert_eq!(DIMS.check_unet(&at(12, 4)).unwrap(), [3.0]);
+        fails(
+            DIMS.check_unet(&at(6, 8)),
+            "latents: 6×8: the UNet takes sides that are positive multiples of 4",
+        );
+        fails(DIMS.check_unet(&at(0, 8)), "positive multiples of 4");
         let loss = |timesteps: Vec<u32>, noise: Tensor| DenoisingLossRequest {
             images: images(1, 16),
             prompts: vec![Prompt::plain("a")],

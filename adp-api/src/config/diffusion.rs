@@ -660,6 +660,7 @@ impl DiffusionSpec {
             image_size: self.image_size(),
             latent_channels: self.vae.latent_channels,
             vae_downsampling: self.vae_downsampling(),
+            unet_downsampling: 1 << self.unet.block_out_channels.len().saturating_sub(1),
             text_width: self.text_encoder.hidden_size,
             context_length: self.text_encoder.max_position_embeddings,
             train_timesteps: self.scheduler.num_train_timesteps,

@@ -186,12 +186,13 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
             let diffuser = backend.latent_diffuser(sd, i.device)?;
             let dims = diffuser.dims();
             let size = i.size.unwrap_or(dims.image_size);
-            if size == 0 || !size.is_multiple_of(dims.vae_downsampling) {
+            let factor = dims.vae_downsampling * dims.unet_downsampling.max(1);
+            if size == 0 || !size.is_multiple_of(factor) {
                 return Err(Error::invalid(
                     "bench --size",
                     format!(
-                        "{size} is not a multiple of the VAE's downsampling {}",
-                        dims.vae_downsampling
+                        "{size} is not a multiple of {factor} (the VAE's downsampling {} × the UNet's {})",
+                        dims.vae_downsampling, dims.unet_downsampling
                     ),
                 ));
             }

@@ -47,6 +47,7 @@ impl LatentDiffuser for FixtureDiffuser {
             image_size: 4,
             latent_channels: WIDTH,
             vae_downsampling: 2,
+            unet_downsampling: 1,
             text_width: WIDTH,
             context_length: 8,
             train_timesteps: 1000,
