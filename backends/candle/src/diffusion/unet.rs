@@ -5,13 +5,16 @@
 //!
 //! Its layers keep for the backward pass only what the concept's gradient needs: frozen linear and
 //! convolution layers give no weight gradients (`crate::frozen`), each norm is one node
-//! (`crate::norm`) and attention recomputes its probabilities (`crate::attention`).
+//! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and each
+//! transformer block of the down and up blocks is checkpointed (`crate::checkpoint`).
+use crate::checkpoint::{checkpoint, Checkpointable};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
 use adp_api::layout;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
+use std::sync::Arc;
 
 fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
     conv2d(
@@ -187,16 +190,26 @@ impl SpatialTransformer {
     }
 }
 
+impl Checkpointable for SpatialTransformer {
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        SpatialTransformer::forward(self, x, context)
+    }
+}
+
 struct Layer {
     resnet: Resnet,
-    attention: Option<SpatialTransformer>,
+    /// Shared with the checkpoint ops of a learning step's graph.
+    attention: Option<Arc<SpatialTransformer>>,
 }
 
 impl Layer {
     fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
         let x = self.resnet.forward(x, temb)?;
         match &self.attention {
-            Some(a) => a.forward(&x, context),
+            // Checkpointed where a gradient flows (a learning step): a transformer block holds
+            // most of the UNet's activations, ~0.5 GB each at 768 px, and the recomputation
+            // costs one more forward of it.
+            Some(a) => checkpoint(a, &x, context),
             None => Ok(x),
         }
     }
@@ -229,7 +242,7 @@ impl UNet {
             Ok(Layer {
                 resnet: Resnet::new(vb.pp(format!("resnets.{j}")), cin, cout, temb, c)?,
                 attention: attn
-                    .then(|| SpatialTransformer::new(vb.pp(format!("attentions.{j}")), cout, heads, c))
+                    .then(|| SpatialTransformer::new(vb.pp(format!("attentions.{j}")), cout, heads, c).map(Arc::new))
                     .transpose()?,
             })
         };
