@@ -9,7 +9,6 @@
 //! Here the weight is hidden inside a `CustomOp1` applied to the input alone, whose `bwd` returns
 //! the input's gradient only. The bias is added outside the op with `broadcast_add`: its gradient
 //! is one vector per layer, and candle's own backward handles it.
-// Until the UNet is switched over to these layers, only the tests use them.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
