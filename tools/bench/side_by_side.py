@@ -11,9 +11,12 @@ the rounds, each adp time with its ratio to the peer's, and every side's peak re
         --clip /tmp/adp-fixtures-b16/clip PHOTO_DIR
 
 The diffusion rows (unet, learn-step-1, learn-step-4, img2img-step) need `--sd DIR` (a diffusers
-folder) and take `--size N` (pixels; default the model's own), passed to both sides alike:
+folder). `--size N` (pixels; default the model's own) is passed to both sides alike and applies to
+the `unet` row only; the learning step and img2img run at the folder's own size (a folder whose
+`unet/config.json` says `sample_size` 64 runs them at 512 px):
 
-    ... --rows unet,learn-step-1,learn-step-4,img2img-step --sd SD_DIR --size 512 PHOTO_DIR
+    ... --rows unet,learn-step-1,learn-step-4,img2img-step --sd SD_DIR PHOTO_DIR
+    ... --rows unet --sd SD_DIR --size 512 PHOTO_DIR
 
 Threads: the peer calls torch.set_num_threads(T); adp runs with RAYON_NUM_THREADS=T (candle) and
 OMP_NUM_THREADS=T (libtorch's default intra-op threads).
@@ -54,7 +57,7 @@ def main():
     p.add_argument("--backbone", default=os.path.expanduser("~/.cache/adp/weights/efficientnet-lite0.safetensors"))
     p.add_argument("--clip")
     p.add_argument("--sd", help="diffusers folder (diffusion rows)")
-    p.add_argument("--size", type=int, help="side in pixels of the diffusion rows (default: the model's own)")
+    p.add_argument("--size", type=int, help="side in pixels of the unet row (default: the model's own)")
     p.add_argument("images", nargs="+")
     a = p.parse_args()
     plugins = a.plugin or ["candle", "tch"]
