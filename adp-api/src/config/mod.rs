@@ -8,6 +8,7 @@ pub mod ddim;
 pub mod diffusion;
 pub mod efficientnet;
 pub mod st;
+pub mod st_file;
 
 use crate::{Error, Result};
 use std::path::Path;

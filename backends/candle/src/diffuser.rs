@@ -32,21 +32,18 @@ impl CandleDiffuser {
         crate::convert::check_dtype(spec.dtype, &device)?;
         let model_dtype = dtype(spec.dtype);
         let te_path = spec.weights("text_encoder")?;
-        // SAFETY (all three): checkpoints are memory-mapped read-only.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&te_path], model_dtype, &device) }
-            .map_err(|e| Error::io(&te_path, e))?;
+        let vb = crate::weights::load(&te_path, model_dtype, &device)?;
         let text = TextEncoder::new(vb, &spec.text_encoder, &device).map_err(load_err(&te_path))?;
 
         let unet_path = spec.weights("unet")?;
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&unet_path], model_dtype, &device) }
-            .map_err(|e| Error::io(&unet_path, e))?;
+        let vb = crate::weights::load(&unet_path, model_dtype, &device)?;
         let unet = UNet::new(vb, &spec.unet).map_err(load_err(&unet_path))?;
 
         // candle's VAE only exposes posterior samples; with the log-variance half of
         // `quant_conv` zeroed and its bias at −1e4 the posterior's std is exactly 0, so its
         // sample is its mean — the deterministic latent the SPEC's loss starts from.
         let vae_path = spec.weights("vae")?;
-        let mut tensors = candle_core::safetensors::load(&vae_path, &device).map_err(|e| Error::io(&vae_path, e))?;
+        let mut tensors = crate::weights::read(&vae_path, model_dtype, &device)?;
         let lc = spec.vae.latent_channels;
         let w = tensors.get("quant_conv.weight").ok_or_else(|| Error::MissingTensor {
             file: vae_path.clone(),

@@ -6,7 +6,6 @@ use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
 use adp_api::{checks, ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
 use candle_core::{DType, D};
-use candle_nn::VarBuilder;
 
 pub struct CandleEncoder {
     model: OpenClip,
@@ -20,9 +19,7 @@ impl CandleEncoder {
     pub fn load(clip: &ClipCheckpoint, device: candle_core::Device) -> Result<Self> {
         crate::convert::check_dtype(clip.dtype, &device)?;
         clip.check_weights()?;
-        // SAFETY: the file is memory-mapped read-only; adp never writes checkpoints it reads.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&clip.weights], dtype(clip.dtype), &device) }
-            .map_err(|e| Error::io(&clip.weights, e))?;
+        let vb = crate::weights::load(&clip.weights, dtype(clip.dtype), &device)?;
         let model = OpenClip::new(vb, &clip.config).map_err(|e| Error::config(&clip.weights, e.to_string()))?;
         let dims = clip.config.encoder_dims();
         Ok(Self {

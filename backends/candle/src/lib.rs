@@ -18,6 +18,7 @@ mod storage;
 #[cfg(test)]
 mod testing;
 mod threads;
+mod weights;
 
 use adp_api::learning::Learner;
 use adp_api::{
