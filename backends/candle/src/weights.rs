@@ -58,7 +58,7 @@ mod tests {
         assert_eq!(t.dtype(), DType::F16);
         assert_eq!(t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), w);
         let p = file(vec![("ids", TensorView::new(Dtype::I32, vec![1], &id_bytes).unwrap())]);
-        let e = read(&p, DType::F32, &Device::Cpu).err().expect("accepted").to_string();
+        let e = read(&p, DType::F32, &Device::Cpu).expect_err("accepted").to_string();
         assert!(
             e.contains("m.safetensors") && e.contains("tensor `ids`") && e.contains("I32"),
             "{e}"
