@@ -5,12 +5,27 @@
 //! bytes are read into a buffer of their own, which the caller converts and drops.
 use crate::{Error, Result};
 use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::Dtype;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The largest header read, as the safetensors crate bounds it.
 const MAX_HEADER: u64 = 100_000_000;
+
+/// An error about tensor `name` of `file`.
+pub fn tensor_error(file: &Path, name: &str, message: impl std::fmt::Display) -> Error {
+    Error::config(file, format!("tensor `{name}`: {message}"))
+}
+
+/// The dtypes a checkpoint's tensors may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatDtype {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
 
 pub struct SafetensorsFile {
     path: PathBuf,
@@ -81,6 +96,30 @@ impl SafetensorsFile {
     /// Every tensor, in file order.
     pub fn tensors(&self) -> &[(String, TensorInfo)] {
         &self.tensors
+    }
+
+    /// Each tensor in file order, read one at a time: its name, float dtype, shape and raw
+    /// little-endian bytes, which `each` converts and drops. A tensor of another dtype is an
+    /// error naming it, before its bytes are read.
+    pub fn read_floats(
+        mut self,
+        mut each: impl FnMut(String, FloatDtype, &[usize], Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        for (name, info) in std::mem::take(&mut self.tensors) {
+            let dtype = match info.dtype {
+                Dtype::F32 => FloatDtype::F32,
+                Dtype::F16 => FloatDtype::F16,
+                Dtype::BF16 => FloatDtype::BF16,
+                Dtype::F64 => FloatDtype::F64,
+                other => {
+                    let m = format!("dtype {other:?}; adp reads F32, F16, BF16 and F64");
+                    return Err(tensor_error(&self.path, &name, m));
+                }
+            };
+            let bytes = self.read(&info)?;
+            each(name, dtype, &info.shape, bytes)?;
+        }
+        Ok(())
     }
 
     /// The raw little-endian bytes of one tensor of [`Self::tensors`].

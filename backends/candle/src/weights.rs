@@ -1,11 +1,10 @@
 //! Checkpoints read tensor by tensor (`adp_api::config::st_file`), not memory-mapped: the pages
 //! read through a map count in resident memory beside the copies until the map is dropped, so
 //! loading the SD 2.1 UNet peaked at about twice its 3.5 GB.
-use adp_api::config::st_file::SafetensorsFile;
-use adp_api::{Error, Result};
+use adp_api::config::st_file::{tensor_error, FloatDtype, SafetensorsFile};
+use adp_api::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -16,24 +15,22 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'st
 
 /// Every tensor of `path` by name, converted to `dtype` on `device`.
 pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let mut file = SafetensorsFile::open(path)?;
+    let file = SafetensorsFile::open(path)?;
     let mut tensors = HashMap::with_capacity(file.tensors().len());
-    for (name, info) in file.tensors().to_vec() {
-        let bad = |m: String| Error::config(path, format!("tensor `{name}`: {m}"));
-        let from = match info.dtype {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            other => return Err(bad(format!("dtype {other:?}; adp reads F32, F16, BF16 and F64"))),
+    file.read_floats(|name, from, shape, bytes| {
+        let from = match from {
+            FloatDtype::F32 => DType::F32,
+            FloatDtype::F16 => DType::F16,
+            FloatDtype::BF16 => DType::BF16,
+            FloatDtype::F64 => DType::F64,
         };
-        let bytes = file.read(&info)?;
-        let t = Tensor::from_raw_buffer(&bytes, from, &info.shape, &Device::Cpu)
+        let t = Tensor::from_raw_buffer(&bytes, from, shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t.to_device(device))
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| tensor_error(path, &name, e))?;
         tensors.insert(name, t);
-    }
+        Ok(())
+    })?;
     Ok(tensors)
 }
 
@@ -41,6 +38,7 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String
 mod tests {
     use super::*;
     use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
 
     #[test]
     fn tensors_are_read_converted_and_bad_dtypes_named() {

@@ -1,10 +1,9 @@
 //! What the models share: the weights of a checkpoint by name (like candle's `VarBuilder`) and the
 //! layers libtorch has as functions only (linear, layer and group norm, convolution, attention).
 use crate::convert::{dims, err};
-use adp_api::config::st_file::SafetensorsFile;
+use adp_api::config::st_file::{tensor_error, FloatDtype, SafetensorsFile};
 use adp_api::layout::Substitution;
 use adp_api::{Error, Result};
-use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, TchError, Tensor};
@@ -25,24 +24,22 @@ impl Weights {
     /// by tensor, not through a memory map (`adp_api::config::st_file`): the pages read through a
     /// map count in resident memory beside the copies, twice the checkpoint's size at the peak.
     pub fn load_as(file: &Path, device: tch::Device, kind: Kind) -> Result<Self> {
-        let mut st = SafetensorsFile::open(file)?;
+        let st = SafetensorsFile::open(file)?;
         let mut tensors = HashMap::with_capacity(st.tensors().len());
-        for (name, info) in st.tensors().to_vec() {
-            let bad = |m: String| Error::config(file, format!("tensor `{name}`: {m}"));
-            let from = match info.dtype {
-                Dtype::F32 => Kind::Float,
-                Dtype::F16 => Kind::Half,
-                Dtype::BF16 => Kind::BFloat16,
-                Dtype::F64 => Kind::Double,
-                other => return Err(bad(format!("dtype {other:?}; adp reads F32, F16, BF16 and F64"))),
+        st.read_floats(|name, from, shape, bytes| {
+            let from = match from {
+                FloatDtype::F32 => Kind::Float,
+                FloatDtype::F16 => Kind::Half,
+                FloatDtype::BF16 => Kind::BFloat16,
+                FloatDtype::F64 => Kind::Double,
             };
-            let bytes = st.read(&info)?;
-            let t = Tensor::f_from_data_size(&bytes, &dims(&info.shape), from)
+            let t = Tensor::f_from_data_size(&bytes, &dims(shape), from)
                 .and_then(|t| t.f_to_kind(kind))
                 .and_then(|t| t.f_to_device(device))
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| tensor_error(file, &name, e))?;
             tensors.insert(name, t);
-        }
+            Ok(())
+        })?;
         Ok(Self {
             file: file.into(),
             tensors,
