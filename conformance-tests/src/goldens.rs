@@ -93,6 +93,29 @@ impl Golden {
     }
 }
 
+/// Makes the fixture folder `done` with `write` unless it is there, complete. Written in a
+/// temporary folder beside it, marked complete, then renamed into place; a complete `done` is
+/// never removed: tests of this process (serialised here) and of other test processes may be
+/// reading it. When another writer wins the race, its copy (identical) stays and ours is dropped.
+fn materialise(done: &std::path::Path, write: impl FnOnce(&std::path::Path)) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let complete = |d: &std::path::Path| d.join(".complete").exists();
+    if complete(done) {
+        return;
+    }
+    let root = done.parent().expect("fixture folder has a parent");
+    std::fs::create_dir_all(root).expect("fixture folder");
+    let tmp = tempfile::tempdir_in(root).expect("temp dir");
+    write(tmp.path());
+    std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
+    if std::fs::rename(tmp.path(), done).is_err() && !complete(done) {
+        // A folder left incomplete (by an older writer that was killed): replace it.
+        let _ = std::fs::remove_dir_all(done);
+        std::fs::rename(tmp.path(), done).expect("fixture folder into place");
+    }
+}
+
 /// The fixture checkpoints (seed 0), written once into the build folder and reused by every test
 /// process (`goldens_were_made_from_these_fixtures` checks they are still the goldens' inputs).
 pub fn fixtures() -> &'static FixturePaths {
@@ -100,15 +123,11 @@ pub fn fixtures() -> &'static FixturePaths {
     PATHS.get_or_init(|| {
         let root = crate::build_dir().join("adp-fixtures");
         let done = root.join("tiny-seed0");
-        if !done.join(".complete").exists() {
-            std::fs::create_dir_all(&root).expect("fixture folder");
-            let tmp = tempfile::tempdir_in(&root).expect("temp dir");
-            adp_host::fixtures::write_all(tmp.path(), 0, "tiny").expect("fixtures");
-            std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
-            let _ = std::fs::remove_dir_all(&done);
-            // Another test process may have won the race; its copy is identical.
-            let _ = std::fs::rename(tmp.keep(), &done);
-        }
+        materialise(&done, |dir| {
+            adp_host::fixtures::write_all(dir, 0, "tiny")
+                .map(drop)
+                .expect("fixtures")
+        });
         FixturePaths::under(&done)
     })
 }
@@ -130,15 +149,10 @@ pub fn quickgelu_fixtures() -> &'static PathBuf {
     ROOT.get_or_init(|| {
         let root = crate::build_dir().join("adp-fixtures");
         let done = root.join("tiny-quickgelu-seed0");
-        if !done.join(".complete").exists() {
-            std::fs::create_dir_all(&root).expect("fixture folder");
-            let tmp = tempfile::tempdir_in(&root).expect("temp dir");
+        materialise(&done, |dir| {
             let cfg = adp_host::fixtures::preset("tiny-quickgelu").expect("preset");
-            adp_host::fixtures::open_clip::write(&tmp.path().join("clip"), &cfg, 0).expect("fixture");
-            std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
-            let _ = std::fs::remove_dir_all(&done);
-            let _ = std::fs::rename(tmp.keep(), &done);
-        }
+            adp_host::fixtures::open_clip::write(&dir.join("clip"), &cfg, 0).expect("fixture");
+        });
         done
     })
 }
@@ -178,15 +192,9 @@ pub fn preset_golden(preset: DiffusionPreset) -> Golden {
 pub fn preset_fixture(preset: DiffusionPreset) -> PresetPaths {
     let root = crate::build_dir().join("adp-fixtures");
     let done = root.join(format!("{}-seed0", preset.name()));
-    if !done.join(".complete").exists() {
-        std::fs::create_dir_all(&root).expect("fixture folder");
-        let tmp = tempfile::tempdir_in(&root).expect("temp dir");
-        adp_host::fixtures::write_preset(tmp.path(), 0, preset, None).expect("preset fixture");
-        std::fs::write(tmp.path().join(".complete"), b"").expect("marker");
-        let _ = std::fs::remove_dir_all(&done);
-        // Another test process may have won the race; its copy is identical.
-        let _ = std::fs::rename(tmp.keep(), &done);
-    }
+    materialise(&done, |dir| {
+        adp_host::fixtures::write_preset(dir, 0, preset, None).expect("preset fixture");
+    });
     assert_made_from(&preset_golden(preset), &done);
     PresetPaths {
         clip: done.join("clip"),
