@@ -77,10 +77,18 @@ pub fn read_f32_shaped(st: &SafeTensors<'_>, name: &str, file: &Path, expected: 
 
 /// The JSON header of a safetensors file, checked against the file's length.
 fn read_header(file: &Path) -> Result<(u64, u64, serde_json::Map<String, serde_json::Value>)> {
-    let bad = |m: String| Error::Config {
-        file: file.into(),
-        message: m,
-    };
+    let (_, total, n, header) = open_header(file)?;
+    let header = serde_json::from_slice(&header)
+        .map_err(|e| Error::config(file, format!("unreadable safetensors header: {e}")))?;
+    Ok((total, n, header))
+}
+
+/// A safetensors file opened and read up to the end of its header: the file (positioned after
+/// the header), its length, the header's length `n` (the data starts at `8 + n`) and the header's
+/// bytes. A header longer than the file or than 100 MB (the safetensors crate's bound) is refused
+/// before it is read.
+pub(crate) fn open_header(file: &Path) -> Result<(std::fs::File, u64, u64, Vec<u8>)> {
+    let bad = |m: String| Error::config(file, m);
     let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let total = f.metadata().map_err(|e| Error::io(file, e))?.len();
     let mut len = [0u8; 8];
@@ -94,8 +102,7 @@ fn read_header(file: &Path) -> Result<(u64, u64, serde_json::Map<String, serde_j
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(file, e))?;
-    let header = serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
-    Ok((total, n, header))
+    Ok((f, total, n, header))
 }
 
 /// The `__metadata__` strings of a safetensors file (empty when it has none).

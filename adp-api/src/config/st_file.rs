@@ -3,15 +3,13 @@
 //! through the map in the process's resident memory until the map is dropped: loading a 3.5 GB
 //! UNet peaked at twice its size. Here the header is read and checked first, then each tensor's
 //! bytes are read into a buffer of their own, which the caller converts and drops.
+use super::st::open_header;
 use crate::{Error, Result};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-
-/// The largest header read, as the safetensors crate bounds it.
-const MAX_HEADER: u64 = 100_000_000;
 
 /// An error about tensor `name` of `file`.
 pub fn tensor_error(file: &Path, name: &str, message: impl std::fmt::Display) -> Error {
@@ -37,49 +35,24 @@ pub struct SafetensorsFile {
 }
 
 impl SafetensorsFile {
-    /// Opens `path` and checks its header against the file: each tensor's bytes fit its dtype and
-    /// shape, follow the previous tensor's, and the last ends where the file does.
+    /// Opens `path` and checks its header against the file. Parsing the header checks that each
+    /// tensor's bytes fit its dtype and shape and follow the previous tensor's (the safetensors
+    /// crate's `Metadata`); here, that the last ends where the file does.
     pub fn open(path: &Path) -> Result<Self> {
-        let bad = |m: String| Error::config(path, format!("safetensors header: {m}"));
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut n = [0u8; 8];
-        file.read_exact(&mut n)
-            .map_err(|_| bad(format!("the file is {len} bytes, too short for a header")))?;
-        let n = u64::from_le_bytes(n);
-        if n > MAX_HEADER || n > len - 8 {
-            return Err(bad(format!("length {n} exceeds the file ({len} bytes) or 100 MB")));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-        let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+        let (file, len, n, header) = open_header(path)?;
+        let metadata: Metadata =
+            serde_json::from_slice(&header).map_err(|e| Error::config(path, format!("safetensors header: {e}")))?;
         let mut tensors: Vec<(String, TensorInfo)> = metadata
             .tensors()
             .into_iter()
             .map(|(name, info)| (name, info.clone()))
             .collect();
         tensors.sort_by_key(|(_, info)| info.data_offsets);
-        let mut end = 0usize;
-        for (name, info) in &tensors {
-            let (s, e) = info.data_offsets;
-            let bytes = info
-                .shape
-                .iter()
-                .try_fold(info.dtype.bitsize(), |a, &d| a.checked_mul(d))
-                .map(|bits| bits.div_ceil(8));
-            if s != end || Some(e.wrapping_sub(s)) != bytes || e < s {
-                return Err(bad(format!(
-                    "tensor `{name}`: bytes {s}..{e} do not follow byte {end} with the size of {:?} {:?}",
-                    info.dtype, info.shape
-                )));
-            }
-            end = e;
-        }
-        if 8 + n + end as u64 != len {
-            return Err(bad(format!(
-                "the tensors end at byte {}, the file at {len}",
-                8 + n + end as u64
-            )));
+        let end = tensors.last().map_or(0, |(_, info)| info.data_offsets.1) as u64;
+        let data_end = (8 + n).saturating_add(end);
+        if data_end != len {
+            let m = format!("safetensors header: the tensors end at byte {data_end}, the file at {len}");
+            return Err(Error::config(path, m));
         }
         Ok(Self {
             path: path.into(),
@@ -87,10 +60,6 @@ impl SafetensorsFile {
             data_start: 8 + n,
             tensors,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Every tensor, in file order.
@@ -176,12 +145,12 @@ mod tests {
             let e = SafetensorsFile::open(&p).err().expect("accepted").to_string();
             assert!(e.contains("w.safetensors") && e.contains(fragment), "{e}");
         };
-        fails(&good[..5], "too short");
+        fails(&good[..5], "shorter than a safetensors header");
         fails(&good[..good.len() - 1], "the file at");
         fails(&[good.as_slice(), &[0]].concat(), "the file at");
         let mut huge = good.clone();
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        fails(&huge, "exceeds the file");
+        fails(&huge, "truncated or not safetensors");
         let header = br#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
         let forged = [&(header.len() as u64).to_le_bytes()[..], header, &[0u8; 8]].concat();
         fails(&forged, "safetensors header");
