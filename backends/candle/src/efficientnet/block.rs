@@ -1,7 +1,7 @@
 //! The MBConv block of EfficientNet-Lite (`_blocks.N`): expand 1×1 + ReLU6 (when the expansion
 //! ratio is not 1), depthwise k×k + ReLU6, project 1×1 (linear), plus the input when the shape is
 //! kept. No squeeze-excitation in the Lite models; batch norms are folded into the convolutions.
-use super::conv::{relu6, SameConv};
+use super::conv::SameConv;
 use adp_api::config::efficientnet::BlockSpec;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -32,14 +32,10 @@ impl MbConv {
 impl Module for MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = match &self.expand {
-            Some(e) => relu6(&e.forward(x)?)?,
+            Some(e) => e.forward_fused(x, true, None)?,
             None => x.clone(),
         };
-        let h = self.project.forward(&relu6(&self.depthwise.forward(&h)?)?)?;
-        if self.skip {
-            h + x
-        } else {
-            Ok(h)
-        }
+        let h = self.depthwise.forward_fused(&h, true, None)?;
+        self.project.forward_fused(&h, false, self.skip.then_some(x))
     }
 }

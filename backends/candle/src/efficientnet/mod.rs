@@ -3,12 +3,13 @@
 //! batch norms folded into the convolutions at load time (`adp_api::fold::efficientnet`).
 pub mod block;
 pub mod conv;
+mod cpu;
 
 use adp_api::config::efficientnet::{EfficientNetConfig, HEAD_WIDTH, STEM_WIDTH};
 use block::MbConv;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use conv::{relu6, SameConv};
+use conv::SameConv;
 
 pub struct EfficientNet {
     stem: SameConv,
@@ -49,7 +50,7 @@ impl EfficientNet {
     /// The outputs of block groups `0..=last_group` (the blocks after it are not run), and the
     /// last block's output.
     pub fn stages(&self, x: &Tensor, last_group: usize) -> Result<(Vec<Tensor>, Tensor)> {
-        let mut h = relu6(&self.stem.forward(x)?)?;
+        let mut h = self.stem.forward_fused(x, true, None)?;
         let mut stages = Vec::with_capacity(last_group + 1);
         let end = self.group_ends[last_group.min(self.group_ends.len() - 1)];
         for (i, block) in self.blocks[..=end].iter().enumerate() {
@@ -64,7 +65,7 @@ impl EfficientNet {
     /// The whole network on normalised images `[N, 3, S, S]`.
     pub fn forward(&self, x: &Tensor) -> Result<Outputs> {
         let (stages, h) = self.stages(x, self.group_ends.len() - 1)?;
-        let head = relu6(&self.head.forward(&h)?)?;
+        let head = self.head.forward_fused(&h, true, None)?;
         let pooled = head.flatten_from(2)?.mean(D::Minus1)?;
         let logits = pooled.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
         Ok(Outputs { stages, head, logits })
