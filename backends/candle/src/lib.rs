@@ -81,7 +81,7 @@ impl Backend for CandleBackend {
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         Ok(Box::new(scorer::CandleScorer {
             device: convert::device(device)?,
-            chunk: 4096,
+            chunk: adp_api::layout::association_chunk(device),
         }))
     }
 

@@ -70,7 +70,7 @@ impl Backend for TchBackend {
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         Ok(Box::new(scorer::TchScorer {
             device: convert::device(device)?,
-            chunk: 4096,
+            chunk: adp_api::layout::association_chunk(device),
         }))
     }
 

@@ -136,6 +136,32 @@ mod tests {
     }
 
     #[test]
+    fn tensors_cross_as_bytes_and_are_checked() {
+        let t = Tensor::from_fn(vec![2, 3], |i| i as f32 - 2.5);
+        let bytes = encode(&t).unwrap();
+        // shape, then one byte string (bin8: 0xc4, length 24) of the six values.
+        let data: Vec<u8> = t.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(
+            bytes.windows(26).any(|w| w[..2] == [0xc4, 24] && w[2..] == data[..]),
+            "{bytes:?}"
+        );
+        assert_eq!(decode::<Tensor>(&bytes).unwrap(), t);
+        // A shape that does not match the values, or bytes that are not whole f32s, are refused.
+        struct Bin(usize);
+        impl Serialize for Bin {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_bytes(&vec![0u8; self.0])
+            }
+        }
+        let form = |shape: Vec<usize>, n: usize| encode(&(shape, Bin(n))).unwrap();
+        assert!(decode::<Tensor>(&form(vec![2, 3], 24)).is_ok());
+        let e = decode::<Tensor>(&form(vec![2, 4], 24)).unwrap_err().to_string();
+        assert!(e.contains("shape [2, 4] holds 8 values but 6"), "{e}");
+        let e = decode::<Tensor>(&form(vec![1], 5)).unwrap_err().to_string();
+        assert!(e.contains("5 bytes"), "{e}");
+    }
+
+    #[test]
     fn a_nan_image_cannot_be_smuggled_through() {
         // ImageBatch validates on decoding too.
         let mut bad = Tensor::zeros(vec![1, 3, 1, 1]);
