@@ -160,7 +160,7 @@ impl<'de> Deserialize<'de> for Packed<'static> {
                 f.write_str("a byte string of little-endian f32 values")
             }
             fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> std::result::Result<Vec<f32>, E> {
-                if b.len() % 4 != 0 {
+                if !b.len().is_multiple_of(4) {
                     return Err(E::custom(format!(
                         "tensor data of {} bytes: not a whole number of f32",
                         b.len()
