@@ -2,12 +2,13 @@
 //! can be substituted and differentiated. Returns `last_hidden_state` (final layer norm applied),
 //! which Stable Diffusion's UNet cross-attends to.
 use crate::convert::err;
+use crate::frozen::{linear, FrozenLinear as Linear};
 use crate::nn::{layer_norm, substitute, LayerNorm};
 use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::layout::{causal_mask, Substitution};
 use adp_api::tokenizer::Tokens;
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 struct EncoderLayer {
     q_proj: Linear,

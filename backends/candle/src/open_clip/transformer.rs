@@ -1,12 +1,12 @@
 //! open_clip's `Transformer`: `resblocks.N.{ln_1, attn, ln_2, mlp}`, pre-norm, batch first.
+use crate::frozen::{linear, FrozenLinear as Linear};
 use crate::nn::{layer_norm, LayerNorm};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `nn.MultiheadAttention` with its packed `in_proj_weight` / `in_proj_bias`.
 pub struct Attention {
-    in_proj_weight: Tensor,
-    in_proj_bias: Tensor,
+    in_proj: Linear,
     out_proj: Linear,
     heads: usize,
 }
@@ -14,8 +14,10 @@ pub struct Attention {
 impl Attention {
     pub fn new(vb: VarBuilder, width: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            in_proj_weight: vb.get((3 * width, width), "in_proj_weight")?,
-            in_proj_bias: vb.get(3 * width, "in_proj_bias")?,
+            in_proj: Linear::new(
+                vb.get((3 * width, width), "in_proj_weight")?,
+                Some(vb.get(3 * width, "in_proj_bias")?),
+            ),
             out_proj: linear(width, width, vb.pp("out_proj"))?,
             heads,
         })
@@ -25,9 +27,7 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
-        let qkv = x
-            .broadcast_matmul(&self.in_proj_weight.t()?)?
-            .broadcast_add(&self.in_proj_bias)?;
+        let qkv = self.in_proj.forward(x)?;
         let split = |i: usize| -> Result<Tensor> {
             qkv.narrow(D::Minus1, i * w, w)?
                 .reshape((b, t, self.heads, d))?
