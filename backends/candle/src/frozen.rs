@@ -271,9 +271,22 @@ impl Module for FrozenConv2d {
         // the detached input (no graph: neither operand tracks gradients); the op then hands its
         // result over as its own output, which costs one copy of the output but no weight
         // gradient in backward.
-        let y = x
-            .detach()
-            .conv2d_with_algo(&self.weight, c.padding, c.stride, c.dilation, 1, c.cudnn_fwd_algo)?;
+        // On the CPU in f32 our own convolution, which adds the bias too; elsewhere candle's.
+        let fast = crate::conv_cpu::conv2d(
+            &x.detach(),
+            &self.weight,
+            self.bias.as_ref(),
+            c.padding,
+            c.stride,
+            c.dilation,
+        )?;
+        let with_bias = fast.is_some();
+        let y = match fast {
+            Some(y) => y,
+            None => x
+                .detach()
+                .conv2d_with_algo(&self.weight, c.padding, c.stride, c.dilation, 1, c.cudnn_fwd_algo)?,
+        };
         // Without a gradient to carry (sampling), the plain result is the answer: no op, no copy.
         let y = if x.track_op() {
             x.apply_op1(ConvOp {
@@ -287,8 +300,8 @@ impl Module for FrozenConv2d {
             y
         };
         match &self.bias {
-            None => Ok(y),
-            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+            Some(bias) if !with_bias => y.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+            _ => Ok(y),
         }
     }
 }
@@ -355,16 +368,20 @@ impl CustomOp1 for ConvOp {
         }
     }
 
-    /// The input half of candle's `Op::Conv2D` backward: a transposed convolution with the
+    /// On the CPU in f32 [`crate::conv_cpu::conv2d_input_grad`]; elsewhere the input half of
+    /// candle's `Op::Conv2D` backward: a transposed convolution with the
     /// kernel, its output padding chosen to give back the input's size. candle derives that
     /// padding from the height alone, which fails for a non-square input with stride > 1 whose
     /// width needs another: here the larger of the two is used and the surplus row or column
     /// (beyond the input) dropped, as output padding does not change the positions before it.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, i_h, i_w) = arg.dims4()?;
+        let (s, d, p) = (self.stride, self.dilation, self.padding);
+        if let Some(dx) = crate::conv_cpu::conv2d_input_grad(grad, &self.weight, (i_h, i_w), p, s, d)? {
+            return Ok(Some(dx));
+        }
         let (_, _, g_h, g_w) = grad.dims4()?;
         let (_, _, k_h, k_w) = self.weight.dims4()?;
-        let (s, d, p) = (self.stride, self.dilation, self.padding);
         // What conv_transpose2d adds to its output size without output padding (never beyond
         // the input's size) falls short of the input by the output padding needed.
         let out_padding = |i: usize, g: usize, k: usize| {

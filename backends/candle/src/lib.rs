@@ -3,6 +3,7 @@
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
 mod attention;
 mod checkpoint;
+mod conv_cpu;
 mod convert;
 mod diffuser;
 pub mod diffusion;

@@ -1,0 +1,459 @@
+//! The 2-D convolution of the frozen UNet and VAE on the CPU, in f32: the input unfolded
+//! (im2col) a few output rows at a time, and one matrix product per tile writing straight into
+//! the NCHW output, which starts as the bias. The weight `[O, C, k, k]` is read where it lies,
+//! as the `[O, C·k²]` left factor.
+//!
+//! candle's own CPU convolution (`conv2d_tiled`) copies the whole input to NHWC and the whole
+//! weight to another order on one thread at every call (a 1280-channel 3×3 weight is 59 MB),
+//! gathers each unfolded value and scatters each output value one by one: at 768 px most of a
+//! UNet forward went there rather than into the products.
+use candle_core::{bail, DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Floats per unfolded tile (8 MiB): whole output rows, at least one.
+const TILE: usize = 1 << 21;
+
+/// `x` `[N, C, H, W]` convolved with `weight` `[O, C, k_h, k_w]` plus `bias` `[O]`, zero
+/// `padding` on every side, at `stride`; `None` where this path does not apply (not the CPU, not
+/// f32, dilation other than 1), for candle's own.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Option<Tensor>> {
+    let cpu = matches!(x.device(), Device::Cpu) && matches!(weight.device(), Device::Cpu);
+    if !cpu || x.dtype() != DType::F32 || weight.dtype() != DType::F32 || dilation != 1 || stride == 0 {
+        return Ok(None);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let (o, c_w, kh, kw) = weight.dims4()?;
+    if c != c_w || h + 2 * padding < kh || w + 2 * padding < kw {
+        bail!(
+            "conv2d: input {:?}, weight {:?}, padding {padding}",
+            x.dims(),
+            weight.dims()
+        )
+    }
+    let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+    let mut out = vec![0f32; n * o * oh * ow];
+    if let Some(b) = bias {
+        let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if b.len() != o {
+            bail!("conv2d: bias of {} for {o} output channels", b.len())
+        }
+        out.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each(|(p, plane)| plane.fill(b[p % o]));
+    }
+    if !out.is_empty() && c > 0 {
+        let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
+            return Ok(None);
+        };
+        let xv = &xs.as_slice::<f32>()?[xl.start_offset()..][..n * c * h * w];
+        let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..o * c * kh * kw];
+        let geometry = Geometry {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            padding,
+            stride,
+            oh,
+            ow,
+        };
+        geometry.run(xv, wv, o, n, &mut out);
+    }
+    Ok(Some(Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu)?))
+}
+
+/// A row-major matrix with rows `ld` apart.
+fn rows_of(data: &[f32], ld: usize) -> View<'_> {
+    View { data, rs: ld, cs: 1 }
+}
+
+/// The gradient of [`conv2d`]'s input (`[N, C, h, w]`) from the gradient of its output, `grad`
+/// `[N, O, oh, ow]`, the weight frozen: per tile the unfolded gradient `Wᵀ · grad`, folded back
+/// (col2im) onto the input positions each tap read. candle's transposed convolution, which this
+/// replaces on the CPU, is a dot product per output element with no matrix product at all.
+/// `None` where [`conv2d`] would give `None`.
+pub fn conv2d_input_grad(
+    grad: &Tensor,
+    weight: &Tensor,
+    (h, w): (usize, usize),
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Option<Tensor>> {
+    let cpu = matches!(grad.device(), Device::Cpu) && matches!(weight.device(), Device::Cpu);
+    if !cpu || grad.dtype() != DType::F32 || weight.dtype() != DType::F32 || dilation != 1 || stride == 0 {
+        return Ok(None);
+    }
+    let (n, o, oh, ow) = grad.dims4()?;
+    let (o_w, c, kh, kw) = weight.dims4()?;
+    let fits = |i: usize, k: usize, out: usize| i + 2 * padding >= k && (i + 2 * padding - k) / stride + 1 == out;
+    if o != o_w || !fits(h, kh, oh) || !fits(w, kw, ow) {
+        bail!(
+            "conv2d gradient: output gradient {:?}, weight {:?}, input {h}×{w}",
+            grad.dims(),
+            weight.dims()
+        )
+    }
+    let mut dx = vec![0f32; n * c * h * w];
+    if !dx.is_empty() && o > 0 {
+        let (grad, weight) = (grad.contiguous()?, weight.contiguous()?);
+        let (gs, gl) = grad.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*gs, &*ws) else {
+            return Ok(None);
+        };
+        let gv = &gs.as_slice::<f32>()?[gl.start_offset()..][..n * o * oh * ow];
+        let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..o * c * kh * kw];
+        let geometry = Geometry {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            padding,
+            stride,
+            oh,
+            ow,
+        };
+        geometry.run_input_grad(gv, wv, o, n, &mut dx);
+    }
+    Ok(Some(Tensor::from_vec(dx, (n, c, h, w), &Device::Cpu)?))
+}
+
+/// One convolution's sizes.
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    padding: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// `out` (`[N, O, oh, ow]`, holding the bias) plus the convolution of `x` with `weight`.
+    fn run(&self, x: &[f32], weight: &[f32], o: usize, n: usize, out: &mut [f32]) {
+        let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
+        let k = c * self.kh * self.kw;
+        let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
+        let rows = (TILE / (k * self.ow).max(1)).clamp(1, self.oh);
+        let mut col = if pointwise {
+            Vec::new()
+        } else {
+            vec![0f32; k * rows * self.ow]
+        };
+        for b in 0..n {
+            let plane = &x[b * c * hw..(b + 1) * c * hw];
+            let dst = &mut out[b * o * ohw..(b + 1) * o * ohw];
+            if pointwise {
+                // A 1×1 convolution's unfolded input is the input itself.
+                product(dst, ohw, true, rows_of(weight, k), rows_of(plane, ohw), o, ohw, k);
+                continue;
+            }
+            for oy0 in (0..self.oh).step_by(rows) {
+                let t = rows.min(self.oh - oy0) * self.ow;
+                let col = &mut col[..k * t];
+                col.par_chunks_mut(t)
+                    .enumerate()
+                    .for_each(|(r, row)| self.unfold(plane, r, oy0, row));
+                let dst = &mut dst[oy0 * self.ow..];
+                product(dst, ohw, true, rows_of(weight, k), rows_of(col, t), o, t, k);
+            }
+        }
+    }
+
+    /// `dx` (`[N, C, h, w]`, zero) from the output gradient `dy`.
+    fn run_input_grad(&self, dy: &[f32], weight: &[f32], o: usize, n: usize, dx: &mut [f32]) {
+        let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
+        let (k, taps) = (c * self.kh * self.kw, self.kh * self.kw);
+        // Wᵀ: element (i, j) of the `[C·k², O]` matrix is weight[j·k + i].
+        let weight_t = View {
+            data: weight,
+            rs: 1,
+            cs: k,
+        };
+        let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
+        let rows = (TILE / (k * self.ow).max(1)).clamp(1, self.oh);
+        let mut col = if pointwise {
+            Vec::new()
+        } else {
+            vec![0f32; k * rows * self.ow]
+        };
+        for b in 0..n {
+            let g = &dy[b * o * ohw..(b + 1) * o * ohw];
+            let dxb = &mut dx[b * c * hw..(b + 1) * c * hw];
+            if pointwise {
+                product(dxb, hw, false, weight_t, rows_of(g, ohw), c, ohw, o);
+                continue;
+            }
+            for oy0 in (0..self.oh).step_by(rows) {
+                let t = rows.min(self.oh - oy0) * self.ow;
+                let col = &mut col[..k * t];
+                product(col, t, false, weight_t, rows_of(&g[oy0 * self.ow..], ohw), k, t, o);
+                let col = &*col;
+                dxb.par_chunks_mut(hw).enumerate().for_each(|(ci, plane)| {
+                    for r in ci * taps..(ci + 1) * taps {
+                        self.fold(plane, r, oy0, &col[r * t..(r + 1) * t]);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The mirror of [`Self::unfold`]: adds row `r` = (channel, dy, dx) of an unfolded gradient
+    /// tile onto the input plane of that channel, at the positions the tap read.
+    fn fold(&self, plane: &mut [f32], r: usize, oy0: usize, row: &[f32]) {
+        let (s, p, w) = (self.stride, self.padding, self.w);
+        let (dy, dx) = (r / self.kw % self.kh, r % self.kw);
+        let lo = p.saturating_sub(dx).div_ceil(s).min(self.ow);
+        let hi = (w + p).saturating_sub(dx).div_ceil(s).clamp(lo, self.ow);
+        if lo >= hi {
+            return;
+        }
+        for (i, g) in row.chunks_exact(self.ow).enumerate() {
+            let Some(iy) = ((oy0 + i) * s + dy).checked_sub(p).filter(|&iy| iy < self.h) else {
+                continue;
+            };
+            let dst = &mut plane[iy * w..(iy + 1) * w];
+            let first = lo * s + dx - p;
+            if s == 1 {
+                for (d, v) in dst[first..first + hi - lo].iter_mut().zip(&g[lo..hi]) {
+                    *d += v;
+                }
+            } else {
+                for (d, v) in dst[first..].iter_mut().step_by(s).zip(&g[lo..hi]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+
+    /// Row `r` = (channel, dy, dx) of the unfolded tile starting at output row `oy0`: for each
+    /// output position, the input under tap (dy, dx), zero in the padding.
+    fn unfold(&self, x: &[f32], r: usize, oy0: usize, row: &mut [f32]) {
+        let (s, p, w) = (self.stride, self.padding, self.w);
+        let (ci, dy, dx) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+        let plane = &x[ci * self.h * w..(ci + 1) * self.h * w];
+        // Output columns whose input column ox·s + dx − p lies in 0..w.
+        let lo = p.saturating_sub(dx).div_ceil(s).min(self.ow);
+        let hi = (w + p).saturating_sub(dx).div_ceil(s).clamp(lo, self.ow);
+        for (i, out) in row.chunks_exact_mut(self.ow).enumerate() {
+            let iy = ((oy0 + i) * s + dy).checked_sub(p).filter(|&iy| iy < self.h);
+            let (Some(iy), true) = (iy, lo < hi) else {
+                out.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * w..(iy + 1) * w];
+            let first = lo * s + dx - p;
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if s == 1 {
+                out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+            } else {
+                for (d, v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(s)) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+}
+
+/// A row-major or transposed view of a matrix in a slice: element (i, j) at `i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    /// The last element touched by a `rows × cols` view, plus one.
+    fn end(&self, rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// `dst (m × n, rows ld apart) = [dst +] lhs (m × k) · rhs (k × n)`, `dst` row-major.
+#[allow(clippy::too_many_arguments)]
+fn product(dst: &mut [f32], ld: usize, accumulate: bool, lhs: View, rhs: View, m: usize, n: usize, k: usize) {
+    assert!(m == 0 || n == 0 || (m - 1) * ld + n <= dst.len());
+    assert!(lhs.end(m, k) <= lhs.data.len() && rhs.end(k, n) <= rhs.data.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every element gemm touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wave(shape: &[usize], f: fn(&Tensor) -> Result<Tensor>) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        f(&(Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap() * 0.37).unwrap())
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn equals_candles_convolution() {
+        // (batch, in, out, h, w, k, padding, stride): 3×3 same, strided, 1×1, non-square,
+        // inputs no larger than the kernel, more output rows than one tile holds.
+        let cases = [
+            (2, 3, 4, 7, 9, 3, 1, 1),
+            (1, 5, 3, 8, 6, 3, 1, 2),
+            (2, 6, 5, 4, 7, 1, 0, 1),
+            (1, 2, 3, 3, 2, 3, 1, 2),
+            (1, 2, 2, 1, 1, 3, 1, 1),
+            (1, 4, 3, 5, 5, 3, 0, 1),
+            (1, 300, 8, 40, 30, 3, 1, 1),
+        ];
+        for (n, c, o, h, w, k, p, s) in cases {
+            let x = wave(&[n, c, h, w], Tensor::sin);
+            let weight = wave(&[o, c, k, k], Tensor::cos);
+            let bias = wave(&[o], Tensor::sin);
+            let want = x
+                .conv2d(&weight, p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            let got = conv2d(&x, &weight, Some(&bias), p, s, 1)
+                .unwrap()
+                .expect("CPU f32 path");
+            let diff = crate::testing::max_diff(&got, &want);
+            // Sums of up to 2700 products of magnitude ≤ 1 in another order.
+            assert!(diff < 1e-3, "{n} {c} {o} {h}×{w} k {k} p {p} s {s}: {diff}");
+            let plain = conv2d(&x, &weight, None, p, s, 1).unwrap().unwrap();
+            let diff = crate::testing::max_diff(&plain, &x.conv2d(&weight, p, s, 1, 1).unwrap());
+            assert!(diff < 1e-3, "no bias: {diff}");
+        }
+    }
+
+    /// Every (batch, out channel, out y, out x, in channel, tap y, tap x).
+    #[allow(clippy::type_complexity)]
+    fn positions(
+        n: usize,
+        o: usize,
+        oh: usize,
+        ow: usize,
+        c: usize,
+        k: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize, usize)> {
+        let idx = move |mut i: usize, dims: [usize; 7]| {
+            let mut out = [0; 7];
+            for d in (0..7).rev() {
+                out[d] = i % dims[d];
+                i /= dims[d];
+            }
+            (out[0], out[1], out[2], out[3], out[4], out[5], out[6])
+        };
+        (0..n * o * oh * ow * c * k * k).map(move |i| idx(i, [n, o, oh, ow, c, k, k]))
+    }
+
+    #[test]
+    fn input_gradient_follows_the_definition() {
+        let cases = [
+            (2, 3, 4, 7, 9, 3, 1, 1),
+            (1, 5, 3, 8, 6, 3, 1, 2),
+            (1, 5, 3, 7, 9, 3, 1, 2),
+            (2, 6, 5, 4, 7, 1, 0, 1),
+            (1, 2, 3, 3, 2, 3, 1, 2),
+            (1, 2, 2, 1, 1, 3, 1, 1),
+            (1, 300, 8, 40, 30, 3, 1, 1),
+        ];
+        for (n, c, o, h, w, k, p, s) in cases {
+            let weight = wave(&[o, c, k, k], Tensor::cos);
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let dy = wave(&[n, o, oh, ow], Tensor::cos);
+            // By the definition: each output position sends its gradient back through every tap.
+            let (wv, gv) = (
+                weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                dy.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let mut want = vec![0f32; n * c * h * w];
+            for (b, co, oy, ox, ci, ty, tx) in positions(n, o, oh, ow, c, k) {
+                let (iy, ix) = (oy * s + ty, ox * s + tx);
+                if iy < p || ix < p || iy - p >= h || ix - p >= w {
+                    continue;
+                }
+                want[((b * c + ci) * h + iy - p) * w + ix - p] +=
+                    wv[((co * c + ci) * k + ty) * k + tx] * gv[((b * o + co) * oh + oy) * ow + ox];
+            }
+            let want = Tensor::from_vec(want, (n, c, h, w), &Device::Cpu).unwrap();
+            let got = conv2d_input_grad(&dy, &weight, (h, w), p, s, 1)
+                .unwrap()
+                .expect("CPU f32 path");
+            let diff = crate::testing::max_diff(&got, &want);
+            assert!(diff < 1e-3, "{n} {c} {o} {h}×{w} k {k} p {p} s {s}: {diff}");
+        }
+        let e = conv2d_input_grad(
+            &wave(&[1, 3, 4, 4], Tensor::sin),
+            &wave(&[3, 2, 3, 3], Tensor::cos),
+            (5, 5),
+            1,
+            1,
+            1,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("input 5×5"), "{e}");
+    }
+
+    #[test]
+    fn other_dtypes_and_dilations_are_left_to_candle() {
+        let x = wave(&[1, 2, 5, 5], Tensor::sin);
+        let weight = wave(&[3, 2, 3, 3], Tensor::cos);
+        assert!(conv2d(&x, &weight, None, 1, 1, 2).unwrap().is_none());
+        let (x16, w16) = (x.to_dtype(DType::F16).unwrap(), weight.to_dtype(DType::F16).unwrap());
+        assert!(conv2d(&x16, &w16, None, 1, 1, 1).unwrap().is_none());
+        let e = conv2d(&x, &wave(&[3, 4, 3, 3], Tensor::cos), None, 1, 1, 1).unwrap_err();
+        assert!(e.to_string().contains("weight [3, 4, 3, 3]"), "{e}");
+    }
+}
