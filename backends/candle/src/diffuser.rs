@@ -1,18 +1,16 @@
 //! `LatentDiffuser` on a diffusers folder.
 use crate::convert::{concept_slots, dtype, err, from_candle, to_candle, trainable_var};
-use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet};
+use crate::diffusion::{ddim::Schedule, text_encoder::TextEncoder, unet::UNet, vae::Vae};
 use adp_api::requests::*;
 use adp_api::tokenizer::ClipTokenizer;
 use adp_api::{DiffusionSpec, Error, ImageBatch, LatentDiffuser, Result, Tensor};
 use candle_core::{DType, Var};
-use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae;
 use std::path::Path;
 
 pub struct CandleDiffuser {
     text: TextEncoder,
     unet: UNet,
-    vae: vae::AutoEncoderKL,
+    vae: Vae,
     schedule: Schedule,
     spec: DiffusionSpec,
     dims: DiffuserDims,
@@ -39,46 +37,9 @@ impl CandleDiffuser {
         let vb = crate::weights::load(&unet_path, model_dtype, &device)?;
         let unet = UNet::new(vb, &spec.unet).map_err(load_err(&unet_path))?;
 
-        // candle's VAE only exposes posterior samples; with the log-variance half of
-        // `quant_conv` zeroed and its bias at −1e4 the posterior's std is exactly 0, so its
-        // sample is its mean — the deterministic latent the SPEC's loss starts from.
         let vae_path = spec.weights("vae")?;
-        let mut tensors = crate::weights::read(&vae_path, model_dtype, &device)?;
-        let lc = spec.vae.latent_channels;
-        let w = tensors.get("quant_conv.weight").ok_or_else(|| Error::MissingTensor {
-            file: vae_path.clone(),
-            tensor: "quant_conv.weight".into(),
-        })?;
-        let b = tensors.get("quant_conv.bias").ok_or_else(|| Error::MissingTensor {
-            file: vae_path.clone(),
-            tensor: "quant_conv.bias".into(),
-        })?;
-        let mean_only = |t: &candle_core::Tensor, fill: f64| -> candle_core::Result<candle_core::Tensor> {
-            let keep = t.narrow(0, 0, lc)?;
-            candle_core::Tensor::cat(&[&keep, &(keep.zeros_like()? + fill)?], 0)
-        };
-        let (w, b) = (
-            mean_only(w, 0.0).map_err(load_err(&vae_path))?,
-            mean_only(b, -1e4).map_err(load_err(&vae_path))?,
-        );
-        tensors.insert("quant_conv.weight".into(), w);
-        tensors.insert("quant_conv.bias".into(), b);
-        let v = &spec.vae;
-        let vae_cfg = vae::AutoEncoderKLConfig {
-            block_out_channels: v.block_out_channels.clone(),
-            layers_per_block: v.layers_per_block,
-            latent_channels: v.latent_channels,
-            norm_num_groups: v.norm_num_groups,
-            use_quant_conv: true,
-            use_post_quant_conv: true,
-        };
-        let vae = vae::AutoEncoderKL::new(
-            VarBuilder::from_tensors(tensors, model_dtype, &device),
-            v.in_channels,
-            v.out_channels,
-            vae_cfg,
-        )
-        .map_err(load_err(&vae_path))?;
+        let vb = crate::weights::load(&vae_path, model_dtype, &device)?;
+        let vae = Vae::new(vb, &spec.vae).map_err(load_err(&vae_path))?;
 
         let schedule = Schedule(spec.ddim_schedule()?);
         let dims = spec.dims();
@@ -106,10 +67,9 @@ impl CandleDiffuser {
 
     fn latents(&self, images: &ImageBatch) -> Result<candle_core::Tensor> {
         let x = self.pixels(images)?;
-        // One image at a time: candle-transformers' VAE attention feeds a non-contiguous batch to
-        // matmul, which candle mis-reads for batches of more than one.
+        // One image at a time: the activations at full resolution stay those of one image.
         let z = (0..images.len())
-            .map(|i| x.narrow(0, i, 1).and_then(|xi| self.vae.encode(&xi)?.sample()))
+            .map(|i| x.narrow(0, i, 1).and_then(|xi| self.vae.encode_mean(&xi)))
             .collect::<candle_core::Result<Vec<_>>>()
             .and_then(|zs| candle_core::Tensor::cat(&zs, 0))
             .and_then(|z| z.to_dtype(DType::F32))
