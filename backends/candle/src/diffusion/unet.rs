@@ -5,8 +5,9 @@
 //!
 //! Its layers keep for the backward pass only what the concept's gradient needs: frozen linear and
 //! convolution layers give no weight gradients (`crate::frozen`), each norm is one node
-//! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and each
-//! transformer block of the down and up blocks is checkpointed (`crate::checkpoint`).
+//! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and the
+//! transformer blocks of the down and up blocks at the largest token counts are checkpointed
+//! (`crate::checkpoint`).
 use crate::checkpoint::{checkpoint, Checkpointable};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
@@ -196,6 +197,18 @@ impl Checkpointable for SpatialTransformer {
     }
 }
 
+/// Batch × tokens above which a transformer block is checkpointed: more than SD 2.1-base's
+/// 64×64 latent at batch 1. A learning step of SD 2.1 at 768 px (96×96 tokens at the first
+/// level) peaked at 16.7 GB without checkpoints; at 512 px checkpointing every block took the
+/// step from 40.2 to 53.7 s for 9.4 → 7.0 GB (`adp bench --rows learn-step-1`, 2 threads).
+const CHECKPOINT_TOKENS: usize = 64 * 64;
+
+/// Batch × tokens of a feature map `[B, C, H, W]`.
+fn b_tokens(x: &Tensor) -> Result<usize> {
+    let (b, _, h, w) = x.dims4()?;
+    Ok(b * h * w)
+}
+
 struct Layer {
     resnet: Resnet,
     /// Shared with the checkpoint ops of a learning step's graph.
@@ -206,10 +219,11 @@ impl Layer {
     fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
         let x = self.resnet.forward(x, temb)?;
         match &self.attention {
-            // Checkpointed where a gradient flows (a learning step): a transformer block holds
-            // most of the UNet's activations, ~0.5 GB each at 768 px, and the recomputation
-            // costs one more forward of it.
-            Some(a) => checkpoint(a, &x, context),
+            // Checkpointed where a gradient flows (a learning step) and the block is large: a
+            // transformer block holds most of the UNet's activations, ~0.5 GB each at 768 px, and
+            // the recomputation costs one more forward of it.
+            Some(a) if b_tokens(&x)? > CHECKPOINT_TOKENS => checkpoint(a, &x, context),
+            Some(a) => a.forward(&x, context),
             None => Ok(x),
         }
     }
