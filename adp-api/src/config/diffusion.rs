@@ -208,6 +208,53 @@ pub struct VaeConfig {
     pub extra: Extra,
 }
 
+/// One block of the VAE's encoder (`down_blocks.i`) or decoder (`up_blocks.i`), as diffusers
+/// builds it: the `(in, out)` channels of each resnet, its output channels, and whether a
+/// resampling convolution follows (stride 2 down, nearest ×2 then 3×3 up; not after the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeBlock {
+    pub resnets: Vec<(usize, usize)>,
+    pub out: usize,
+    pub resample: bool,
+}
+
+impl VaeConfig {
+    /// The encoder's blocks, in order. `DiffusionSpec::check_supported` makes sure of one.
+    pub fn encoder_blocks(&self) -> Vec<VaeBlock> {
+        let ch = &self.block_out_channels;
+        (0..ch.len())
+            .map(|i| {
+                let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+                VaeBlock {
+                    resnets: (0..self.layers_per_block)
+                        .map(|j| (if j == 0 { cin } else { ch[i] }, ch[i]))
+                        .collect(),
+                    out: ch[i],
+                    resample: i + 1 < ch.len(),
+                }
+            })
+            .collect()
+    }
+
+    /// The decoder's blocks, in order: the channels reversed, one resnet more per block.
+    pub fn decoder_blocks(&self) -> Vec<VaeBlock> {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        (0..n)
+            .map(|i| {
+                let (prev, out) = (if i == 0 { ch[n - 1] } else { ch[n - i] }, ch[n - 1 - i]);
+                VaeBlock {
+                    resnets: (0..self.layers_per_block + 1)
+                        .map(|j| (if j == 0 { prev } else { out }, out))
+                        .collect(),
+                    out,
+                    resample: i + 1 < n,
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerConfig {
     #[serde(default = "d_1000")]
@@ -738,6 +785,37 @@ fn d_quick_gelu() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vae_blocks_follow_diffusers() {
+        // SD's VAE: diffusers' `Encoder`/`Decoder` with block_out_channels [128, 256, 512, 512].
+        let c: VaeConfig =
+            serde_json::from_str(r#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}"#).unwrap();
+        let enc = c.encoder_blocks();
+        let resnets: Vec<_> = enc.iter().map(|b| b.resnets.clone()).collect();
+        assert_eq!(
+            resnets,
+            [
+                vec![(128, 128), (128, 128)],
+                vec![(128, 256), (256, 256)],
+                vec![(256, 512), (512, 512)],
+                vec![(512, 512), (512, 512)],
+            ]
+        );
+        assert_eq!(
+            enc.iter().map(|b| b.resample).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        let dec = c.decoder_blocks();
+        assert_eq!(dec[0].resnets, [(512, 512); 3]);
+        assert_eq!(dec[2].resnets, [(512, 256), (256, 256), (256, 256)]);
+        assert_eq!(dec[3].resnets, [(256, 128), (128, 128), (128, 128)]);
+        assert_eq!(dec.iter().map(|b| b.out).collect::<Vec<_>>(), [512, 512, 256, 128]);
+        assert_eq!(
+            dec.iter().map(|b| b.resample).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+    }
 
     #[test]
     fn scaled_linear_matches_diffusers() {

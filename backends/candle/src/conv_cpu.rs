@@ -24,8 +24,7 @@ pub fn conv2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Option<Tensor>> {
-    let cpu = matches!(x.device(), Device::Cpu) && matches!(weight.device(), Device::Cpu);
-    if !cpu || x.dtype() != DType::F32 || weight.dtype() != DType::F32 || dilation != 1 || stride == 0 {
+    if !applies(x, weight, stride, dilation) {
         return Ok(None);
     }
     let (n, c, h, w) = x.dims4()?;
@@ -37,40 +36,40 @@ pub fn conv2d(
             weight.dims()
         )
     }
-    let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
-    let mut out = vec![0f32; n * o * oh * ow];
+    let g = Geometry::new(c, (h, w), (kh, kw), padding, stride);
+    let mut out = vec![0f32; n * o * g.oh * g.ow];
     if let Some(b) = bias {
         let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if b.len() != o {
             bail!("conv2d: bias of {} for {o} output channels", b.len())
         }
-        out.par_chunks_mut((oh * ow).max(1))
+        out.par_chunks_mut((g.oh * g.ow).max(1))
             .enumerate()
             .for_each(|(p, plane)| plane.fill(b[p % o]));
     }
-    if !out.is_empty() && c > 0 {
-        let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = weight.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
-            return Ok(None);
-        };
-        let xv = &xs.as_slice::<f32>()?[xl.start_offset()..][..n * c * h * w];
-        let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..o * c * kh * kw];
-        let geometry = Geometry {
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            padding,
-            stride,
-            oh,
-            ow,
-        };
-        geometry.run(xv, wv, o, n, &mut out);
+    if !out.is_empty() && c > 0 && with_slices(x, weight, |xv, wv| g.run(xv, wv, o, n, &mut out))?.is_none() {
+        return Ok(None);
     }
-    Ok(Some(Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(out, (n, o, g.oh, g.ow), &Device::Cpu)?))
+}
+
+/// Whether the CPU path takes a convolution of `a` (its input or output gradient) by `weight`.
+fn applies(a: &Tensor, weight: &Tensor, stride: usize, dilation: usize) -> bool {
+    let cpu = matches!(a.device(), Device::Cpu) && matches!(weight.device(), Device::Cpu);
+    cpu && a.dtype() == DType::F32 && weight.dtype() == DType::F32 && dilation == 1 && stride > 0
+}
+
+/// `f` on the f32 values of `a` and `weight`, both made contiguous; `None` off the CPU.
+fn with_slices<R>(a: &Tensor, weight: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<Option<R>> {
+    let (a, weight) = (a.contiguous()?, weight.contiguous()?);
+    let (as_, al) = a.storage_and_layout();
+    let (ws, wl) = weight.storage_and_layout();
+    let (Storage::Cpu(as_), Storage::Cpu(ws)) = (&*as_, &*ws) else {
+        return Ok(None);
+    };
+    let av = &as_.as_slice::<f32>()?[al.start_offset()..][..a.elem_count()];
+    let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..weight.elem_count()];
+    Ok(Some(f(av, wv)))
 }
 
 /// A row-major matrix with rows `ld` apart.
@@ -91,8 +90,7 @@ pub fn conv2d_input_grad(
     stride: usize,
     dilation: usize,
 ) -> Result<Option<Tensor>> {
-    let cpu = matches!(grad.device(), Device::Cpu) && matches!(weight.device(), Device::Cpu);
-    if !cpu || grad.dtype() != DType::F32 || weight.dtype() != DType::F32 || dilation != 1 || stride == 0 {
+    if !applies(grad, weight, stride, dilation) {
         return Ok(None);
     }
     let (n, o, oh, ow) = grad.dims4()?;
@@ -105,28 +103,11 @@ pub fn conv2d_input_grad(
             weight.dims()
         )
     }
+    let g = Geometry::new(c, (h, w), (kh, kw), padding, stride);
     let mut dx = vec![0f32; n * c * h * w];
-    if !dx.is_empty() && o > 0 {
-        let (grad, weight) = (grad.contiguous()?, weight.contiguous()?);
-        let (gs, gl) = grad.storage_and_layout();
-        let (ws, wl) = weight.storage_and_layout();
-        let (Storage::Cpu(gs), Storage::Cpu(ws)) = (&*gs, &*ws) else {
-            return Ok(None);
-        };
-        let gv = &gs.as_slice::<f32>()?[gl.start_offset()..][..n * o * oh * ow];
-        let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..o * c * kh * kw];
-        let geometry = Geometry {
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            padding,
-            stride,
-            oh,
-            ow,
-        };
-        geometry.run_input_grad(gv, wv, o, n, &mut dx);
+    if !dx.is_empty() && o > 0 && with_slices(grad, weight, |gv, wv| g.run_input_grad(gv, wv, o, n, &mut dx))?.is_none()
+    {
+        return Ok(None);
     }
     Ok(Some(Tensor::from_vec(dx, (n, c, h, w), &Device::Cpu)?))
 }
@@ -145,6 +126,23 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// Input channels `c` of `h × w`, a `kh × kw` kernel; the caller has checked that the padded
+    /// input holds the kernel.
+    fn new(c: usize, (h, w): (usize, usize), (kh, kw): (usize, usize), padding: usize, stride: usize) -> Self {
+        let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+        Self {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            padding,
+            stride,
+            oh,
+            ow,
+        }
+    }
+
     /// `out` (`[N, O, oh, ow]`, holding the bias) plus the convolution of `x` with `weight`.
     fn run(&self, x: &[f32], weight: &[f32], o: usize, n: usize, out: &mut [f32]) {
         let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);

@@ -4,7 +4,7 @@
 //! throughout, as diffusers builds them; the same structure as the tch backend's `vae.rs`.
 use crate::frozen::{conv2d, linear, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, GroupNorm};
-use adp_api::config::diffusion::VaeConfig;
+use adp_api::config::diffusion::{VaeBlock, VaeConfig};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
@@ -135,43 +135,28 @@ impl Vae {
     /// `vb` at the root of `vae/diffusion_pytorch_model.safetensors`.
     pub fn new(vb: VarBuilder, c: &VaeConfig) -> Result<Self> {
         let ch = &c.block_out_channels;
-        // `DiffusionSpec::check_supported` has made sure of at least one block.
-        let n = ch.len();
-        let (g, lc, last) = (c.norm_num_groups, c.latent_channels, ch[n - 1]);
-        let e = vb.pp("encoder");
-        let mut enc_down = Vec::new();
-        for i in 0..n {
-            let vbb = e.pp(format!("down_blocks.{i}"));
-            let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            let resnets = (0..c.layers_per_block)
-                .map(|j| {
-                    Resnet::new(
-                        vbb.pp(format!("resnets.{j}")),
-                        if j == 0 { cin } else { ch[i] },
-                        ch[i],
-                        g,
-                    )
+        let (g, lc, last) = (c.norm_num_groups, c.latent_channels, ch[ch.len() - 1]);
+        let (e, d) = (vb.pp("encoder"), vb.pp("decoder"));
+        let blocks = |vb: &VarBuilder, kind: &str, specs: Vec<VaeBlock>, resample: &str, up: bool| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let vbb = vb.pp(format!("{kind}.{i}"));
+                    let resnets = (b.resnets.iter().enumerate())
+                        .map(|(j, &(cin, cout))| Resnet::new(vbb.pp(format!("resnets.{j}")), cin, cout, g))
+                        .collect::<Result<_>>()?;
+                    let (padding, stride) = if up { (1, 1) } else { (0, 2) };
+                    let resample = b
+                        .resample
+                        .then(|| conv(vbb.pp(resample), b.out, b.out, 3, padding, stride))
+                        .transpose()?;
+                    Ok(Block { resnets, resample })
                 })
-                .collect::<Result<_>>()?;
-            let resample = (i + 1 < n)
-                .then(|| conv(vbb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 0, 2))
-                .transpose()?;
-            enc_down.push(Block { resnets, resample });
-        }
-        let d = vb.pp("decoder");
-        let mut dec_up = Vec::new();
-        for i in 0..n {
-            let vbb = d.pp(format!("up_blocks.{i}"));
-            let out = ch[n - 1 - i];
-            let prev = if i == 0 { last } else { ch[n - i] };
-            let resnets = (0..c.layers_per_block + 1)
-                .map(|j| Resnet::new(vbb.pp(format!("resnets.{j}")), if j == 0 { prev } else { out }, out, g))
-                .collect::<Result<_>>()?;
-            let resample = (i + 1 < n)
-                .then(|| conv(vbb.pp("upsamplers.0.conv"), out, out, 3, 1, 1))
-                .transpose()?;
-            dec_up.push(Block { resnets, resample });
-        }
+                .collect::<Result<Vec<_>>>()
+        };
+        let enc_down = blocks(&e, "down_blocks", c.encoder_blocks(), "downsamplers.0.conv", false)?;
+        let dec_up = blocks(&d, "up_blocks", c.decoder_blocks(), "upsamplers.0.conv", true)?;
         Ok(Self {
             enc_conv_in: conv(e.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
             enc_down,

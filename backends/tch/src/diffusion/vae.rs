@@ -1,7 +1,7 @@
 //! diffusers' `AutoencoderKL` (names as in its state dict): the encoder to the posterior's mean
 //! and the decoder. GroupNorm eps 1e-6 and SiLU throughout, as diffusers builds them.
 use crate::nn::{attend, split_heads, Conv2d, GroupNorm, Linear, Prefixed, TchResult, Weights};
-use adp_api::config::diffusion::VaeConfig;
+use adp_api::config::diffusion::{VaeBlock, VaeConfig};
 use adp_api::Result;
 use tch::Tensor;
 
@@ -120,43 +120,30 @@ pub struct Vae {
 impl Vae {
     pub fn new(w: &Weights, c: &VaeConfig) -> Result<Self> {
         let ch = &c.block_out_channels;
-        // `DiffusionSpec::check_supported` has made sure of at least one block.
-        let n = ch.len();
-        let (g, lc, last) = (c.norm_num_groups, c.latent_channels, ch[n - 1]);
-        let e = w.pp("encoder");
-        let mut enc_down = Vec::new();
-        for i in 0..n {
-            let wb = e.pp(format!("down_blocks.{i}"));
-            let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            let resnets = (0..c.layers_per_block)
-                .map(|j| {
-                    Resnet::new(
-                        wb.pp(format!("resnets.{j}")),
-                        if j == 0 { cin } else { ch[i] },
-                        ch[i],
-                        g,
-                    )
+        let (g, lc, last) = (c.norm_num_groups, c.latent_channels, ch[ch.len() - 1]);
+        let (e, d) = (w.pp("encoder"), w.pp("decoder"));
+        let blocks = |w: &Prefixed, kind: &str, specs: Vec<VaeBlock>, up: bool| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let wb = w.pp(format!("{kind}.{i}"));
+                    let resnets = (b.resnets.iter().enumerate())
+                        .map(|(j, &(cin, cout))| Resnet::new(wb.pp(format!("resnets.{j}")), cin, cout, g))
+                        .collect::<Result<_>>()?;
+                    let resample = b
+                        .resample
+                        .then(|| match up {
+                            true => Conv2d::k3(wb.pp("upsamplers.0.conv"), b.out, b.out, 1),
+                            false => Conv2d::new(wb.pp("downsamplers.0.conv"), b.out, b.out, 3, 2, 0),
+                        })
+                        .transpose()?;
+                    Ok(Block { resnets, resample })
                 })
-                .collect::<Result<_>>()?;
-            let resample = (i + 1 < n)
-                .then(|| Conv2d::new(wb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 2, 0))
-                .transpose()?;
-            enc_down.push(Block { resnets, resample });
-        }
-        let d = w.pp("decoder");
-        let mut dec_up = Vec::new();
-        for i in 0..n {
-            let wb = d.pp(format!("up_blocks.{i}"));
-            let out = ch[n - 1 - i];
-            let prev = if i == 0 { last } else { ch[n - i] };
-            let resnets = (0..c.layers_per_block + 1)
-                .map(|j| Resnet::new(wb.pp(format!("resnets.{j}")), if j == 0 { prev } else { out }, out, g))
-                .collect::<Result<_>>()?;
-            let resample = (i + 1 < n)
-                .then(|| Conv2d::k3(wb.pp("upsamplers.0.conv"), out, out, 1))
-                .transpose()?;
-            dec_up.push(Block { resnets, resample });
-        }
+                .collect::<Result<Vec<_>>>()
+        };
+        let enc_down = blocks(&e, "down_blocks", c.encoder_blocks(), false)?;
+        let dec_up = blocks(&d, "up_blocks", c.decoder_blocks(), true)?;
         Ok(Self {
             enc_conv_in: Conv2d::k3(e.pp("conv_in"), c.in_channels, ch[0], 1)?,
             enc_down,
