@@ -13,10 +13,12 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    /// Checks that `data` holds exactly `shape.iter().product()` values.
+    /// Checks that `data` holds exactly `shape.iter().product()` values (a product that
+    /// overflows holds none: it could otherwise wrap round to the length given).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(data.len()) {
+            let n = n.map_or("more than usize::MAX".to_string(), |n| n.to_string());
             return Err(Error::Invalid {
                 what: "tensor".into(),
                 message: format!("shape {shape:?} holds {n} values but {} were given", data.len()),
@@ -219,6 +221,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Tensor>(&json).unwrap(), t);
         let e = serde_json::from_str::<Tensor>(r#"{"shape":[3],"data":[0.5,1.5]}"#).unwrap_err();
         assert!(e.to_string().contains("shape [3] holds 3 values but 2"), "{e}");
+        // 2^33 · 2^31 wraps to 0 in 64 bits: refused, not taken for an empty tensor.
+        let e = Tensor::new(vec![1 << 33, 1 << 31], vec![]).unwrap_err().to_string();
+        assert!(e.contains("holds more than usize::MAX values"), "{e}");
     }
 
     #[test]
