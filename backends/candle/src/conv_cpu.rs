@@ -333,6 +333,20 @@ fn product(dst: &mut [f32], ld: usize, accumulate: bool, lhs: View, rhs: View, m
 mod tests {
     use super::*;
 
+    /// (batch, in, out, h, w, k, padding, stride): 3×3 same, strided on odd and even sides,
+    /// 1×1, non-square, inputs no larger than the kernel, unpadded, and more output rows than
+    /// one tile holds. Shared by the forward and the gradient tests.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+        (2, 3, 4, 7, 9, 3, 1, 1),
+        (1, 5, 3, 8, 6, 3, 1, 2),
+        (1, 5, 3, 7, 9, 3, 1, 2),
+        (2, 6, 5, 4, 7, 1, 0, 1),
+        (1, 2, 3, 3, 2, 3, 1, 2),
+        (1, 2, 2, 1, 1, 3, 1, 1),
+        (1, 4, 3, 5, 5, 3, 0, 1),
+        (1, 300, 8, 40, 30, 3, 1, 1),
+    ];
+
     fn wave(shape: &[usize], f: fn(&Tensor) -> Result<Tensor>) -> Tensor {
         let n = shape.iter().product::<usize>();
         f(&(Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap() * 0.37).unwrap())
@@ -343,18 +357,7 @@ mod tests {
 
     #[test]
     fn equals_candles_convolution() {
-        // (batch, in, out, h, w, k, padding, stride): 3×3 same, strided, 1×1, non-square,
-        // inputs no larger than the kernel, more output rows than one tile holds.
-        let cases = [
-            (2, 3, 4, 7, 9, 3, 1, 1),
-            (1, 5, 3, 8, 6, 3, 1, 2),
-            (2, 6, 5, 4, 7, 1, 0, 1),
-            (1, 2, 3, 3, 2, 3, 1, 2),
-            (1, 2, 2, 1, 1, 3, 1, 1),
-            (1, 4, 3, 5, 5, 3, 0, 1),
-            (1, 300, 8, 40, 30, 3, 1, 1),
-        ];
-        for (n, c, o, h, w, k, p, s) in cases {
+        for (n, c, o, h, w, k, p, s) in CASES {
             let x = wave(&[n, c, h, w], Tensor::sin);
             let weight = wave(&[o, c, k, k], Tensor::cos);
             let bias = wave(&[o], Tensor::sin);
@@ -398,16 +401,7 @@ mod tests {
 
     #[test]
     fn input_gradient_follows_the_definition() {
-        let cases = [
-            (2, 3, 4, 7, 9, 3, 1, 1),
-            (1, 5, 3, 8, 6, 3, 1, 2),
-            (1, 5, 3, 7, 9, 3, 1, 2),
-            (2, 6, 5, 4, 7, 1, 0, 1),
-            (1, 2, 3, 3, 2, 3, 1, 2),
-            (1, 2, 2, 1, 1, 3, 1, 1),
-            (1, 300, 8, 40, 30, 3, 1, 1),
-        ];
-        for (n, c, o, h, w, k, p, s) in cases {
+        for (n, c, o, h, w, k, p, s) in CASES {
             let weight = wave(&[o, c, k, k], Tensor::cos);
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let dy = wave(&[n, o, oh, ow], Tensor::cos);
