@@ -336,7 +336,8 @@ mod tests {
     /// (batch, in, out, h, w, k, padding, stride): 3×3 same, strided on odd and even sides,
     /// 1×1, non-square, inputs no larger than the kernel, unpadded, and more output rows than
     /// one tile holds. Shared by the forward and the gradient tests.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+    const CASES: [Case; 8] = [
         (2, 3, 4, 7, 9, 3, 1, 1),
         (1, 5, 3, 8, 6, 3, 1, 2),
         (1, 5, 3, 7, 9, 3, 1, 2),
