@@ -7,6 +7,7 @@
 //! query rows in chunks whose scores stay under [`CHUNK_SCORES`], and the backward pass recomputes
 //! each chunk's probabilities instead of storing them. Scores, softmax and products are computed
 //! in f32 whatever the inputs' dtype, as the softmax was before (see `crate::nn`).
+use crate::attention_cpu;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
@@ -117,6 +118,29 @@ impl ChunkedAttention {
     }
 }
 
+impl ChunkedAttention {
+    /// f32 inputs, each contiguous: the fused CPU kernel, reading them in place.
+    fn fused_cpu(&self, inputs: [(&CpuStorage, &Layout); 3]) -> Option<(CpuStorage, Shape)> {
+        let [q, k, v] = inputs.map(|(s, l)| match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(data), Some((start, end))) => Some(&data[start..end]),
+            _ => None,
+        });
+        let (q, k, v) = (q?, k?, v?);
+        let (b, h, tq, d) = inputs[0].1.shape().dims4().ok()?;
+        let (_, _, tk, dv) = inputs[2].1.shape().dims4().ok()?;
+        let dims = attention_cpu::Dims {
+            bh: b * h,
+            tq,
+            tk,
+            d,
+            dv,
+        };
+        let mut out = vec![0f32; b * h * tq * dv];
+        attention_cpu::forward(q, k, v, dims, self.scale as f32, &mut out);
+        Some((CpuStorage::F32(out), Shape::from((b, h, tq, dv))))
+    }
+}
+
 impl CustomOp3 for ChunkedAttention {
     fn name(&self) -> &'static str {
         "chunked-attention"
@@ -131,6 +155,9 @@ impl CustomOp3 for ChunkedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let Some(fused) = self.fused_cpu([(s1, l1), (s2, l2), (s3, l3)]) {
+            return Ok(fused);
+        }
         self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cpu, |s| match s {
             Storage::Cpu(s) => Some(s),
             _ => None,

@@ -2,6 +2,7 @@
 //! concept learning (`ConceptOptimizer`), reference association (`Scorer`) and the
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
 mod attention;
+mod attention_cpu;
 mod checkpoint;
 mod conv_cpu;
 mod convert;
