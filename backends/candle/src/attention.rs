@@ -6,7 +6,9 @@
 //! This op keeps only q, k, v and the output; the forward and the backward pass both walk the
 //! query rows in chunks whose scores stay under [`CHUNK_SCORES`], and the backward pass recomputes
 //! each chunk's probabilities instead of storing them. Scores, softmax and products are computed
-//! in f32 whatever the inputs' dtype, as the softmax was before (see `crate::nn`).
+//! in f32 whatever the inputs' dtype, as the softmax was before (see `crate::nn`). On the CPU both
+//! passes run fused instead ([`attention_cpu`]: blocks of scores in the cores' caches); the chunks
+//! of candle ops serve the GPUs.
 use crate::attention_cpu;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
@@ -21,12 +23,17 @@ const CHUNK_SCORES: usize = 1 << 25;
 /// `softmax(q·kᵀ/√d)·v` over `q: [B, H, T_q, D]`, `k: [B, H, T_kv, D]`, `v: [B, H, T_kv, D_v]`,
 /// giving `[B, H, T_q, D_v]` in q's dtype, differentiable in all three.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_chunked(q, k, v, CHUNK_SCORES)
+    apply(q, k, v, CHUNK_SCORES, true)
 }
 
-/// [`attention`] with chunks of at most `max_scores` scores (at least one query row per chunk),
-/// so that tests can force chunks smaller than the sequence.
+/// [`attention`] composed of chunks of at most `max_scores` scores (at least one query row per
+/// chunk) on the CPU too, where it is otherwise fused: tests force chunks smaller than the sequence.
+#[cfg(test)]
 fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize) -> Result<Tensor> {
+    apply(q, k, v, max_scores, false)
+}
+
+fn apply(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize, fused_cpu: bool) -> Result<Tensor> {
     let (b, h, _, d) = q.dims4()?;
     let (kb, kh, tkv, kd) = k.dims4()?;
     let (vb, vh, vt, _) = v.dims4()?;
@@ -52,6 +59,7 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize) -> R
         ChunkedAttention {
             scale: 1.0 / (d as f64).sqrt(),
             max_scores,
+            fused_cpu,
         },
     )
 }
@@ -59,6 +67,8 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize) -> R
 struct ChunkedAttention {
     scale: f64,
     max_scores: usize,
+    /// On the CPU, f32: the fused kernels of [`attention_cpu`] instead of chunks.
+    fused_cpu: bool,
 }
 
 impl ChunkedAttention {
@@ -121,6 +131,9 @@ impl ChunkedAttention {
 impl ChunkedAttention {
     /// f32 inputs, each contiguous: the fused CPU kernel, reading them in place.
     fn fused_cpu(&self, inputs: [(&CpuStorage, &Layout); 3]) -> Option<(CpuStorage, Shape)> {
+        if !self.fused_cpu {
+            return None;
+        }
         let [q, k, v] = inputs.map(|(s, l)| match (s, l.contiguous_offsets()) {
             (CpuStorage::F32(data), Some((start, end))) => Some(&data[start..end]),
             _ => None,
@@ -138,6 +151,34 @@ impl ChunkedAttention {
         let mut out = vec![0f32; b * h * tq * dv];
         attention_cpu::forward(q, k, v, dims, self.scale as f32, &mut out);
         Some((CpuStorage::F32(out), Shape::from((b, h, tq, dv))))
+    }
+}
+
+impl ChunkedAttention {
+    /// On the CPU, with no size zero: the fused backward pass over `[q, k, v, out, grad_out]`
+    /// (contiguous f32), giving `[dq, dk, dv]`.
+    fn fused_cpu_bwd(&self, t: [&Tensor; 5]) -> Result<Option<[Tensor; 3]>> {
+        let [q, k, v, _, _] = t;
+        if !self.fused_cpu || !q.device().is_cpu() || t.iter().any(|x| x.elem_count() == 0) {
+            return Ok(None);
+        }
+        let (b, h, tq, d) = q.dims4()?;
+        let (_, _, tk, dv) = v.dims4()?;
+        let dims = attention_cpu::Dims {
+            bh: b * h,
+            tq,
+            tk,
+            d,
+            dv,
+        };
+        let [q_, k_, v_, o_, go_] = t.map(|x| x.flatten_all().and_then(|x| x.to_vec1::<f32>()));
+        let (dq, dk, dvs) = attention_cpu::backward(&q_?, &k_?, &v_?, &o_?, &go_?, dims, self.scale as f32);
+        let dev = q.device();
+        Ok(Some([
+            Tensor::from_vec(dq, q.shape(), dev)?,
+            Tensor::from_vec(dk, k.shape(), dev)?,
+            Tensor::from_vec(dvs, v.shape(), dev)?,
+        ]))
     }
 }
 
@@ -194,6 +235,13 @@ impl CustomOp3 for ChunkedAttention {
         // every chunk's intermediates alive as long as the gradients.
         let [qf, kf, vf, o, go] = [q, k, v, out, grad_out].map(Tensor::detach);
         let (qf, kf, vf, o, go) = (f32(&qf)?, f32(&kf)?, f32(&vf)?, f32(&o)?, f32(&go)?);
+        if let Some([dq, dk, dv]) = self.fused_cpu_bwd([&qf, &kf, &vf, &o, &go])? {
+            return Ok((
+                Some(dq.to_dtype(q.dtype())?),
+                Some(dk.to_dtype(k.dtype())?),
+                Some(dv.to_dtype(v.dtype())?),
+            ));
+        }
         let rows = self.rows(&qf, &kf)?;
         let (kt, vt) = (kf.t()?, vf.t()?);
         let mut dq = Vec::new();
@@ -302,12 +350,21 @@ mod tests {
             let grads = vars.iter().map(|v| grads.get(v.as_tensor()).unwrap().clone()).collect();
             Ok((out, grads))
         };
-        let (out, grads) = run(&inputs, &|q, k, v| attention_chunked(q, k, v, b * h * tkv * rows))?;
         let (want, want_grads) = run(&inputs.clone().map(|x| x.to_dtype(DType::F32).unwrap()), &naive)?;
-        assert_close(&format!("{what} out"), &out, &want, dtype)?;
-        for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(&grads).zip(&want_grads) {
-            assert_eq!(got.dtype(), dtype, "{what} {name} dtype");
-            assert_close(&format!("{what} {name}"), got, want, dtype)?;
+        let chunked = |q: &Tensor, k: &Tensor, v: &Tensor| attention_chunked(q, k, v, b * h * tkv * rows);
+        for (how, f) in [
+            (
+                "chunked",
+                &chunked as &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+            ),
+            ("fused", &attention),
+        ] {
+            let (out, grads) = run(&inputs, f)?;
+            assert_close(&format!("{what} {how} out"), &out, &want, dtype)?;
+            for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(&grads).zip(&want_grads) {
+                assert_eq!(got.dtype(), dtype, "{what} {how} {name} dtype");
+                assert_close(&format!("{what} {how} {name}"), got, want, dtype)?;
+            }
         }
         Ok(())
     }
@@ -342,7 +399,8 @@ mod tests {
             &attention_chunked(&q, &k, &v, 2 * 3 * 6 * 4)?,
             &want,
             DType::F32,
-        )
+        )?;
+        assert_close("strided, fused", &attention(&q, &k, &v)?, &want, DType::F32)
     }
 
     #[test]

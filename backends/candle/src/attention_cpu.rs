@@ -43,7 +43,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32, out: &mu
         out.fill(0.0);
         return;
     }
-    let rows = (BLOCK_SCORES / tk).clamp(16, 256);
+    let rows = block_rows(tk);
     out.par_chunks_mut(tq * dv).enumerate().for_each(|(h, out_h)| {
         let (q_h, k_h, v_h) = (
             &q[h * tq * d..][..tq * d],
@@ -62,6 +62,14 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32, out: &mu
     });
 }
 
+/// Most query rows in a block (the size of a block's array of row sums).
+const MAX_ROWS: usize = 256;
+
+/// Query rows per block for `tk` keys: a block's scores fill about [`BLOCK_SCORES`].
+fn block_rows(tk: usize) -> usize {
+    (BLOCK_SCORES / tk.max(1)).clamp(16, MAX_ROWS)
+}
+
 /// One block of `n` query rows: scores into `s`, probabilities in place, then `o = P·v` with each
 /// row divided by its sum.
 fn block(
@@ -73,61 +81,191 @@ fn block(
     s: &mut [f32],
     o: &mut [f32],
 ) {
-    // SAFETY (both products): the slices were sized above to exactly these row-major shapes; kᵀ
-    // is k read with its strides swapped.
-    unsafe {
-        gemm::gemm(
-            n,
-            tk,
-            d,
-            s.as_mut_ptr(),
-            1,
-            tk as isize,
-            false,
-            q.as_ptr(),
-            1,
-            d as isize,
-            k.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    let mut sums = [0f32; 256];
+    let m = Mat::rows;
+    product(s, tk, false, m(q, d), m(k, d).t(), (n, tk, d), 1.0);
+    let mut sums = [0f32; MAX_ROWS];
     for (row, sum) in s.chunks_exact_mut(tk).zip(sums.iter_mut()) {
         *sum = exp_shifted(row, scale);
     }
+    product(o, dv, false, m(s, tk), m(v, dv), (n, dv, tk), 1.0);
+    for (row, sum) in o.chunks_exact_mut(dv).zip(sums) {
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Gradients of [`forward`] given its inputs, its output `o: [bh, tq, dv]` and the output's
+/// gradient `go` (same shape): `(dq, dk, dv)` shaped as `q`, `k`, `v`. Each block of query rows
+/// recomputes its probabilities `P` (FlashAttention's backward pass) and adds the standard terms:
+/// `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = scale·dS·K`, `dK += scale·dSᵀ·Q`.
+/// Each head's query rows are split over the pool's threads, each thread with its own `dK`, `dV`
+/// sums, added up at the end. Every size must be nonzero.
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    go: &[f32],
+    dims: Dims,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims { bh, tq, tk, d, dv } = dims;
+    assert!(bh * tq * tk * d * dv != 0, "attention backward: empty dims {dims:?}");
+    assert!(q.len() == bh * tq * d && k.len() == bh * tk * d && v.len() == bh * tk * dv);
+    assert!(o.len() == bh * tq * dv && go.len() == o.len());
+    let rows = block_rows(tk);
+    let span = tq.div_ceil(rows).div_ceil(rayon::current_num_threads().max(1)) * rows;
+    let mut dq = vec![0f32; bh * tq * d];
+    let partial: Vec<(usize, Vec<f32>, Vec<f32>)> = dq
+        .par_chunks_mut(tq * d)
+        .enumerate()
+        .flat_map(|(h, dq_h)| {
+            dq_h.par_chunks_mut(span * d).enumerate().map(move |(g, dq_g)| {
+                let (mut dk_h, mut dv_h) = (vec![0f32; tk * d], vec![0f32; tk * dv]);
+                for (b, dq_b) in dq_g.chunks_mut(rows * d).enumerate() {
+                    let (start, n) = (h * tq + g * span + b * rows, dq_b.len() / d);
+                    let block = BlockGrad {
+                        q: &q[start * d..][..n * d],
+                        o: &o[start * dv..][..n * dv],
+                        go: &go[start * dv..][..n * dv],
+                        k: &k[h * tk * d..][..tk * d],
+                        v: &v[h * tk * dv..][..tk * dv],
+                    };
+                    SCORES.with(|s| {
+                        let mut s = s.borrow_mut();
+                        s.resize(2 * n * tk, 0.0);
+                        let (p, dp) = s.split_at_mut(n * tk);
+                        block.run((n, tk, d, dv), scale, [p, dp], dq_b, (&mut dk_h, &mut dv_h));
+                    });
+                }
+                (h, dk_h, dv_h)
+            })
+        })
+        .collect();
+    let (mut dk, mut dvs) = (vec![0f32; bh * tk * d], vec![0f32; bh * tk * dv]);
+    for (h, dk_h, dv_h) in partial {
+        add(&mut dk[h * tk * d..][..tk * d], &dk_h);
+        add(&mut dvs[h * tk * dv..][..tk * dv], &dv_h);
+    }
+    (dq, dk, dvs)
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+}
+
+/// One block of query rows of the backward pass, and its head's keys and values.
+struct BlockGrad<'a> {
+    q: &'a [f32],
+    o: &'a [f32],
+    go: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl BlockGrad<'_> {
+    /// Writes this block's rows of `dq` and adds its terms to the head's `(dk, dv)` sums, with
+    /// `[p, dp]` as `n × tk` scratch.
+    fn run(
+        &self,
+        (n, tk, d, dv): (usize, usize, usize, usize),
+        scale: f32,
+        [p, dp]: [&mut [f32]; 2],
+        dq: &mut [f32],
+        (dk, dvs): (&mut [f32], &mut [f32]),
+    ) {
+        let m = Mat::rows;
+        product(p, tk, false, m(self.q, d), m(self.k, d).t(), (n, tk, d), 1.0);
+        for row in p.chunks_exact_mut(tk) {
+            let inv = 1.0 / exp_shifted(row, scale);
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        product(dvs, dv, true, m(p, tk).t(), m(self.go, dv), (tk, dv, n), 1.0);
+        product(dp, tk, false, m(self.go, dv), m(self.v, dv).t(), (n, tk, dv), 1.0);
+        let rows = dp.chunks_exact_mut(tk).zip(p.chunks_exact(tk));
+        for ((dp_row, p_row), (go_row, o_row)) in rows.zip(self.go.chunks_exact(dv).zip(self.o.chunks_exact(dv))) {
+            let delta: f32 = go_row.iter().zip(o_row).map(|(a, b)| a * b).sum();
+            dp_row.iter_mut().zip(p_row).for_each(|(x, p)| *x = p * (*x - delta));
+        }
+        product(dq, d, false, m(dp, tk), m(self.k, d), (n, d, tk), scale);
+        product(dk, d, true, m(dp, tk).t(), m(self.q, d), (tk, d, n), scale);
+    }
+}
+
+/// A matrix as `gemm` reads it: data, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major `data` with rows `width` apart.
+    fn rows(data: &'a [f32], width: usize) -> Self {
+        Mat { data, rs: width, cs: 1 }
+    }
+
+    /// The transpose: the same data with its strides swapped.
+    fn t(self) -> Self {
+        Mat {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// One past the last element an `r × c` read touches (r, c > 0).
+    fn end(&self, r: usize, c: usize) -> usize {
+        (r - 1) * self.rs + (c - 1) * self.cs + 1
+    }
+}
+
+/// `dst (m × n, rows ld apart) = [dst +] beta · lhs (m × k) · rhs (k × n)`, on this thread: the
+/// callers are already spread over the pool, a block each.
+fn product(
+    dst: &mut [f32],
+    ld: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    (m, n, k): (usize, usize, usize),
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.chunks_mut(ld).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    assert!((m - 1) * ld + n <= dst.len());
+    assert!(lhs.end(m, k) <= lhs.data.len() && rhs.end(k, n) <= rhs.data.len());
+    // SAFETY: the asserts above keep every element gemm touches inside the three slices.
     unsafe {
         gemm::gemm(
+            m,
             n,
-            dv,
-            tk,
-            o.as_mut_ptr(),
+            k,
+            dst.as_mut_ptr(),
             1,
-            dv as isize,
-            false,
-            s.as_ptr(),
-            1,
-            tk as isize,
-            v.as_ptr(),
-            1,
-            dv as isize,
-            0.0,
-            1.0,
+            ld as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
             false,
             false,
             false,
             gemm::Parallelism::None,
-        );
-    }
-    for (row, sum) in o.chunks_exact_mut(dv).zip(sums) {
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
+        )
     }
 }
 
@@ -207,34 +345,63 @@ mod tests {
             .collect()
     }
 
-    fn reference(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f64> {
+    /// The forward pass and the gradients for an output gradient `go`, in f64, by the
+    /// definition: `(out, dq, dk, dv)`.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], go: &[f32], dims: Dims, scale: f32) -> [Vec<f64>; 4] {
         let Dims { bh, tq, tk, d, dv } = dims;
-        let mut out = vec![0f64; bh * tq * dv];
+        let at = |x: &[f32], i: usize| x[i] as f64;
+        let (mut out, mut dq, mut dk, mut dvs) = (
+            vec![0f64; bh * tq * dv],
+            vec![0f64; bh * tq * d],
+            vec![0f64; bh * tk * d],
+            vec![0f64; bh * tk * dv],
+        );
         for h in 0..bh {
             for i in 0..tq {
+                let (qi, oi) = ((h * tq + i) * d, (h * tq + i) * dv);
                 let s: Vec<f64> = (0..tk)
-                    .map(|j| {
-                        (0..d)
-                            .map(|c| q[(h * tq + i) * d + c] as f64 * k[(h * tk + j) * d + c] as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
+                    .map(|j| (0..d).map(|c| at(q, qi + c) * at(k, (h * tk + j) * d + c)).sum::<f64>() * scale as f64)
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / z).collect();
                 for c in 0..dv {
-                    out[(h * tq + i) * dv + c] =
-                        (0..tk).map(|j| e[j] * v[(h * tk + j) * dv + c] as f64).sum::<f64>() / z;
+                    out[oi + c] = (0..tk).map(|j| p[j] * at(v, (h * tk + j) * dv + c)).sum::<f64>();
+                }
+                let delta: f64 = (0..dv).map(|c| at(go, oi + c) * out[oi + c]).sum();
+                for (j, &pj) in p.iter().enumerate() {
+                    let (kj, vj) = ((h * tk + j) * d, (h * tk + j) * dv);
+                    let dp: f64 = (0..dv).map(|c| at(go, oi + c) * at(v, vj + c)).sum();
+                    let ds = pj * (dp - delta) * scale as f64;
+                    for c in 0..dv {
+                        dvs[vj + c] += pj * at(go, oi + c);
+                    }
+                    for c in 0..d {
+                        dq[qi + c] += ds * at(k, kj + c);
+                        dk[kj + c] += ds * at(q, qi + c);
+                    }
                 }
             }
         }
-        out
+        [out, dq, dk, dvs]
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let bound = want.iter().fold(1f64, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err <= TOLERANCE * bound, "{what}: error {err}");
     }
 
     #[test]
     fn matches_the_definition() {
-        // One block; several blocks with a partial last one; keys fewer than a vector; d ≠ dv.
+        // One block; several blocks with a partial last one, split over threads; keys fewer
+        // than a vector; d ≠ dv.
         for (i, dims) in [
             Dims {
                 bh: 2,
@@ -262,22 +429,61 @@ mod tests {
         .enumerate()
         {
             let seed = 10 * i as u64;
-            let (q, k, v) = (
+            let (q, k, v, go) = (
                 random(dims.bh * dims.tq * dims.d, seed + 1),
                 random(dims.bh * dims.tk * dims.d, seed + 2),
                 random(dims.bh * dims.tk * dims.dv, seed + 3),
+                random(dims.bh * dims.tq * dims.dv, seed + 4),
             );
             let scale = 1.0 / (dims.d as f32).sqrt();
             let mut out = vec![f32::NAN; dims.bh * dims.tq * dims.dv];
             forward(&q, &k, &v, dims, scale, &mut out);
-            let want = reference(&q, &k, &v, dims, scale);
-            let bound = want.iter().fold(1f64, |m, x| m.max(x.abs()));
-            let err = out
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            assert!(err <= TOLERANCE * bound, "{dims:?}: error {err}");
+            let (dq, dk, dv) = backward(&q, &k, &v, &out, &go, dims, scale);
+            let [want, want_dq, want_dk, want_dv] = reference(&q, &k, &v, &go, dims, scale);
+            for (what, got, want) in [
+                ("out", &out, &want),
+                ("dq", &dq, &want_dq),
+                ("dk", &dk, &want_dk),
+                ("dv", &dv, &want_dv),
+            ] {
+                assert_close(&format!("{dims:?} {what}"), got, want);
+            }
+        }
+    }
+
+    /// The reference's gradients are those of `L = Σ go ⊙ out` by central differences (f64).
+    #[test]
+    fn the_reference_gradients_are_the_derivatives() {
+        let dims = Dims {
+            bh: 1,
+            tq: 3,
+            tk: 4,
+            d: 2,
+            dv: 3,
+        };
+        let (q, k, v, go) = (random(6, 1), random(8, 2), random(12, 3), random(9, 4));
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            let out = &reference(q, k, v, &go, dims, 0.7)[0];
+            out.iter().zip(&go).map(|(o, g)| o * *g as f64).sum()
+        };
+        let [_, dq, dk, dv] = reference(&q, &k, &v, &go, dims, 0.7);
+        let eps = 1e-2f32;
+        for (which, grad) in [dq, dk, dv].iter().enumerate() {
+            for i in 0..grad.len() {
+                // The loss and the bumped input as f32 holds it (x ± eps rounds).
+                let bump = |delta: f32| {
+                    let mut xs = [q.clone(), k.clone(), v.clone()];
+                    xs[which][i] += delta;
+                    (loss(&xs[0], &xs[1], &xs[2]), xs[which][i] as f64)
+                };
+                let ((hi, x_hi), (lo, x_lo)) = (bump(eps), bump(-eps));
+                let numeric = (hi - lo) / (x_hi - x_lo);
+                assert!(
+                    (numeric - grad[i]).abs() < 1e-4,
+                    "input {which}[{i}]: {numeric} against {}",
+                    grad[i]
+                );
+            }
         }
     }
 
