@@ -1,6 +1,7 @@
 //! adp's candle backend: OpenCLIP (`TextImageEncoder`), Stable Diffusion (`LatentDiffuser`),
 //! concept learning (`ConceptOptimizer`), reference association (`Scorer`) and the
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
+mod activation;
 mod attention;
 mod attention_cpu;
 mod checkpoint;
@@ -12,8 +13,10 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod frozen;
+mod math;
 mod nn;
 mod norm;
+mod norm_cpu;
 pub mod open_clip;
 mod scorer;
 mod storage;

@@ -8,6 +8,7 @@
 //! into a tensor without autograd, so the temporaries of the computation are freed when it
 //! returns. Statistics and the affine map compute in f32 (f64 stays f64), as `crate::nn` says,
 //! and the result returns in the input's dtype. Weight and bias are frozen: they get no gradient.
+use crate::norm_cpu;
 use crate::storage::{copy_out, wrap};
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -62,6 +63,25 @@ impl NormOp {
         Ok((x4, w, b))
     }
 
+    /// The blocks [`norm_cpu`] normalises, for an input of `dims`.
+    fn blocks(&self, dims: &[usize]) -> norm_cpu::Blocks {
+        match self.kind {
+            Kind::Group { groups } => {
+                let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
+                norm_cpu::Blocks {
+                    groups,
+                    channels: c / groups,
+                    run: s,
+                }
+            }
+            Kind::Layer => norm_cpu::Blocks {
+                groups: 1,
+                channels: dims[dims.len() - 1],
+                run: 1,
+            },
+        }
+    }
+
     /// `(x - mean) / sqrt(var + eps)` of a 4-D view, and `1 / sqrt(var + eps)`.
     fn normalise(&self, x4: &Tensor) -> Result<(Tensor, Tensor)> {
         let centred = x4.broadcast_sub(&x4.mean_keepdim(STAT_DIMS)?)?;
@@ -89,6 +109,11 @@ impl NormOp {
     }
 }
 
+/// A weight or bias as f32 values.
+fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
 /// The dtype the statistics compute in: f32 for half precision, as the composed norms do.
 fn internal(dtype: DType) -> Result<DType> {
     match dtype {
@@ -107,6 +132,11 @@ impl CustomOp1 for NormOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) {
+            let (weight, bias) = (f32_vec(&self.weight)?, f32_vec(&self.bias)?);
+            let y = norm_cpu::forward(&data[start..end], &weight, &bias, self.blocks(layout.dims()), self.eps);
+            return Ok((CpuStorage::F32(y), layout.shape().clone()));
+        }
         match self.forward_storage(Storage::Cpu(storage.try_clone(layout)?), layout)? {
             (Storage::Cpu(s), shape) => Ok((s, shape)),
             _ => bail!("norm: internal error, CPU op produced non-CPU storage"),
@@ -134,6 +164,11 @@ impl CustomOp1 for NormOp {
     /// than kept, which is the point of the op. `x` is detached so that `dx` carries no graph
     /// of its own; `dy` already comes detached from candle's backward.
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && dy.dtype() == DType::F32 {
+            let [xs, dys] = [x, dy].map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()));
+            let dx = norm_cpu::backward(&xs?, &f32_vec(&self.weight)?, &dys?, self.blocks(x.dims()), self.eps);
+            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+        }
         let dtype = x.dtype();
         let f = internal(dtype)?;
         let (x4, w, _) = self.views(&x.detach().to_dtype(f)?)?;

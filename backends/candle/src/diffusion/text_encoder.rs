@@ -62,7 +62,7 @@ impl EncoderLayer {
         let h = if self.quick_gelu {
             (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
         } else {
-            h.gelu_erf()?
+            crate::activation::gelu_erf(&h)?
         };
         x + self.fc2.forward(&h)?
     }

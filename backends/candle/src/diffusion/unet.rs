@@ -8,6 +8,7 @@
 //! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and the
 //! transformer blocks of the down and up blocks at the largest token counts are checkpointed
 //! (`crate::checkpoint`).
+use crate::activation::{gelu_erf, silu};
 use crate::checkpoint::{checkpoint, Checkpointable};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
@@ -55,11 +56,11 @@ impl Resnet {
     }
 
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let t = self.time_emb_proj.forward(&silu(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = self
             .conv2
-            .forward(&self.norm2.forward(&h.broadcast_add(&t)?)?.silu()?)?;
+            .forward(&silu(&self.norm2.forward(&h.broadcast_add(&t)?)?)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -182,7 +183,7 @@ impl SpatialTransformer {
         let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context)?)?;
         let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
         let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
-        let hs = (&hs + self.ff_out.forward(&(a * gate.gelu_erf()?)?)?)?;
+        let hs = (&hs + self.ff_out.forward(&(a * gelu_erf(&gate)?)?)?)?;
         let out = match &self.proj_out {
             Projection::Linear(l) => to_map(&l.forward(&hs)?, h, w)?,
             Projection::Conv(conv) => conv.forward(&to_map(&hs, h, w)?)?,
@@ -340,7 +341,7 @@ impl UNet {
     /// The prediction for latents `[N, C, h, w]` at per-sample `timesteps`, conditioned on `[N, T, D]`.
     pub fn forward(&self, x: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
         let temb = self.timestep_embedding(timesteps, x.device())?.to_dtype(x.dtype())?;
-        let temb = self.linear_2.forward(&self.linear_1.forward(&temb)?.silu()?)?;
+        let temb = self.linear_2.forward(&silu(&self.linear_1.forward(&temb)?)?)?;
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
         for block in &self.down {
@@ -366,6 +367,6 @@ impl UNet {
                 h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&silu(&self.conv_norm_out.forward(&h)?)?)
     }
 }

@@ -2,6 +2,7 @@
 //! and the decoder, on our frozen convolutions (`crate::conv_cpu` on the CPU: candle's own
 //! convolution made the VAE encode most of a 512 px learning step). GroupNorm eps 1e-6 and SiLU
 //! throughout, as diffusers builds them; the same structure as the tch backend's `vae.rs`.
+use crate::activation::silu;
 use crate::frozen::{conv2d, linear, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, GroupNorm};
 use adp_api::config::diffusion::{VaeBlock, VaeConfig};
@@ -43,8 +44,8 @@ impl Resnet {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let h = self.conv2.forward(&silu(&self.norm2.forward(&h)?)?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,
@@ -186,7 +187,7 @@ impl Vae {
             }
         }
         let h = self.enc_mid.forward(&h)?;
-        let h = self.enc_conv_out.forward(&self.enc_norm_out.forward(&h)?.silu()?)?;
+        let h = self.enc_conv_out.forward(&silu(&self.enc_norm_out.forward(&h)?)?)?;
         self.quant_conv.forward(&h)?.narrow(1, 0, self.latent_channels)
     }
 
@@ -203,6 +204,6 @@ impl Vae {
                 h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
             }
         }
-        self.dec_conv_out.forward(&self.dec_norm_out.forward(&h)?.silu()?)
+        self.dec_conv_out.forward(&silu(&self.dec_norm_out.forward(&h)?)?)
     }
 }

@@ -70,7 +70,7 @@ impl ResidualAttentionBlock {
         let h = if self.quick_gelu {
             (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
         } else {
-            h.gelu_erf()?
+            crate::activation::gelu_erf(&h)?
         };
         x + self.c_proj.forward(&h)?
     }
