@@ -52,10 +52,16 @@ DEFAULTS = dict(
     grid=8,         # stride of the feature grid everything is resampled to (4 or 8)
     pool=3,         # local neighbourhood avg pool (PatchCore aggregation), 1 = none
     aug="none",     # support augmentation: none | flip (h, v, hv) | d4 (8 dihedral) | rot (4 rotations)
+    phot="none",    # photometric support augmentation: none | bc (brightness ±25, contrast ×0.8/×1.25)
+                    # | gamma (γ 0.7, 1.4)
     knn=1,          # mean of k nearest distances
     sigma=4.0,      # smoothing in input pixels (scaled? no: absolute input px)
     agg="max",      # image score: max | topP (mean of top P percent of the smoothed map, e.g. top1)
     center=0,       # 1: subtract the map's own median (per photo) from the map and the image score
+    pnorm=0,        # 1: each photo's grey level standardised (mean 127, std 40 over the photo) before the CNN
+    fnorm=0,        # 1: each photo's mean patch feature subtracted from its patches (support and test)
+    self="none",    # intra-photo reference: none | min (min of support and self distance) | mean | only
+    srad=2,         # self reference excludes patches within this many grid cells (Chebyshev)
 )
 
 
@@ -157,8 +163,11 @@ def photo_input(path, inp, side):
     return im, (w, h)
 
 
-def to_tensor(im):
+def to_tensor(im, pnorm=0):
     u8 = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    if pnorm:
+        g = u8.mean(0)
+        u8 = ((u8 - g.mean()) * (40.0 / g.std().clamp_min(1.0)) + 127.0).clamp(0, 255)
     return ((u8 - 127.0) / 128.0)[None]
 
 
@@ -171,10 +180,33 @@ AUGS = {
 }
 
 
-def raw_features(model_name, path, inp, side, t=None):
+PHOTS = {
+    "none": [None],
+    "bc": [None, ("b", 25.0), ("b", -25.0), ("c", 0.8), ("c", 1.25)],
+    "gamma": [None, ("g", 0.7), ("g", 1.4)],
+}
+
+
+def photometric(im, ph):
+    """The photo with a brightness shift, a contrast scale about its mean, or a gamma."""
+    if ph is None:
+        return im
+    a = np.asarray(im, dtype=np.float32)
+    kind, v = ph
+    if kind == "b":
+        a = a + v
+    elif kind == "c":
+        a = (a - a.mean()) * v + a.mean()
+    else:
+        a = 255.0 * (np.clip(a, 0, 255) / 255.0) ** v
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+
+
+def raw_features(model_name, path, inp, side, t=None, pnorm=0, ph=None):
     """Stage outputs (list, float16, [C, h, w]) of the photo (transformed by t after resizing),
     cached; plus the forward time in seconds."""
-    key = hashlib.sha1(f"{model_name}|{path}|{'sq' if inp == 'sq' else 'ar'}|{side}|{t}".encode()).hexdigest()
+    pn = (f"|pn{pnorm}" if pnorm else "") + (f"|ph{ph}" if ph else "")
+    key = hashlib.sha1(f"{model_name}|{path}|{'sq' if inp == 'sq' else 'ar'}|{side}|{t}{pn}".encode()).hexdigest()
     f = os.path.join(CACHE, key[:2], key + ".pt")
     if os.path.exists(f):
         return torch.load(f)
@@ -182,7 +214,8 @@ def raw_features(model_name, path, inp, side, t=None):
     im = im.resize((w, h), Image.BICUBIC)
     if t is not None:
         im = im.transpose(t)
-    x = to_tensor(im)
+    im = photometric(im, ph)
+    x = to_tensor(im, pnorm)
     t0 = time.perf_counter()
     st = stages_of(model_name, x)
     dt = time.perf_counter() - t0
@@ -239,9 +272,9 @@ def tile_stage_features(c, path, t=None):
     return r
 
 
-def patch_features(c, path, t=None):
+def patch_features(c, path, t=None, ph=None):
     """[h*w, D] float32 patch features on the stride-`grid` grid of the input, and (h, w), input size."""
-    r = tile_stage_features(c, path, t) if c["inp"] == "tiles" else raw_features(c["model"], path, c["inp"], c["side"], t)
+    r = tile_stage_features(c, path, t) if c["inp"] == "tiles" else raw_features(c["model"], path, c["inp"], c["side"], t, c["pnorm"], ph)
     H, W = r["size"]
     gh, gw = -(-H // c["grid"]), -(-W // c["grid"])
     maps = []
@@ -253,6 +286,8 @@ def patch_features(c, path, t=None):
             m = F.interpolate(m, size=(gh, gw), mode="bilinear", align_corners=False)
         maps.append(m)
     f = torch.cat(maps, 1)[0]
+    if c["fnorm"]:
+        f = f - f.mean((1, 2), keepdim=True)
     return f.permute(1, 2, 0).reshape(gh * gw, -1), (gh, gw), (H, W), r["time"]
 
 
@@ -267,6 +302,27 @@ def nn_scores(mem, q, knn):
         else:
             out.append(s.topk(knn, dim=1).values.mean(1))
     return 0.5 * (1 - torch.cat(out))
+
+
+def self_scores(f, gh, gw, rad):
+    """Distance of each patch to its nearest patch of the same photo farther than rad cells."""
+    q = F.normalize(f, dim=1)
+    s = q @ q.T
+    yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    yy, xx = yy.flatten(), xx.flatten()
+    near = ((yy[:, None] - yy[None]).abs() <= rad) & ((xx[:, None] - xx[None]).abs() <= rad)
+    s = s.masked_fill(near, -1.0)
+    return 0.5 * (1 - s.max(1).values)
+
+
+def combine_self(sup, own, how):
+    if how == "min":
+        return torch.minimum(sup, own)
+    if how == "mean":
+        return 0.5 * (sup + own)
+    if how == "only":
+        return own
+    raise ValueError(how)
 
 
 def gauss_blur(x, sigma):
@@ -297,7 +353,8 @@ def run(c, cat, k, seed, pix=True):
     mem = []
     for p in shots:
         for t in AUGS[c["aug"]]:
-            mem.append(patch_features(c, p, t)[0])
+            for ph in PHOTS[c["phot"]]:
+                mem.append(patch_features(c, p, t, ph)[0])
     mem = F.normalize(torch.cat(mem), dim=1)
     scores, labels, pix_s, pix_l = [], [], [], []
     t_fwd = t_nn = 0.0
@@ -305,7 +362,10 @@ def run(c, cat, k, seed, pix=True):
         f, (gh, gw), (H, W), dt = patch_features(c, p)
         t_fwd += dt
         t0 = time.perf_counter()
-        d = nn_scores(mem, f, c["knn"]).view(1, 1, gh, gw)
+        d = nn_scores(mem, f, c["knn"])
+        if c["self"] != "none":
+            d = combine_self(d, self_scores(f, gh, gw, c["srad"]), c["self"])
+        d = d.view(1, 1, gh, gw)
         t_nn += time.perf_counter() - t0
         up = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)
         sm = gauss_blur(up, c["sigma"])

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::gemm_view::{self, Mat, Threads};
 use crate::math::exp;
 
 /// Most scores one block of query rows holds: 2^17 f32, 512 KiB, half of a Zen 4 core's L2.
@@ -194,81 +195,10 @@ impl BlockGrad<'_> {
     }
 }
 
-/// A matrix as `gemm` reads it: data, row stride, column stride.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// Row-major `data` with rows `width` apart.
-    fn rows(data: &'a [f32], width: usize) -> Self {
-        Mat { data, rs: width, cs: 1 }
-    }
-
-    /// The transpose: the same data with its strides swapped.
-    fn t(self) -> Self {
-        Mat {
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// One past the last element an `r × c` read touches (r, c > 0).
-    fn end(&self, r: usize, c: usize) -> usize {
-        (r - 1) * self.rs + (c - 1) * self.cs + 1
-    }
-}
-
-/// `dst (m × n, rows ld apart) = [dst +] beta · lhs (m × k) · rhs (k × n)`, on this thread: the
-/// callers are already spread over the pool, a block each.
-fn product(
-    dst: &mut [f32],
-    ld: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    (m, n, k): (usize, usize, usize),
-    beta: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.chunks_mut(ld).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    assert!((m - 1) * ld + n <= dst.len());
-    assert!(lhs.end(m, k) <= lhs.data.len() && rhs.end(k, n) <= rhs.data.len());
-    // SAFETY: the asserts above keep every element gemm touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+/// [`gemm_view::product`] on this thread: the callers are already spread over the pool, a block
+/// each.
+fn product(dst: &mut [f32], ld: usize, accumulate: bool, lhs: Mat, rhs: Mat, mnk: (usize, usize, usize), beta: f32) {
+    gemm_view::product(dst, ld, accumulate, lhs, rhs, mnk, beta, Threads::Caller)
 }
 
 /// Replaces `row` by `exp(scale · (row − max row))` and returns its sum, with the widest vectors

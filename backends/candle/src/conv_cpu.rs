@@ -10,6 +10,8 @@
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::gemm_view::{self, Mat, Threads};
+
 /// Floats per unfolded tile (8 MiB): whole output rows, at least one.
 const TILE: usize = 1 << 21;
 
@@ -70,11 +72,6 @@ fn with_slices<R>(a: &Tensor, weight: &Tensor, f: impl FnOnce(&[f32], &[f32]) ->
     let av = &as_.as_slice::<f32>()?[al.start_offset()..][..a.elem_count()];
     let wv = &ws.as_slice::<f32>()?[wl.start_offset()..][..weight.elem_count()];
     Ok(Some(f(av, wv)))
-}
-
-/// A row-major matrix with rows `ld` apart.
-fn rows_of(data: &[f32], ld: usize) -> View<'_> {
-    View { data, rs: ld, cs: 1 }
 }
 
 /// The gradient of [`conv2d`]'s input (`[N, C, h, w]`) from the gradient of its output, `grad`
@@ -159,7 +156,7 @@ impl Geometry {
             let dst = &mut out[b * o * ohw..(b + 1) * o * ohw];
             if pointwise {
                 // A 1×1 convolution's unfolded input is the input itself.
-                product(dst, ohw, true, rows_of(weight, k), rows_of(plane, ohw), o, ohw, k);
+                product(dst, ohw, true, Mat::rows(weight, k), Mat::rows(plane, ohw), o, ohw, k);
                 continue;
             }
             for oy0 in (0..self.oh).step_by(rows) {
@@ -169,7 +166,7 @@ impl Geometry {
                     .enumerate()
                     .for_each(|(r, row)| self.unfold(plane, r, oy0, row));
                 let dst = &mut dst[oy0 * self.ow..];
-                product(dst, ohw, true, rows_of(weight, k), rows_of(col, t), o, t, k);
+                product(dst, ohw, true, Mat::rows(weight, k), Mat::rows(col, t), o, t, k);
             }
         }
     }
@@ -179,11 +176,7 @@ impl Geometry {
         let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
         let (k, taps) = (c * self.kh * self.kw, self.kh * self.kw);
         // Wᵀ: element (i, j) of the `[C·k², O]` matrix is weight[j·k + i].
-        let weight_t = View {
-            data: weight,
-            rs: 1,
-            cs: k,
-        };
+        let weight_t = Mat::rows(weight, k).t();
         let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
         let rows = (TILE / (k * self.ow).max(1)).clamp(1, self.oh);
         let mut col = if pointwise {
@@ -195,13 +188,13 @@ impl Geometry {
             let g = &dy[b * o * ohw..(b + 1) * o * ohw];
             let dxb = &mut dx[b * c * hw..(b + 1) * c * hw];
             if pointwise {
-                product(dxb, hw, false, weight_t, rows_of(g, ohw), c, ohw, o);
+                product(dxb, hw, false, weight_t, Mat::rows(g, ohw), c, ohw, o);
                 continue;
             }
             for oy0 in (0..self.oh).step_by(rows) {
                 let t = rows.min(self.oh - oy0) * self.ow;
                 let col = &mut col[..k * t];
-                product(col, t, false, weight_t, rows_of(&g[oy0 * self.ow..], ohw), k, t, o);
+                product(col, t, false, weight_t, Mat::rows(&g[oy0 * self.ow..], ohw), k, t, o);
                 let col = &*col;
                 dxb.par_chunks_mut(hw).enumerate().for_each(|(ci, plane)| {
                     for r in ci * taps..(ci + 1) * taps {
@@ -270,63 +263,10 @@ impl Geometry {
     }
 }
 
-/// A row-major or transposed view of a matrix in a slice: element (i, j) at `i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    /// The last element touched by a `rows × cols` view, plus one.
-    fn end(&self, rows: usize, cols: usize) -> usize {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * self.rs + (cols - 1) * self.cs + 1
-        }
-    }
-}
-
-/// `dst (m × n, rows ld apart) = [dst +] lhs (m × k) · rhs (k × n)`, `dst` row-major.
+/// [`gemm_view::product`] over the whole pool: a convolution runs one product at a time.
 #[allow(clippy::too_many_arguments)]
-fn product(dst: &mut [f32], ld: usize, accumulate: bool, lhs: View, rhs: View, m: usize, n: usize, k: usize) {
-    assert!(m == 0 || n == 0 || (m - 1) * ld + n <= dst.len());
-    assert!(lhs.end(m, k) <= lhs.data.len() && rhs.end(k, n) <= rhs.data.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every element gemm touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+fn product(dst: &mut [f32], ld: usize, accumulate: bool, lhs: Mat, rhs: Mat, m: usize, n: usize, k: usize) {
+    gemm_view::product(dst, ld, accumulate, lhs, rhs, (m, n, k), 1.0, Threads::Pool)
 }
 
 #[cfg(test)]

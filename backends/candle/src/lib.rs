@@ -13,6 +13,7 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod frozen;
+mod gemm_view;
 mod math;
 mod nn;
 mod norm;
