@@ -35,9 +35,16 @@ impl Attention {
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        let attn = crate::nn::attention_softmax(&scores, mask)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, w))?;
+        let out = match mask {
+            // The image tower: the fused attention (on the CPU no score tensor at all).
+            None => crate::attention::attention(&q, &k, &v)?,
+            // The text tower's causal mask: the composed form, the scores a [B, H, 77, 77] tensor.
+            Some(_) => {
+                let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+                crate::nn::attention_softmax(&scores, mask)?.matmul(&v)?
+            }
+        };
+        let out = out.transpose(1, 2)?.reshape((b, t, w))?;
         self.out_proj.forward(&out)
     }
 }
