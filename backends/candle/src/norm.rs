@@ -165,9 +165,11 @@ impl CustomOp1 for NormOp {
     /// of its own; `dy` already comes detached from candle's backward.
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         if x.device().is_cpu() && x.dtype() == DType::F32 && dy.dtype() == DType::F32 {
-            let [xs, dys] = [x, dy].map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()));
-            let dx = norm_cpu::backward(&xs?, &f32_vec(&self.weight)?, &dys?, self.blocks(x.dims()), self.eps);
-            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+            // Read in place by `InputGrad`: no copies of `x` and `dy` on the way.
+            let dx = x
+                .detach()
+                .apply_op2_no_bwd(&dy.contiguous()?, &InputGrad(self.clone()))?;
+            return Ok(Some(dx));
         }
         let dtype = x.dtype();
         let f = internal(dtype)?;
@@ -182,6 +184,30 @@ impl CustomOp1 for NormOp {
             .sub(&xhat.broadcast_mul(&mean_gx)?)?
             .broadcast_mul(&rstd)?;
         Ok(Some(dx.reshape(x.shape())?.to_dtype(dtype)?))
+    }
+}
+
+/// `dx` of a norm over `(x, dy)`, both contiguous f32 on the CPU ([`norm_cpu::backward`]).
+struct InputGrad(NormOp);
+
+impl candle_core::CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "adp-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        match (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets()) {
+            (CpuStorage::F32(x), Some((a, b)), CpuStorage::F32(dy), Some((c, d))) if l1.shape() == l2.shape() => {
+                let dx = norm_cpu::backward(&x[a..b], &f32_vec(&op.weight)?, &dy[c..d], op.blocks(l1.dims()), op.eps);
+                Ok((CpuStorage::F32(dx), l1.shape().clone()))
+            }
+            _ => bail!(
+                "norm backward: expected contiguous f32 x and dy of one shape, got {:?} and {:?}",
+                l1.shape(),
+                l2.shape()
+            ),
+        }
     }
 }
 
