@@ -8,7 +8,7 @@ use adp_conformance::tolerance::REORDERING;
 use adp_conformance::{adp, build_dir, pngs, shared_data};
 use adp_host::detect::DetectorFile;
 use adp_host::detect::{default_backbone, VisualModel};
-use adp_host::detect::{score, Checkpoints, FitOptions, Method};
+use adp_host::detect::{score, Checkpoints, FitOptions, Method, SupportViews};
 use adp_host::eval::metrics::image_auroc;
 use std::path::PathBuf;
 use std::process::Command;
@@ -153,6 +153,77 @@ fn visual_detector_refuses_another_backbone() {
         err.contains("another backbone") && err.contains(other.to_str().unwrap()),
         "{err}"
     );
+}
+
+/// `--support-views rotations`: the memory holds each support photo and its three quarter turns,
+/// photo by photo (the decision leaves a photo's four views out together), the option is stored
+/// in the detector, and only `visual` takes it.
+#[test]
+fn visual_support_rotations_fill_the_memory_photo_by_photo() {
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
+    let backend = adp_backend_candle::CandleBackend::new();
+    let model = VisualModel::open(&backend, &backbone(), Device::Cpu).unwrap();
+    let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 2), 224).unwrap();
+    let fit = |views| {
+        let options = FitOptions {
+            method: Method::Visual,
+            support_views: views,
+            ..FitOptions::default()
+        };
+        adp_host::detect::fit::fit_visual(&model, &support, &options, &mut |_| adp_api::requests::Flow::Continue)
+            .unwrap()
+    };
+    let (plain, turned) = (fit(SupportViews::None), fit(SupportViews::Rotations));
+    let (rows, dim) = (28 * 28, 152);
+    assert_eq!(turned.memories[0].features.shape(), &[2 * 4 * rows, dim]);
+    assert_eq!(turned.header.options["support_views"], "rotations");
+    assert_eq!(plain.header.options["support_views"], "none");
+    // Photo 1's own view follows photo 0's four views; both match the plain memory's rows (the
+    // same features, computed in another batch: equal up to REORDERING).
+    let (p, t) = (plain.memories[0].features.data(), turned.memories[0].features.data());
+    let block = rows * dim;
+    for (plain_block, turned_block) in [(0, 0), (1, 4)] {
+        let a = &p[plain_block * block..][..block];
+        let b = &t[turned_block * block..][..block];
+        assert!(a
+            .iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= REORDERING * x.abs().max(1.0)));
+    }
+    // A turned view is not the photo again.
+    assert!(t[block..2 * block]
+        .iter()
+        .zip(&p[..block])
+        .any(|(x, y)| (x - y).abs() > 0.1));
+    // The decision scores each photo against the memory without its four views (`leave_out`
+    // refuses rows it cannot split by photo).
+    let d = turned.header.decision.as_ref().expect("a decision");
+    assert!(d.threshold.is_finite() && d.threshold > 0.0, "{d:?}");
+    let loaded = {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("turned.adp");
+        turned.save(&file).unwrap();
+        DetectorFile::load(&file).unwrap()
+    };
+    assert_eq!(loaded, turned);
+    // Another method refuses the option before any work.
+    let err = adp_host::detect::fit::fit_files(
+        &backend,
+        &Checkpoints::default(),
+        None,
+        &pngs(root.join("train/good"), 1),
+        FitOptions {
+            method: Method::Winclip,
+            support_views: SupportViews::Rotations,
+            ..FitOptions::default()
+        },
+        &mut |_| adp_api::requests::Flow::Continue,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("rotations") && err.contains("visual method only"), "{err}");
 }
 
 /// The README's main command: no checkpoint given, the default backbone and plugin.

@@ -62,6 +62,11 @@ DEFAULTS = dict(
     fnorm=0,        # 1: each photo's mean patch feature subtracted from its patches (support and test)
     self="none",    # intra-photo reference: none | min (min of support and self distance) | mean | only
     srad=2,         # self reference excludes patches within this many grid cells (Chebyshev)
+    lnorm="none",   # per-position normalisation from leave-one-out support maps (each shot scored
+                    # against the others, smoothed like a test map): none | sub (minus their mean
+                    # per position) | z (minus mean, over std per position + the maps' global std)
+    tta="none",     # test-time augmentation: none | flip (mean of the maps of the photo and its
+                    # h-flip, v-flip, 180° turn, each turned back)
 )
 
 
@@ -347,28 +352,53 @@ def image_score(smooth, agg):
     raise ValueError(agg)
 
 
+UNDO = {None: None, Image.FLIP_LEFT_RIGHT: [3], Image.FLIP_TOP_BOTTOM: [2], Image.ROTATE_180: [2, 3]}
+
+
+def smoothed_map(c, mem, p, t=None):
+    """The photo's (transformed by t) smoothed map at input resolution, turned back."""
+    f, (gh, gw), (H, W), dt = patch_features(c, p, t)
+    d = nn_scores(mem, f, c["knn"]).view(1, 1, gh, gw)
+    if c["self"] != "none":
+        d = combine_self(d.flatten(), self_scores(f, gh, gw, c["srad"]), c["self"]).view(1, 1, gh, gw)
+    sm = gauss_blur(F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False), c["sigma"])
+    return (sm.flip(UNDO[t]) if UNDO[t] else sm), dt
+
+
 def run(c, cat, k, seed, pix=True):
     train, test = load_category(cat)
     shots = [train[i] for i in splitmix_draw(len(train), k, seed)]
-    mem = []
+    per_shot = []
     for p in shots:
+        feats = []
         for t in AUGS[c["aug"]]:
             for ph in PHOTS[c["phot"]]:
-                mem.append(patch_features(c, p, t, ph)[0])
-    mem = F.normalize(torch.cat(mem), dim=1)
+                feats.append(patch_features(c, p, t, ph)[0])
+        per_shot.append(torch.cat(feats))
+    mem = F.normalize(torch.cat(per_shot), dim=1)
+    mu = sd = None
+    if c["lnorm"] != "none" and k > 1:
+        loo = []
+        for i, p in enumerate(shots):
+            rest = F.normalize(torch.cat([f for j, f in enumerate(per_shot) if j != i]), dim=1)
+            loo.append(smoothed_map(c, rest, p)[0])
+        loo = torch.cat(loo)
+        mu = loo.mean(0, keepdim=True)
+        sd = loo.std(0, keepdim=True) + loo.std() if c["lnorm"] == "z" else None
     scores, labels, pix_s, pix_l = [], [], [], []
     t_fwd = t_nn = 0.0
     for p, anomalous, mask in test:
-        f, (gh, gw), (H, W), dt = patch_features(c, p)
-        t_fwd += dt
         t0 = time.perf_counter()
-        d = nn_scores(mem, f, c["knn"])
-        if c["self"] != "none":
-            d = combine_self(d, self_scores(f, gh, gw, c["srad"]), c["self"])
-        d = d.view(1, 1, gh, gw)
-        t_nn += time.perf_counter() - t0
-        up = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)
-        sm = gauss_blur(up, c["sigma"])
+        ts = AUGS["flip"] if c["tta"] == "flip" else [None]
+        maps = [smoothed_map(c, mem, p, t) for t in ts]
+        sm = torch.stack([m for m, _ in maps]).mean(0)
+        dt = sum(d for _, d in maps)
+        t_fwd += dt
+        t_nn += time.perf_counter() - t0 - dt
+        if mu is not None:
+            sm = sm - mu
+            if sd is not None:
+                sm = sm / sd
         if c["center"]:
             sm = sm - sm.median()
         scores.append(image_score(sm, c["agg"]))

@@ -7,7 +7,7 @@ use super::decision::{check_rate, decide, shift_step};
 use super::file::{DetectorFile, DetectorHeader, DETECTOR_FORMAT};
 use super::scoring::Scoring;
 use super::visual::VisualModel;
-use super::{Checkpoints, FitOptions, Method, Stage};
+use super::{Checkpoints, FitOptions, Method, Stage, SupportViews};
 use crate::images::{read_each, read_resized, squares};
 use crate::score::association::ReferenceMemories;
 use crate::score::prompts::TEMPLATES;
@@ -405,6 +405,16 @@ fn check(options: &FitOptions) -> Result<()> {
             "method",
             format!(
                 "{} learns no concepts: a concept file does not apply",
+                options.method.name()
+            ),
+        ));
+    }
+    if options.support_views != SupportViews::None && options.method != Method::Visual {
+        return Err(Error::invalid(
+            "support views",
+            format!(
+                "{} applies to the visual method only, not {}",
+                options.support_views.name(),
                 options.method.name()
             ),
         ));

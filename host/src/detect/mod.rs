@@ -11,6 +11,7 @@ pub mod decision;
 pub mod file;
 pub mod fit;
 pub mod scoring;
+pub mod support_views;
 pub mod visual;
 
 pub use concepts::ConceptFiles;
@@ -18,6 +19,7 @@ pub use decision::Decision;
 pub use file::{DetectorFile, DetectorHeader};
 pub use fit::Fitter;
 pub use scoring::{score, Scoring};
+pub use support_views::SupportViews;
 pub use visual::VisualModel;
 
 /// The default backbone file of `visual`, provided by `scripts/setup-weights.sh`.
@@ -128,6 +130,10 @@ pub struct FitOptions {
     /// share of normal photos the threshold may flag. Options stored before it read as 1 %.
     #[serde(default = "default_false_alarm_rate")]
     pub false_alarm_rate: f64,
+    /// `visual`'s reference memory: the support photos alone, or with their quarter turns
+    /// ([`SupportViews`]). Options stored before it read as `none`.
+    #[serde(default)]
+    pub support_views: SupportViews,
     /// Where concept learning saves resumable checkpoints (and whether to resume from them):
     /// how a fit runs, not what it computes, so not stored in the detector.
     #[serde(skip)]
@@ -189,6 +195,7 @@ impl Default for FitOptions {
             seed: 0,
             device: Device::Cpu,
             false_alarm_rate: DEFAULT_FALSE_ALARM_RATE,
+            support_views: SupportViews::None,
             learning_checkpoints: None,
             concept_files: ConceptFiles::default(),
         }

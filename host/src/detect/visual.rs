@@ -56,9 +56,10 @@ impl VisualModel {
         if observer(&Stage::Memories) == Flow::Cancel {
             return Err(Error::Cancelled { step: 0 });
         }
+        let views = options.support_views.apply(support)?;
         let memory = self
             .scorer
-            .build_memory(FeatureKind::PatchTokens, &self.features(support)?)?;
+            .build_memory(FeatureKind::PatchTokens, &self.features(&views)?)?;
         let dims = self.extractor.dims();
         let header = DetectorHeader {
             format: DETECTOR_FORMAT.into(),

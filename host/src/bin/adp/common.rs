@@ -1,6 +1,6 @@
 //! Arguments several subcommands share.
 use adp_api::{BackboneCheckpoint, ClipCheckpoint, Device, Dtype};
-use adp_host::detect::{default_backbone, Checkpoints, Method};
+use adp_host::detect::{default_backbone, Checkpoints, Method, SupportViews};
 use adp_host::plugin::{self, Plugin};
 use std::path::PathBuf;
 
@@ -112,6 +112,20 @@ pub struct DecisionArgs {
     /// views (docs/method.md, "The decision"); `adp score` decides with it.
     #[arg(long, default_value_t = adp_host::detect::DEFAULT_FALSE_ALARM_RATE)]
     pub false_alarm_rate: f64,
+}
+
+/// How `visual` builds its reference memory (`adp fit`, and every fit of `adp eval`).
+#[derive(clap::Args)]
+pub struct VisualArgs {
+    /// `visual`'s reference memory: `none` (the support photos) or `rotations` (each support
+    /// photo and its 90°, 180° and 270° turns: for textures photographed at any orientation; 4×
+    /// the memory and the association time; README "Results").
+    #[arg(long, default_value = "none", value_parser = support_views)]
+    pub support_views: SupportViews,
+}
+
+fn support_views(s: &str) -> Result<SupportViews, String> {
+    s.parse().map_err(|e: adp_api::Error| e.to_string())
 }
 
 /// Parses a method name (`adp`, `adp-label`, `winclip`, `ti`, `cn`, `ca`, `visual`).

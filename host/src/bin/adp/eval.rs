@@ -1,6 +1,6 @@
 //! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays;
 //! resumable (`--resume`) and shardable (`--shard I/N`).
-use crate::common::{method, DecisionArgs, Models, Run, Training};
+use crate::common::{method, DecisionArgs, Models, Run, Training, VisualArgs};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{FitOptions, Method};
 use adp_host::eval::{self, dataset, shard, Earlier, EvalOptions, Schedule, Shard};
@@ -32,6 +32,8 @@ pub struct Args {
     training: Training,
     #[command(flatten)]
     decision: DecisionArgs,
+    #[command(flatten)]
+    visual: VisualArgs,
     /// Only the first N good and N defective test images per category (smoke runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -85,6 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ddim_steps: t.ddim_steps,
         validation_pseudo: t.validation_pseudo,
         false_alarm_rate: a.decision.false_alarm_rate,
+        support_views: a.visual.support_views,
         ..Default::default()
     };
     let out = match shard {

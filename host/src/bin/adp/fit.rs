@@ -1,5 +1,5 @@
 //! `adp fit`: a detector from a support set of normal photos.
-use crate::common::{method, DecisionArgs, Models, Run, Training};
+use crate::common::{method, DecisionArgs, Models, Run, Training, VisualArgs};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{fit::fit_files, ConceptFiles, FitOptions, LearningCheckpoints, Method};
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ pub struct Args {
     seed: u64,
     #[command(flatten)]
     decision: DecisionArgs,
+    #[command(flatten)]
+    visual: VisualArgs,
     /// Save each concept's learning state here (`<concept>.json`, written atomically), so that a
     /// killed fit can continue with --resume: concept learning is hours of GPU time.
     #[arg(long)]
@@ -79,6 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         validation_pseudo: t.validation_pseudo,
         seed: a.seed,
         false_alarm_rate: a.decision.false_alarm_rate,
+        support_views: a.visual.support_views,
         learning_checkpoints: a.checkpoint_dir.map(|dir| LearningCheckpoints {
             dir,
             every: a.checkpoint_every,
