@@ -61,6 +61,16 @@ fn rows_run(plugin: &str) {
     for part in ["img2img_1_step", "img2img_2_steps"] {
         assert!(img2img["parts"][part].as_f64().is_some_and(|t| t > 0.0), "{img2img}");
     }
+    // The learning step's parts: the VAE encoding and a UNet forward timed on their own, and
+    // the rest of the step (a difference of medians: finite, its sign not asserted).
+    let step = rows.iter().find(|r| r["row"] == "learn-step-1").unwrap();
+    for part in ["vae_encode", "unet_forward"] {
+        assert!(step["parts"][part].as_f64().is_some_and(|t| t > 0.0), "{step}");
+    }
+    assert!(
+        step["parts"]["text_and_backward"].as_f64().is_some_and(f64::is_finite),
+        "{step}"
+    );
 
     // The UNet is fully convolutional: its row runs at another size (the tiny fixture works at
     // 32 px; 48 px is 24 latents, a multiple of its UNet's downsampling 2).

@@ -349,6 +349,13 @@ def diffusion(a):
         ts = torch.full((b,), t, dtype=torch.int64)
         row["items"] = b
         row["ms"] = median_ms(lambda: d.learn_step(images, prompts, concept, ts, noise)) / b
+        # The same parts as adp's row: VAE encoding, a UNet forward without gradients on the same
+        # batch, and the rest (text encoder, the forward's bookkeeping, the backward pass).
+        with torch.inference_mode():
+            vae = median_ms(lambda: d.encode(images)) / b
+            cond = d.conditioning(["a photo of a bottle"] * b)
+            unet = median_ms(lambda: d.unet(noise, ts, encoder_hidden_states=cond).sample) / b
+        row["parts"] = {"vae_encode": vae, "unet_forward": unet, "text_and_backward": row["ms"] - vae - unet}
     else:
         image = photos(list_images(a.images)[:1], size)
         ms = {}

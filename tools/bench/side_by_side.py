@@ -114,6 +114,22 @@ def main():
             peaks.append(f"{peak:.0f}")
         label = f"{row} @{px}" if px else row
         out.append(f"| {label} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
+    # Each row's parts (where both sides report them): medians over the rounds, with ratios.
+    parts = [(row, name) for row in rows
+             for name in sorted({n for s in sides for r in results.get((row, s), []) for n in r.get("parts", {})})]
+    if parts:
+        out += ["", "| row: part | " + " | ".join(f"{s} ms" for s in sides) + " |", "|" + "---|" * (1 + len(sides))]
+    for row, name in parts:
+        def part(s):
+            v = [r["parts"][name] for r in results.get((row, s), []) if name in r.get("parts", {})]
+            return statistics.median(v) if v else None
+        peer = part("pytorch")
+        cells = []
+        for s in sides:
+            v = part(s)
+            ratio = f" ({v / peer:.2f}x)" if v is not None and peer and s != "pytorch" else ""
+            cells.append("-" if v is None else f"{v:.1f}{ratio}")
+        out.append(f"| {row}: {name} | " + " | ".join(cells) + " |")
     print("\n".join(out))
     print(f"\n{a.threads} threads, {a.rounds} rounds x {a.repeats} repeats, medians; load average "
           f"{os.getloadavg()[0]:.1f} at the end", file=sys.stderr)

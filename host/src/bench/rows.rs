@@ -242,7 +242,21 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                         noise: latent(b, 2),
                         gradient_of: Some("<c>".into()),
                     };
-                    time(i.repeats, || diffuser.denoising_loss(&request).map(drop))? / b as f64
+                    let step = time(i.repeats, || diffuser.denoising_loss(&request).map(drop))? / b as f64;
+                    // Where a step's time goes, for the side-by-side table: the VAE encoding and a
+                    // UNet forward without gradients on the same batch; the rest is the text
+                    // encoder, the forward's bookkeeping for the gradient and the backward pass.
+                    let vae = time(i.repeats, || diffuser.vae_encode(&request.images).map(drop))? / b as f64;
+                    let forward = UnetRequest {
+                        latents: request.noise.clone(),
+                        timesteps: request.timesteps.clone(),
+                        conditioning: diffuser.text_conditioning(&vec![Prompt::plain("a photo of a bottle"); b])?,
+                    };
+                    let unet = time(i.repeats, || diffuser.unet_prediction(&forward).map(drop))? / b as f64;
+                    out.parts.insert("vae_encode".into(), vae);
+                    out.parts.insert("unet_forward".into(), unet);
+                    out.parts.insert("text_and_backward".into(), step - vae - unet);
+                    step
                 }
                 _ => {
                     let photos = (i.photos)(size)?;
