@@ -226,6 +226,41 @@ fn visual_support_rotations_fill_the_memory_photo_by_photo() {
     assert!(err.contains("rotations") && err.contains("visual method only"), "{err}");
 }
 
+/// The rotated memory and its decision are the same through both plugins (the turns are the
+/// host's; each backend only sees more photos).
+#[cfg(feature = "tch")]
+#[test]
+fn visual_support_rotations_agree_across_plugins() {
+    let Some(root) = shared_data("mvtec_ad/bottle", "the real-image visual test") else {
+        return;
+    };
+    let support = adp_host::images::read_resized(&pngs(root.join("train/good"), 2), 224).unwrap();
+    let fit = |crate_name: &str| {
+        let backend = adp_conformance::plugin(crate_name);
+        let model = VisualModel::open(&*backend, &backbone(), Device::Cpu).unwrap();
+        let options = FitOptions {
+            method: Method::Visual,
+            support_views: SupportViews::Rotations,
+            ..FitOptions::default()
+        };
+        adp_host::detect::fit::fit_visual(&model, &support, &options, &mut |_| adp_api::requests::Flow::Continue)
+            .unwrap()
+    };
+    let (candle, tch) = (fit("adp_plugin_candle"), fit("adp_plugin_tch"));
+    adp_conformance::tolerance::assert_close(
+        "rotated memory, tch against candle",
+        &tch.memories[0].features,
+        &candle.memories[0].features,
+        adp_conformance::tolerance::FORWARD,
+    );
+    let threshold = |d: &DetectorFile| d.header.decision.as_ref().unwrap().threshold;
+    let (a, b) = (threshold(&tch), threshold(&candle));
+    assert!(
+        (a - b).abs() <= adp_conformance::tolerance::FORWARD * b.abs(),
+        "threshold {a} vs {b}"
+    );
+}
+
 /// The README's main command: no checkpoint given, the default backbone and plugin.
 #[test]
 fn adp_fit_and_score_work_out_of_the_box() {
