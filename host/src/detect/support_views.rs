@@ -7,6 +7,7 @@
 //! price is 4× the memory, so 4× the association per photo; hence an option, not the default.
 use adp_api::{Error, ImageBatch, Result, Tensor};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,9 +38,9 @@ impl SupportViews {
     /// The views of every photo of `support`, photo by photo (a photo's views are consecutive,
     /// so that the memory's rows of one photo stay one block: `decision::leave_out` relies on
     /// it). Turns need square photos, which the support set is at the backbone's input.
-    pub fn apply(self, support: &ImageBatch) -> Result<ImageBatch> {
+    pub fn apply(self, support: &ImageBatch) -> Result<Cow<'_, ImageBatch>> {
         if self == SupportViews::None {
-            return Ok(support.clone());
+            return Ok(Cow::Borrowed(support));
         }
         let (h, w) = (support.height(), support.width());
         if h != w {
@@ -58,7 +59,8 @@ impl SupportViews {
                 data.extend_from_slice(&view);
             }
         }
-        ImageBatch::new(Tensor::new(vec![support.len() * self.count(), 3, h, w], data)?)
+        let views = ImageBatch::new(Tensor::new(vec![support.len() * self.count(), 3, h, w], data)?)?;
+        Ok(Cow::Owned(views))
     }
 }
 
@@ -121,7 +123,7 @@ mod tests {
     #[test]
     fn none_is_the_support_set_and_turns_refuse_non_square_photos() {
         let support = batch(2, 4);
-        assert_eq!(SupportViews::None.apply(&support).unwrap(), support);
+        assert!(matches!(SupportViews::None.apply(&support).unwrap(), Cow::Borrowed(b) if *b == support));
         let wide = ImageBatch::new(Tensor::zeros(vec![1, 3, 2, 5])).unwrap();
         let e = SupportViews::Rotations.apply(&wide).unwrap_err().to_string();
         assert!(e.contains("square") && e.contains("2×5"), "{e}");

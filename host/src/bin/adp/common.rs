@@ -120,15 +120,12 @@ pub struct VisualArgs {
     /// `visual`'s reference memory: `none` (the support photos) or `rotations` (each support
     /// photo and its 90°, 180° and 270° turns: for textures photographed at any orientation; 4×
     /// the memory and the association time; README "Results").
-    #[arg(long, default_value = "none", value_parser = support_views)]
+    #[arg(long, default_value = "none", value_parser = parsed::<SupportViews>)]
     pub support_views: SupportViews,
 }
 
-fn support_views(s: &str) -> Result<SupportViews, String> {
-    s.parse().map_err(|e: adp_api::Error| e.to_string())
-}
-
-/// Parses a method name (`adp`, `adp-label`, `winclip`, `ti`, `cn`, `ca`, `visual`).
-pub fn method(s: &str) -> Result<Method, String> {
+/// Parses a value named on the command line (a method, support views) with its own `FromStr`,
+/// whose error lists the accepted names.
+pub fn parsed<T: std::str::FromStr<Err = adp_api::Error>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: adp_api::Error| e.to_string())
 }

@@ -1,6 +1,6 @@
 //! `adp eval`: the evaluation protocol over a dataset, with report.json, report.md and overlays;
 //! resumable (`--resume`) and shardable (`--shard I/N`).
-use crate::common::{method, DecisionArgs, Models, Run, Training, VisualArgs};
+use crate::common::{parsed, DecisionArgs, Models, Run, Training, VisualArgs};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{FitOptions, Method};
 use adp_host::eval::{self, dataset, shard, Earlier, EvalOptions, Schedule, Shard};
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     seeds: Vec<u64>,
     /// Repeatable [default: adp with --clip, else visual]
-    #[arg(long = "method", value_parser = method)]
+    #[arg(long = "method", value_parser = parsed::<Method>)]
     methods: Vec<Method>,
     /// The class word of `winclip` and `adp-label`, per category: CATEGORY=WORD (repeatable).
     /// A bare WORD only when one category is evaluated. [default: the category's folder name

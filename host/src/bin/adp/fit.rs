@@ -1,5 +1,5 @@
 //! `adp fit`: a detector from a support set of normal photos.
-use crate::common::{method, DecisionArgs, Models, Run, Training, VisualArgs};
+use crate::common::{parsed, DecisionArgs, Models, Run, Training, VisualArgs};
 use crate::progress::{Output, StageBars};
 use adp_host::detect::{fit::fit_files, ConceptFiles, FitOptions, LearningCheckpoints, Method};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long)]
     label: Option<String>,
     /// adp, adp-label, winclip, ti, cn, ca or visual [default: adp with --clip, else visual]
-    #[arg(long, value_parser = method)]
+    #[arg(long, value_parser = parsed::<Method>)]
     method: Option<Method>,
     #[command(flatten)]
     training: Training,
