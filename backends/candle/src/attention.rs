@@ -10,6 +10,7 @@
 //! passes run fused instead ([`attention_cpu`]: blocks of scores in the cores' caches); the chunks
 //! of candle ops serve the GPUs.
 use crate::attention_cpu;
+use crate::storage::copy_out;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
@@ -23,17 +24,31 @@ const CHUNK_SCORES: usize = 1 << 25;
 /// `softmax(q·kᵀ/√d)·v` over `q: [B, H, T_q, D]`, `k: [B, H, T_kv, D]`, `v: [B, H, T_kv, D_v]`,
 /// giving `[B, H, T_q, D_v]` in q's dtype, differentiable in all three.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    apply(q, k, v, CHUNK_SCORES, true)
+    apply(q, k, v, CHUNK_SCORES, true, None)
+}
+
+/// [`attention`] whose value is known already: `out`, computed earlier from the same q, k and v.
+/// A node for the backward pass at the cost of a copy, not of a forward pass (the recomputation of
+/// a checkpointed block, `crate::checkpoint::Memo`).
+pub fn attention_with_output(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor) -> Result<Tensor> {
+    apply(q, k, v, CHUNK_SCORES, true, Some(out.detach()))
 }
 
 /// [`attention`] composed of chunks of at most `max_scores` scores (at least one query row per
 /// chunk) on the CPU too, where it is otherwise fused: tests force chunks smaller than the sequence.
 #[cfg(test)]
 fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize) -> Result<Tensor> {
-    apply(q, k, v, max_scores, false)
+    apply(q, k, v, max_scores, false, None)
 }
 
-fn apply(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize, fused_cpu: bool) -> Result<Tensor> {
+fn apply(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    max_scores: usize,
+    fused_cpu: bool,
+    output: Option<Tensor>,
+) -> Result<Tensor> {
     let (b, h, _, d) = q.dims4()?;
     let (kb, kh, tkv, kd) = k.dims4()?;
     let (vb, vh, vt, _) = v.dims4()?;
@@ -53,6 +68,18 @@ fn apply(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize, fused_cpu: bool)
             v.dtype()
         );
     }
+    if let Some(o) = &output {
+        let expected = [b, h, q.dim(2)?, v.dim(3)?];
+        if o.dims() != expected || o.dtype() != q.dtype() {
+            bail!(
+                "attention: a known output of {:?} ({:?}) for q {:?}, v {:?}",
+                o.dims(),
+                o.dtype(),
+                q.dims(),
+                v.dims()
+            );
+        }
+    }
     q.apply_op3(
         k,
         v,
@@ -60,6 +87,7 @@ fn apply(q: &Tensor, k: &Tensor, v: &Tensor, max_scores: usize, fused_cpu: bool)
             scale: 1.0 / (d as f64).sqrt(),
             max_scores,
             fused_cpu,
+            output,
         },
     )
 }
@@ -69,6 +97,8 @@ struct ChunkedAttention {
     max_scores: usize,
     /// On the CPU, f32: the fused kernels of [`attention_cpu`] instead of chunks.
     fused_cpu: bool,
+    /// The forward pass's result, known beforehand ([`attention_with_output`]).
+    output: Option<Tensor>,
 }
 
 impl ChunkedAttention {
@@ -129,6 +159,20 @@ impl ChunkedAttention {
 }
 
 impl ChunkedAttention {
+    /// A copy of the known output's storage, if there is one (its shape was checked in `apply`).
+    fn known<S>(&self, unwrap: fn(Storage) -> Option<S>) -> Result<Option<(S, Shape)>> {
+        let Some(o) = &self.output else { return Ok(None) };
+        let o = if o.is_contiguous() && o.layout().start_offset() == 0 {
+            o.clone()
+        } else {
+            o.affine(1.0, 0.0)?
+        };
+        match unwrap(copy_out(&o)?) {
+            Some(s) => Ok(Some((s, o.shape().clone()))),
+            None => bail!("attention: the known output lies on another device than q"),
+        }
+    }
+
     /// f32 inputs, each contiguous: the fused CPU kernel, reading them in place.
     fn fused_cpu(&self, inputs: [(&CpuStorage, &Layout); 3]) -> Option<(CpuStorage, Shape)> {
         if !self.fused_cpu {
@@ -196,6 +240,12 @@ impl CustomOp3 for ChunkedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let Some(known) = self.known(|s| match s {
+            Storage::Cpu(s) => Some(s),
+            _ => None,
+        })? {
+            return Ok(known);
+        }
         if let Some(fused) = self.fused_cpu([(s1, l1), (s2, l2), (s3, l3)]) {
             return Ok(fused);
         }
@@ -215,6 +265,12 @@ impl CustomOp3 for ChunkedAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if let Some(known) = self.known(|s| match s {
+            Storage::Cuda(s) => Some(s),
+            _ => None,
+        })? {
+            return Ok(known);
+        }
         self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cuda, |s| match s {
             Storage::Cuda(s) => Some(s),
             _ => None,
@@ -352,12 +408,18 @@ mod tests {
         };
         let (want, want_grads) = run(&inputs.clone().map(|x| x.to_dtype(DType::F32).unwrap()), &naive)?;
         let chunked = |q: &Tensor, k: &Tensor, v: &Tensor| attention_chunked(q, k, v, b * h * tkv * rows);
+        // The output computed once, untracked, then given as known: the node's gradients.
+        let known = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            let out = attention(&q.detach(), &k.detach(), &v.detach())?;
+            attention_with_output(q, k, v, &out)
+        };
         for (how, f) in [
             (
                 "chunked",
                 &chunked as &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
             ),
             ("fused", &attention),
+            ("known", &known),
         ] {
             let (out, grads) = run(&inputs, f)?;
             assert_close(&format!("{what} {how} out"), &out, &want, dtype)?;
@@ -383,6 +445,19 @@ mod tests {
     fn matches_the_naive_composition_f16() -> Result<()> {
         check([2, 3, 10, 7, 8, 8], 3, DType::F16)?;
         check([1, 2, 16, 5, 4, 6], 7, DType::F16)
+    }
+
+    #[test]
+    fn a_known_output_of_another_shape_is_refused() -> Result<()> {
+        let (q, k, v) = (
+            random(&[1, 2, 5, 4], 1)?,
+            random(&[1, 2, 3, 4], 2)?,
+            random(&[1, 2, 3, 6], 3)?,
+        );
+        let wrong = random(&[1, 2, 5, 4], 4)?;
+        let e = attention_with_output(&q, &k, &v, &wrong).unwrap_err().to_string();
+        assert!(e.contains("[1, 2, 5, 4]") && e.contains("known output"), "{e}");
+        Ok(())
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! transformer blocks of the down and up blocks at the largest token counts are checkpointed
 //! (`crate::checkpoint`).
 use crate::activation::{gelu_erf, silu};
-use crate::checkpoint::{checkpoint, Checkpointable};
+use crate::attention::{attention, attention_with_output};
+use crate::checkpoint::{checkpoint, Checkpointable, Memo};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
@@ -88,7 +89,9 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `memo`: inside a checkpointed block, where the attention's output is kept for the
+    /// recomputation.
+    fn forward(&self, x: &Tensor, context: &Tensor, memo: Option<&Memo>) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
         let heads = |y: Tensor| -> Result<Tensor> {
@@ -102,9 +105,12 @@ impl Attention {
         );
         // Chunked, recomputing its probabilities for the backward pass: composed of tensor ops,
         // the [b, heads, t, t] scores' intermediates are kept for autograd (1.7 GB each at 768 px).
-        let out = crate::attention::attention(&q, &k, &v)?
-            .transpose(1, 2)?
-            .reshape((b, t, w))?;
+        // In a checkpointed block's recomputation, its output is read back, not computed again.
+        let out = match memo {
+            Some(memo) => memo.memoised(|| attention(&q, &k, &v), |o| attention_with_output(&q, &k, &v, o))?,
+            None => attention(&q, &k, &v)?,
+        };
+        let out = out.transpose(1, 2)?.reshape((b, t, w))?;
         self.to_out.forward(&out)
     }
 }
@@ -171,7 +177,7 @@ impl SpatialTransformer {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, context: &Tensor, memo: Option<&Memo>) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
         let hs = self.norm.forward(x)?;
         let hs = match &self.proj_in {
@@ -179,8 +185,8 @@ impl SpatialTransformer {
             Projection::Conv(conv) => to_tokens(&conv.forward(&hs)?)?,
         };
         let n1 = self.norm1.forward(&hs)?;
-        let hs = (&hs + self.attn1.forward(&n1, &n1)?)?;
-        let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context)?)?;
+        let hs = (&hs + self.attn1.forward(&n1, &n1, memo)?)?;
+        let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context, memo)?)?;
         let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
         let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
         let hs = (&hs + self.ff_out.forward(&(a * gelu_erf(&gate)?)?)?)?;
@@ -193,8 +199,8 @@ impl SpatialTransformer {
 }
 
 impl Checkpointable for SpatialTransformer {
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        SpatialTransformer::forward(self, x, context)
+    fn forward(&self, x: &Tensor, context: &Tensor, memo: Option<&Memo>) -> Result<Tensor> {
+        SpatialTransformer::forward(self, x, context, memo)
     }
 }
 
@@ -217,14 +223,15 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `checkpoint_tokens`: [`CHECKPOINT_TOKENS`], or another threshold in tests.
+    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, checkpoint_tokens: usize) -> Result<Tensor> {
         let x = self.resnet.forward(x, temb)?;
         match &self.attention {
             // Checkpointed where a gradient flows (a learning step) and the block is large: a
             // transformer block holds most of the UNet's activations, ~0.5 GB each at 768 px, and
-            // the recomputation costs one more forward of it.
-            Some(a) if b_tokens(&x)? > CHECKPOINT_TOKENS => checkpoint(a, &x, context),
-            Some(a) => a.forward(&x, context),
+            // the recomputation costs one more forward of it, less its attention (`Memo`).
+            Some(a) if b_tokens(&x)? > checkpoint_tokens => checkpoint(a, &x, context),
+            Some(a) => a.forward(&x, context, None),
             None => Ok(x),
         }
     }
@@ -245,6 +252,7 @@ pub struct UNet {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     config: UnetConfig,
+    checkpoint_tokens: usize,
 }
 
 impl UNet {
@@ -325,6 +333,7 @@ impl UNet {
             conv_norm_out: group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: conv3(vb.pp("conv_out"), ch[0], c.out_channels, 1)?,
             config: c.clone(),
+            checkpoint_tokens: CHECKPOINT_TOKENS,
         })
     }
 
@@ -346,7 +355,7 @@ impl UNet {
         let mut skips = vec![h.clone()];
         for block in &self.down {
             for l in &block.layers {
-                h = l.forward(&h, &temb, context)?;
+                h = l.forward(&h, &temb, context, self.checkpoint_tokens)?;
                 skips.push(h.clone());
             }
             if let Some(conv) = &block.resample {
@@ -355,12 +364,12 @@ impl UNet {
             }
         }
         h = self.mid.0.forward(&h, &temb)?;
-        h = self.mid.1.forward(&h, context)?;
+        h = self.mid.1.forward(&h, context, None)?;
         h = self.mid.2.forward(&h, &temb)?;
         for block in &self.up {
             for l in &block.layers {
                 let skip = skips.pop().expect("one skip per up layer");
-                h = l.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, context)?;
+                h = l.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, context, self.checkpoint_tokens)?;
             }
             if let Some(conv) = &block.resample {
                 let (_, _, hh, ww) = h.dims4()?;
@@ -368,5 +377,53 @@ impl UNet {
             }
         }
         self.conv_out.forward(&silu(&self.conv_norm_out.forward(&h)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::max_diff;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// Two levels, cross-attention at the first, random (Kaiming) weights.
+    fn tiny() -> (VarMap, UnetConfig) {
+        let config = serde_json::from_str(
+            r#"{"in_channels": 4, "out_channels": 4, "block_out_channels": [16, 32],
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                "layers_per_block": 1, "cross_attention_dim": 12, "attention_head_dim": [2, 4],
+                "norm_num_groups": 4, "use_linear_projection": true}"#,
+        )
+        .unwrap();
+        (VarMap::new(), config)
+    }
+
+    /// The loss's value and its gradient in the conditioning, with every transformer block
+    /// checkpointed (its attention memoised) and with none: the same up to float reordering.
+    #[test]
+    fn checkpointed_blocks_give_the_plain_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let (map, config) = tiny();
+        let mut unet = UNet::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &config)?;
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev)?;
+        let target = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev)?;
+        let context = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 5, 12), &dev)?)?;
+        let mut run = |threshold: usize| -> Result<(f32, Tensor)> {
+            unet.checkpoint_tokens = threshold;
+            let loss = (unet.forward(&x, &[500.0], context.as_tensor())? - &target)?
+                .sqr()?
+                .mean_all()?;
+            let grads = loss.backward()?;
+            Ok((loss.to_scalar()?, grads.get(context.as_tensor()).unwrap().clone()))
+        };
+        let (plain, plain_grad) = run(usize::MAX)?;
+        let (ck, ck_grad) = run(0)?;
+        assert!((plain - ck).abs() < 1e-6 * plain.abs().max(1.0), "{plain} vs {ck}");
+        let scale = plain_grad.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(scale > 0.0);
+        assert!(max_diff(&plain_grad, &ck_grad) < 1e-5 * scale.max(1.0));
+        Ok(())
     }
 }
