@@ -67,6 +67,10 @@ DEFAULTS = dict(
                     # per position) | z (minus mean, over std per position + the maps' global std)
     tta="none",     # test-time augmentation: none | flip (mean of the maps of the photo and its
                     # h-flip, v-flip, 180° turn, each turned back)
+    mnorm="none",   # per-memory-patch normalisation by its own nearest distance to the other shots'
+                    # patches (d_m): none | sub (d(t, m*) - mbeta * d_m*, m* the nearest) | min
+                    # (min over m of d(t, m) - mbeta * d_m) | div (d(t, m*) / (d_m* + mean d_m))
+    mbeta=1.0,
 )
 
 
@@ -297,11 +301,20 @@ def patch_features(c, path, t=None, ph=None):
 
 
 # ---------------------------------------------------------------- scoring
-def nn_scores(mem, q, knn):
+def nn_scores(mem, q, knn, dm=None, how="none", beta=1.0):
     q = F.normalize(q, dim=1)
     out = []
     for i in range(0, q.shape[0], 4096):
         s = q[i:i + 4096] @ mem.T
+        if how == "min":
+            out.append(1 - 2 * (0.5 - (0.5 * s + beta * dm[None]).max(1).values))
+            continue
+        if how in ("sub", "div"):
+            j = s.argmax(1)
+            d = 0.5 * (1 - s.gather(1, j[:, None])[:, 0])
+            d = d - beta * dm[j] if how == "sub" else d / (dm[j] + dm.mean())
+            out.append(1 - 2 * d)
+            continue
         if knn == 1:
             out.append(s.max(1).values)
         else:
@@ -355,10 +368,21 @@ def image_score(smooth, agg):
 UNDO = {None: None, Image.FLIP_LEFT_RIGHT: [3], Image.FLIP_TOP_BOTTOM: [2], Image.ROTATE_180: [2, 3]}
 
 
-def smoothed_map(c, mem, p, t=None):
+def memory_own_distance(per_shot):
+    """Each memory patch's nearest distance to the patches of the other shots."""
+    mems = [F.normalize(f, dim=1) for f in per_shot]
+    out = []
+    for i, m in enumerate(mems):
+        rest = torch.cat([o for j, o in enumerate(mems) if j != i])
+        out.append(torch.cat([0.5 * (1 - (m[a:a + 4096] @ rest.T).max(1).values)
+                              for a in range(0, m.shape[0], 4096)]))
+    return torch.cat(out)
+
+
+def smoothed_map(c, mem, p, t=None, dm=None):
     """The photo's (transformed by t) smoothed map at input resolution, turned back."""
     f, (gh, gw), (H, W), dt = patch_features(c, p, t)
-    d = nn_scores(mem, f, c["knn"]).view(1, 1, gh, gw)
+    d = nn_scores(mem, f, c["knn"], dm, c["mnorm"] if dm is not None else "none", c["mbeta"]).view(1, 1, gh, gw)
     if c["self"] != "none":
         d = combine_self(d.flatten(), self_scores(f, gh, gw, c["srad"]), c["self"]).view(1, 1, gh, gw)
     sm = gauss_blur(F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False), c["sigma"])
@@ -376,6 +400,7 @@ def run(c, cat, k, seed, pix=True):
                 feats.append(patch_features(c, p, t, ph)[0])
         per_shot.append(torch.cat(feats))
     mem = F.normalize(torch.cat(per_shot), dim=1)
+    dm = memory_own_distance(per_shot) if c["mnorm"] != "none" and k > 1 else None
     mu = sd = None
     if c["lnorm"] != "none" and k > 1:
         loo = []
@@ -390,7 +415,7 @@ def run(c, cat, k, seed, pix=True):
     for p, anomalous, mask in test:
         t0 = time.perf_counter()
         ts = AUGS["flip"] if c["tta"] == "flip" else [None]
-        maps = [smoothed_map(c, mem, p, t) for t in ts]
+        maps = [smoothed_map(c, mem, p, t, dm) for t in ts]
         sm = torch.stack([m for m, _ in maps]).mean(0)
         dt = sum(d for _, d in maps)
         t_fwd += dt
