@@ -103,7 +103,7 @@ pub type TchResult<T> = std::result::Result<T, TchError>;
 
 /// `nn.Linear`, with or without a bias.
 pub struct Linear {
-    weight_t: Tensor,
+    weight: Tensor,
     bias: Option<Tensor>,
 }
 
@@ -113,17 +113,15 @@ impl Linear {
     }
     /// With other tensor names (`nn.MultiheadAttention`'s packed `in_proj_weight`).
     pub fn named(w: &Prefixed, weight: &str, bias: Option<&str>, inp: usize, out: usize) -> Result<Self> {
-        // A transposed view of the loaded weight, not a copy.
-        let weight_t = w.get(weight, &[out, inp])?.f_tr().map_err(err)?;
+        let weight = w.get(weight, &[out, inp])?;
         let bias = bias.map(|b| w.get(b, &[out])).transpose()?;
-        Ok(Self { weight_t, bias })
+        Ok(Self { weight, bias })
     }
+    /// libtorch's `linear`, as `F.linear`: on a contiguous batch of tokens one `addmm` with the
+    /// bias folded in, so no second activation-sized tensor for the bias (a product then an add
+    /// made two, and with a gradient to take both were fresh pages at every layer).
     pub fn forward(&self, x: &Tensor) -> TchResult<Tensor> {
-        let y = x.f_matmul(&self.weight_t)?;
-        match &self.bias {
-            Some(b) => y.f_add(b),
-            None => Ok(y),
-        }
+        x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
 

@@ -93,7 +93,9 @@ impl Projection {
 /// `[b, c, h, w]` → `[b, h·w, c]`.
 fn to_tokens(x: &Tensor) -> TchResult<Tensor> {
     let (b, c, h, w) = x.size4()?;
-    x.f_reshape([b, c, h * w])?.f_transpose(1, 2)
+    // Laid out token-major, as diffusers' `permute(0, 2, 3, 1).reshape(…)`: the projection and
+    // the layer norms after it read it row by row.
+    x.f_reshape([b, c, h * w])?.f_transpose(1, 2)?.f_contiguous()
 }
 
 /// `[b, h·w, c]` → `[b, c, h, w]`.
