@@ -29,6 +29,13 @@ pub enum Row {
     Img2ImgStep,
 }
 
+impl Row {
+    /// Whether the row runs the diffusion model (`--sd`).
+    pub fn is_diffusion(self) -> bool {
+        matches!(self, Row::Unet | Row::LearnStep(_) | Row::Img2ImgStep)
+    }
+}
+
 impl std::str::FromStr for Row {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

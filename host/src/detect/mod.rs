@@ -78,7 +78,8 @@ impl Method {
             Method::Visual
         }
     }
-    pub(crate) fn needs_diffusion(self) -> bool {
+    /// Whether the method learns concepts on Stable Diffusion (`ti`, `adp`, …).
+    pub fn needs_diffusion(self) -> bool {
         !matches!(self, Method::Winclip | Method::Visual)
     }
     /// Whether the method runs on CLIP (all but `visual`).

@@ -162,6 +162,10 @@ fn in_child(a: &Args, row: Row, plugin: &str) -> anyhow::Result<RowTiming> {
 }
 
 fn child(a: &Args, rows: &[Row]) -> anyhow::Result<()> {
+    // As `adp fit` does for concept learning, whose parts these rows time.
+    if rows.iter().any(|r| r.is_diffusion()) {
+        crate::elementwise::share_for_one_caller();
+    }
     let plugin = a.plugins.first().expect("clap gives a default plugin");
     let backend = a.dirs.find(plugin)?;
     let backbone = match rows.contains(&Row::Visual) {

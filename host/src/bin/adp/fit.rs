@@ -60,8 +60,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let backend = a.models.backend()?;
     let method = a.method.unwrap_or(a.models.default_method());
+    if method.needs_diffusion() {
+        crate::elementwise::share_for_one_caller();
+    }
+    let backend = a.models.backend()?;
     if method.needs_clip() && a.models.clip.is_none() {
         anyhow::bail!("--method {method} needs --clip DIR");
     }

@@ -4,6 +4,7 @@ mod allocator;
 mod bench;
 mod common;
 mod diffusion_check;
+mod elementwise;
 mod embed;
 mod eval;
 mod fit;

@@ -1,0 +1,41 @@
+//! candle's element-wise pool for the commands that run one stream of large tensors.
+//!
+//! The candle plugin keeps candle's process-wide pool for large element-wise maps empty unless
+//! `CANDLE_NUM_THREADS` is set (`backends/candle/src/threads.rs`): beside concurrent callers,
+//! as in `adp score`/`adp eval` workers and the async service, that pool serialises their maps
+//! and spins on the cores their own pools need. Concept learning is one caller on large tensors,
+//! and candle's backward pass sums every gradient edge with such maps (`GradStore`: a zero tensor
+//! and an add per edge), one thread each without the pool: SD 2.1 at 768 px, `adp bench --rows
+//! learn-step-1`, the backward part 40.4 s without it, 34.7 s with it on 2 cores.
+
+/// For a command running the diffusion model as one caller: sizes candle's pool to the threads
+/// rayon would use (`RAYON_NUM_THREADS`, else every core) unless the user chose
+/// `CANDLE_NUM_THREADS`. Must run before the plugin is loaded (it reads the variable once) and
+/// while this is the only thread.
+pub fn share_for_one_caller() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_some() {
+        return;
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    /// One test, since it changes this process's environment: chosen from rayon's count, then
+    /// left alone once set.
+    #[test]
+    fn sizes_the_pool_unless_the_user_chose() {
+        std::env::remove_var("CANDLE_NUM_THREADS");
+        std::env::set_var("RAYON_NUM_THREADS", "3");
+        super::share_for_one_caller();
+        assert_eq!(std::env::var("CANDLE_NUM_THREADS").as_deref(), Ok("3"));
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+        super::share_for_one_caller();
+        assert_eq!(std::env::var("CANDLE_NUM_THREADS").as_deref(), Ok("1"));
+    }
+}
