@@ -10,7 +10,7 @@
 //! passes run fused instead ([`attention_cpu`]: blocks of scores in the cores' caches); the chunks
 //! of candle ops serve the GPUs.
 use crate::attention_cpu;
-use crate::storage::copy_out;
+use crate::storage::copy_out_view;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
@@ -162,12 +162,7 @@ impl ChunkedAttention {
     /// A copy of the known output's storage, if there is one (its shape was checked in `apply`).
     fn known<S>(&self, unwrap: fn(Storage) -> Option<S>) -> Result<Option<(S, Shape)>> {
         let Some(o) = &self.output else { return Ok(None) };
-        let o = if o.is_contiguous() && o.layout().start_offset() == 0 {
-            o.clone()
-        } else {
-            o.affine(1.0, 0.0)?
-        };
-        match unwrap(copy_out(&o)?) {
+        match unwrap(copy_out_view(o)?) {
             Some(s) => Ok(Some((s, o.shape().clone()))),
             None => bail!("attention: the known output lies on another device than q"),
         }

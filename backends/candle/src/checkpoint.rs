@@ -9,7 +9,7 @@
 //! diffusers' `enable_gradient_checkpointing` does). The price is one more forward of the block,
 //! less what the block keeps in its [`Memo`]: the attention's outputs, most of a transformer
 //! block's arithmetic at 9216 tokens and a few MB each, are not computed again.
-use crate::storage::{copy_out, wrap};
+use crate::storage::{copy_out_view, wrap};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Storage, Tensor, Var,
@@ -111,14 +111,7 @@ impl<B: Checkpointable> Checkpoint<B> {
     /// block's intermediates die here.
     fn forward_storage(&self, s1: Storage, l1: &Layout, s2: Storage, l2: &Layout) -> Result<(Storage, Shape)> {
         let y = self.block.forward(&wrap(s1, l1)?, &wrap(s2, l2)?, Some(&self.memo))?;
-        // `copy_out` reads the output's buffer from offset 0 as contiguous; any other view is
-        // copied into a fresh tensor first (a contiguous view at offset 0 reads right as it is).
-        let y = if y.is_contiguous() && y.layout().start_offset() == 0 {
-            y
-        } else {
-            y.affine(1.0, 0.0)?
-        };
-        Ok((copy_out(&y)?, y.shape().clone()))
+        Ok((copy_out_view(&y)?, y.shape().clone()))
     }
 }
 

@@ -31,3 +31,13 @@ pub(crate) fn copy_out(y: &Tensor) -> Result<Storage> {
         Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
     })
 }
+
+/// [`copy_out`] for any view: one that is not contiguous from offset 0 is first copied into a
+/// fresh tensor (a contiguous view at offset 0 reads right as it is).
+pub(crate) fn copy_out_view(y: &Tensor) -> Result<Storage> {
+    if y.is_contiguous() && y.layout().start_offset() == 0 {
+        copy_out(y)
+    } else {
+        copy_out(&y.affine(1.0, 0.0)?)
+    }
+}

@@ -37,5 +37,7 @@ mod tests {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
         super::share_for_one_caller();
         assert_eq!(std::env::var("CANDLE_NUM_THREADS").as_deref(), Ok("1"));
+        std::env::remove_var("CANDLE_NUM_THREADS");
+        std::env::remove_var("RAYON_NUM_THREADS");
     }
 }
