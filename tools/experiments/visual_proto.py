@@ -71,6 +71,16 @@ DEFAULTS = dict(
                     # patches (d_m): none | sub (d(t, m*) - mbeta * d_m*, m* the nearest) | min
                     # (min over m of d(t, m) - mbeta * d_m) | div (d(t, m*) / (d_m* + mean d_m))
     mbeta=1.0,
+    ens="none",     # a second backbone (lite0 | lite2) whose smoothed map is averaged with the first's
+    ensw=0.5,       # the second backbone's weight in that average
+    disc=0.0,       # > 0: SimpleNet-style discriminator on the L2-normalised support patches against
+                    # copies with Gaussian noise of this std per dimension; score = its output
+                    # (mixed with the NN distance by dmix)
+    dsteps=300,     # its full-batch Adam steps
+    dmix=1.0,       # weight of the discriminator's score (z-scored over the support) against the
+                    # NN distance's (1 = discriminator only)
+    white=0.0,      # > 0: patch features whitened by the support patches' covariance, shrunk
+                    # toward its mean eigenvalue by this fraction (1 = no whitening, only centring)
 )
 
 
@@ -211,10 +221,10 @@ def photometric(im, ph):
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 
-def raw_features(model_name, path, inp, side, t=None, pnorm=0, ph=None):
+def raw_features(model_name, path, inp, side, t=None, pnorm=0, ph=None, upto=4):
     """Stage outputs (list, float16, [C, h, w]) of the photo (transformed by t after resizing),
     cached; plus the forward time in seconds."""
-    pn = (f"|pn{pnorm}" if pnorm else "") + (f"|ph{ph}" if ph else "")
+    pn = (f"|pn{pnorm}" if pnorm else "") + (f"|ph{ph}" if ph else "") + ("" if upto <= 4 else "|g5" if upto == 5 else f"|g{upto}")
     key = hashlib.sha1(f"{model_name}|{path}|{'sq' if inp == 'sq' else 'ar'}|{side}|{t}{pn}".encode()).hexdigest()
     f = os.path.join(CACHE, key[:2], key + ".pt")
     if os.path.exists(f):
@@ -226,9 +236,9 @@ def raw_features(model_name, path, inp, side, t=None, pnorm=0, ph=None):
     im = photometric(im, ph)
     x = to_tensor(im, pnorm)
     t0 = time.perf_counter()
-    st = stages_of(model_name, x)
+    st = stages_of(model_name, x, upto=max(upto, 4))
     dt = time.perf_counter() - t0
-    r = {"stages": [s[0].half() for s in st[1:5]], "size": (x.shape[2], x.shape[3]), "time": dt}
+    r = {"stages": [s[0].half() for s in st[1:max(upto, 4) + 1]], "size": (x.shape[2], x.shape[3]), "time": dt}
     os.makedirs(os.path.dirname(f), exist_ok=True)
     torch.save(r, f)
     return r
@@ -283,7 +293,8 @@ def tile_stage_features(c, path, t=None):
 
 def patch_features(c, path, t=None, ph=None):
     """[h*w, D] float32 patch features on the stride-`grid` grid of the input, and (h, w), input size."""
-    r = tile_stage_features(c, path, t) if c["inp"] == "tiles" else raw_features(c["model"], path, c["inp"], c["side"], t, c["pnorm"], ph)
+    upto = max(int(v) for v in c["stages"].split("-"))
+    r = tile_stage_features(c, path, t) if c["inp"] == "tiles" else raw_features(c["model"], path, c["inp"], c["side"], t, c["pnorm"], ph, upto)
     H, W = r["size"]
     gh, gw = -(-H // c["grid"]), -(-W // c["grid"])
     maps = []
@@ -382,14 +393,46 @@ def memory_own_distance(per_shot):
 def smoothed_map(c, mem, p, t=None, dm=None):
     """The photo's (transformed by t) smoothed map at input resolution, turned back."""
     f, (gh, gw), (H, W), dt = patch_features(c, p, t)
+    if c.get("_wt") is not None:
+        f = (f - c["_wt"][0]) @ c["_wt"][1]
     d = nn_scores(mem, f, c["knn"], dm, c["mnorm"] if dm is not None else "none", c["mbeta"]).view(1, 1, gh, gw)
+    if c.get("_disc") is not None:
+        net, (mu_n, sd_n), (mu_d, sd_d) = c["_disc"]
+        with torch.no_grad():
+            a = -net(F.normalize(f, dim=1))[:, 0].view(1, 1, gh, gw)
+        w = c["dmix"]
+        d = w * (a - mu_d) / sd_d + (1 - w) * (d - mu_n) / sd_n
     if c["self"] != "none":
         d = combine_self(d.flatten(), self_scores(f, gh, gw, c["srad"]), c["self"]).view(1, 1, gh, gw)
     sm = gauss_blur(F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False), c["sigma"])
     return (sm.flip(UNDO[t]) if UNDO[t] else sm), dt
 
 
+def train_disc(mem, c, seed):
+    """A 2-layer discriminator (normal > 0.5, noisy < -0.5, truncated L1 as SimpleNet), and the
+    mean/std of its anomaly score and of the NN distance over the support patches (the NN
+    distance of a support patch to the other shots' patches) for mixing."""
+    torch.manual_seed(seed)
+    D = mem.shape[1]
+    net = torch.nn.Sequential(torch.nn.Linear(D, 512), torch.nn.LeakyReLU(0.2), torch.nn.Linear(512, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, weight_decay=1e-5)
+    with torch.enable_grad():
+        for _ in range(c["dsteps"]):
+            noisy = mem + c["disc"] * torch.randn_like(mem)
+            loss = F.relu(0.5 - net(mem)).mean() + F.relu(0.5 + net(noisy)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        a = -net(mem)[:, 0]
+    n = 0.5 * (1 - (mem @ mem.T).fill_diagonal_(-1).max(1).values)
+    return net, (n.mean(), n.std() + 1e-6), (a.mean(), a.std() + 1e-6)
+
+
 def run(c, cat, k, seed, pix=True):
+    if c["ens"] != "none":
+        return run_ensemble(c, cat, k, seed, pix)
     train, test = load_category(cat)
     shots = [train[i] for i in splitmix_draw(len(train), k, seed)]
     per_shot = []
@@ -399,7 +442,18 @@ def run(c, cat, k, seed, pix=True):
             for ph in PHOTS[c["phot"]]:
                 feats.append(patch_features(c, p, t, ph)[0])
         per_shot.append(torch.cat(feats))
+    wt = None
+    if c["white"] > 0:
+        allf = torch.cat(per_shot)
+        mu_f = allf.mean(0, keepdim=True)
+        cov = torch.cov((allf - mu_f).T)
+        ev, evec = torch.linalg.eigh(cov)
+        ev = (1 - c["white"]) * ev.clamp_min(0) + c["white"] * ev.mean()
+        wt = (mu_f, evec / ev.sqrt())
+        per_shot = [(f - mu_f) @ wt[1] for f in per_shot]
+    c["_wt"] = wt
     mem = F.normalize(torch.cat(per_shot), dim=1)
+    c["_disc"] = train_disc(mem, c, seed) if c["disc"] > 0 else None
     dm = memory_own_distance(per_shot) if c["mnorm"] != "none" and k > 1 else None
     mu = sd = None
     if c["lnorm"] != "none" and k > 1:
@@ -442,6 +496,33 @@ def run(c, cat, k, seed, pix=True):
     px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
     n = len(test)
     return dict(img=img, pix=px, fwd_ms=1000 * t_fwd / n, nn_ms=1000 * t_nn / n, mem=mem.shape[0])
+
+
+def memory_of(c, shots):
+    return F.normalize(torch.cat([patch_features(c, p, t)[0] for p in shots for t in AUGS[c["aug"]]]), dim=1)
+
+
+def run_ensemble(c, cat, k, seed, pix):
+    """The weighted mean of two backbones' smoothed maps (each its own memory); no other option."""
+    train, test = load_category(cat)
+    shots = [train[i] for i in splitmix_draw(len(train), k, seed)]
+    cs = [dict(c, ens="none"), dict(c, ens="none", model=c["ens"])]
+    mems = [memory_of(ci, shots) for ci in cs]
+    ws = [1 - c["ensw"], c["ensw"]]
+    scores, labels, pix_s, pix_l = [], [], [], []
+    for p, anomalous, mask in test:
+        sm = sum(w * smoothed_map(ci, m, p)[0] for w, ci, m in zip(ws, cs, mems))
+        scores.append(image_score(sm, c["agg"]))
+        labels.append(anomalous)
+        if pix and cat != "bottle":
+            PW, PH = Image.open(p).size
+            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
+            gt = np.asarray(Image.open(mask).convert("L")) > 0 if mask is not None else np.zeros((PH, PW), bool)
+            pix_s.append(m.numpy()[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+            pix_l.append(gt[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+    img = 100 * roc_auc_score(labels, scores)
+    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
+    return dict(img=img, pix=px, fwd_ms=0.0, nn_ms=0.0, mem=mems[0].shape[0])
 
 
 def main():
