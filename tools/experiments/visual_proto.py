@@ -73,6 +73,7 @@ DEFAULTS = dict(
     mbeta=1.0,
     ens="none",     # a second backbone (lite0 | lite2) whose smoothed map is averaged with the first's
     ensw=0.5,       # the second backbone's weight in that average
+    w5=1.0,         # weight of block group 5's (and 6's) features in the concatenation
     disc=0.0,       # > 0: SimpleNet-style discriminator on the L2-normalised support patches against
                     # copies with Gaussian noise of this std per dimension; score = its output
                     # (mixed with the NN distance by dmix)
@@ -304,7 +305,7 @@ def patch_features(c, path, t=None, ph=None):
             m = F.avg_pool2d(m, c["pool"], stride=1, padding=c["pool"] // 2, count_include_pad=False)
         if m.shape[-2:] != (gh, gw):
             m = F.interpolate(m, size=(gh, gw), mode="bilinear", align_corners=False)
-        maps.append(m)
+        maps.append(m * c["w5"] if s >= 5 else m)
     f = torch.cat(maps, 1)[0]
     if c["fnorm"]:
         f = f - f.mean((1, 2), keepdim=True)
