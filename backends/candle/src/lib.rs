@@ -5,7 +5,8 @@ mod activation;
 mod attention;
 mod attention_cpu;
 mod checkpoint;
-mod conv_cpu;
+/// Public for `examples/conv_rate.rs`, which times it against PyTorch's convolution.
+pub mod conv_cpu;
 mod convert;
 mod diffuser;
 pub mod diffusion;

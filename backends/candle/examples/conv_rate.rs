@@ -1,0 +1,56 @@
+//! GFLOP/s of adp's CPU convolution (`conv_cpu`: im2col tiles and `gemm` products), forward and
+//! input gradient, at the 3×3 shapes that dominate the VAE encoder (768 px) and the SD 2.1 UNet
+//! (768 px: a 96×96 latent); `tools/bench/conv_rate.py` times PyTorch's (oneDNN) at the same
+//! shapes and threads. Where candle's diffusion rows trail PyTorch's, this is the part measured.
+//!
+//!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example conv_rate
+use adp_backend_candle::conv_cpu::{conv2d, conv2d_input_grad};
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+/// `(what, in channels, out channels, side, stride)`, kernel 3×3, padding 1, batch 1.
+const SHAPES: [(&str, usize, usize, usize, usize); 8] = [
+    ("VAE encoder 768 px, 128 ch", 128, 128, 768, 1),
+    ("VAE encoder 384 px, 256 ch", 256, 256, 384, 1),
+    ("VAE encoder 192 px, 512 ch", 512, 512, 192, 1),
+    ("VAE encoder 96 px, 512 ch", 512, 512, 96, 1),
+    ("UNet 96×96, 320 ch", 320, 320, 96, 1),
+    ("UNet 48×48, 640 ch", 640, 640, 48, 1),
+    ("UNet 24×24, 1280 ch", 1280, 1280, 24, 1),
+    ("VAE downsampling 768 px, stride 2", 128, 128, 768, 2),
+];
+
+/// Seconds per call, the median of `reps` after one warm-up.
+fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
+    f()?;
+    let mut t = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f().map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[reps / 2])
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (what, c, o, side, stride) in SHAPES {
+        let x = Tensor::randn(0f32, 1.0, (1, c, side, side), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (o, c, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 0.05, o, &dev)?;
+        let y = conv2d(&x, &w, Some(&b), 1, stride, 1)?.expect("the CPU f32 path");
+        let fwd = time(5, || conv2d(&x, &w, Some(&b), 1, stride, 1).map(drop))?;
+        let dx = time(5, || conv2d_input_grad(&y, &w, (side, side), 1, stride, 1).map(drop))?;
+        let (oh, ow) = (y.dims()[2], y.dims()[3]);
+        let gflop = 2.0 * (c * o * 9 * oh * ow) as f64 / 1e9;
+        println!(
+            "{what:36} forward {:8.1} ms {:6.1} GFLOP/s   input gradient {:8.1} ms {:6.1} GFLOP/s",
+            fwd * 1e3,
+            gflop / fwd,
+            dx * 1e3,
+            gflop / dx
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+"""GFLOP/s of PyTorch's CPU convolution (oneDNN), forward and input gradient, at the shapes of
+backends/candle/examples/conv_rate.rs (same shapes, same thread count, medians of 5 after one
+warm-up), to put adp's candle convolution next to it.
+
+    /root/.cache/adp/golden-venv/bin/python tools/bench/conv_rate.py --threads 2
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [
+    ("VAE encoder 768 px, 128 ch", 128, 128, 768, 1),
+    ("VAE encoder 384 px, 256 ch", 256, 256, 384, 1),
+    ("VAE encoder 192 px, 512 ch", 512, 512, 192, 1),
+    ("VAE encoder 96 px, 512 ch", 512, 512, 96, 1),
+    ("UNet 96×96, 320 ch", 320, 320, 96, 1),
+    ("UNet 48×48, 640 ch", 640, 640, 48, 1),
+    ("UNet 24×24, 1280 ch", 1280, 1280, 24, 1),
+    ("VAE downsampling 768 px, stride 2", 128, 128, 768, 2),
+]
+
+
+def median_time(f, reps=5):
+    f()
+    t = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        f()
+        t.append(time.perf_counter() - start)
+    return statistics.median(t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for what, c, o, side, stride in SHAPES:
+        x = torch.randn(1, c, side, side)
+        w, b = torch.randn(o, c, 3, 3) * 0.05, torch.randn(o) * 0.05
+        with torch.inference_mode():
+            fwd = median_time(lambda: F.conv2d(x, w, b, stride, 1))
+        # The input gradient alone, as the frozen UNet's backward pass needs it.
+        xg = x.clone().requires_grad_(True)
+        y = F.conv2d(xg, w, b, stride, 1)
+        gy = torch.randn_like(y)
+        dx = median_time(lambda: torch.autograd.grad(y, xg, gy, retain_graph=True))
+        gflop = 2 * c * o * 9 * y.shape[2] * y.shape[3] / 1e9
+        print(f"{what:36} forward {fwd * 1e3:8.1f} ms {gflop / fwd:6.1f} GFLOP/s   "
+              f"input gradient {dx * 1e3:8.1f} ms {gflop / dx:6.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
