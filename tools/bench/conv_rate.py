@@ -1,26 +1,20 @@
 """GFLOP/s of PyTorch's CPU convolution (oneDNN), forward and input gradient, at the shapes of
-backends/candle/examples/conv_rate.rs (same shapes, same thread count, medians of 5 after one
-warm-up), to put adp's candle convolution next to it.
+backends/candle/examples/conv_rate.rs (both read tools/bench/conv_shapes.json; the same thread
+count, medians of 5 after one warm-up), to put adp's candle convolution next to it.
 
     /root/.cache/adp/golden-venv/bin/python tools/bench/conv_rate.py --threads 2
 """
 import argparse
+import json
+import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-SHAPES = [
-    ("VAE encoder 768 px, 128 ch", 128, 128, 768, 1),
-    ("VAE encoder 384 px, 256 ch", 256, 256, 384, 1),
-    ("VAE encoder 192 px, 512 ch", 512, 512, 192, 1),
-    ("VAE encoder 96 px, 512 ch", 512, 512, 96, 1),
-    ("UNet 96×96, 320 ch", 320, 320, 96, 1),
-    ("UNet 48×48, 640 ch", 640, 640, 48, 1),
-    ("UNet 24×24, 1280 ch", 1280, 1280, 24, 1),
-    ("VAE downsampling 768 px, stride 2", 128, 128, 768, 2),
-]
+# [what, in channels, out channels, side, stride], shared with the Rust example.
+SHAPES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_shapes.json")))
 
 
 def median_time(f, reps=5):

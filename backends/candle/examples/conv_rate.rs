@@ -8,17 +8,9 @@ use adp_backend_candle::conv_cpu::{conv2d, conv2d_input_grad};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
-/// `(what, in channels, out channels, side, stride)`, kernel 3×3, padding 1, batch 1.
-const SHAPES: [(&str, usize, usize, usize, usize); 8] = [
-    ("VAE encoder 768 px, 128 ch", 128, 128, 768, 1),
-    ("VAE encoder 384 px, 256 ch", 256, 256, 384, 1),
-    ("VAE encoder 192 px, 512 ch", 512, 512, 192, 1),
-    ("VAE encoder 96 px, 512 ch", 512, 512, 96, 1),
-    ("UNet 96×96, 320 ch", 320, 320, 96, 1),
-    ("UNet 48×48, 640 ch", 640, 640, 48, 1),
-    ("UNet 24×24, 1280 ch", 1280, 1280, 24, 1),
-    ("VAE downsampling 768 px, stride 2", 128, 128, 768, 2),
-];
+/// `[what, in channels, out channels, side, stride]`, kernel 3×3, padding 1, batch 1: the shapes
+/// `tools/bench/conv_rate.py` times too.
+const SHAPES: &str = include_str!("../../../tools/bench/conv_shapes.json");
 
 /// Seconds per call, the median of `reps` after one warm-up.
 fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
@@ -35,7 +27,9 @@ fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_c
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (what, c, o, side, stride) in SHAPES {
+    let shapes: Vec<(String, usize, usize, usize, usize)> =
+        serde_json::from_str(SHAPES).expect("tools/bench/conv_shapes.json");
+    for (what, c, o, side, stride) in shapes {
         let x = Tensor::randn(0f32, 1.0, (1, c, side, side), &dev)?;
         let w = Tensor::randn(0f32, 0.05, (o, c, 3, 3), &dev)?;
         let b = Tensor::randn(0f32, 0.05, o, &dev)?;
