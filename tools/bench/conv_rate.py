@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 # [what, in channels, out channels, side, stride], shared with the Rust example.
-SHAPES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_shapes.json")))
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_shapes.json")) as f:
+    SHAPES = json.load(f)
 
 
 def median_time(f, reps=5):

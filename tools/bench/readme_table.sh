@@ -12,7 +12,8 @@
 # venv's). About 30 minutes on 2 cores.
 set -euo pipefail
 [ $# -eq 4 ] || { sed -n 2,13p "$0"; exit 2; }
-clip=$1 sd=$2 sd_base=$3 photos=$4
+# Absolute before the cd to the repository root, so relative arguments keep meaning what they did.
+clip=$(realpath "$1") sd=$(realpath "$2") sd_base=$(realpath "$3") photos=$(realpath "$4")
 cd "$(dirname "$0")/../.."
 py=${ADP_PEER_PYTHON:-/root/.cache/adp/golden-venv/bin/python}
 run() {

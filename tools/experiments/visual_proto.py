@@ -411,8 +411,8 @@ def smoothed_map(c, mem, p, t=None, dm=None):
 
 def train_disc(mem, c, seed):
     """A 2-layer discriminator (normal > 0.5, noisy < -0.5, truncated L1 as SimpleNet), and the
-    mean/std of its anomaly score and of the NN distance over the support patches (the NN
-    distance of a support patch to the other shots' patches) for mixing."""
+    mean/std over the support patches of its anomaly score and of the NN distance (each support
+    patch's distance to its nearest other support patch, its own photo's included), for mixing."""
     torch.manual_seed(seed)
     D = mem.shape[1]
     net = torch.nn.Sequential(torch.nn.Linear(D, 512), torch.nn.LeakyReLU(0.2), torch.nn.Linear(512, 1))
@@ -429,6 +429,30 @@ def train_disc(mem, c, seed):
         a = -net(mem)[:, 0]
     n = 0.5 * (1 - (mem @ mem.T).fill_diagonal_(-1).max(1).values)
     return net, (n.mean(), n.std() + 1e-6), (a.mean(), a.std() + 1e-6)
+
+
+def evaluate(test, cat, pix, agg, map_of):
+    """Image and pixel AUROC (%) of the smoothed maps `map_of(photo)` ([1, 1, H, W] at input
+    resolution) over the test set; pixel AUROC over every PIX_STRIDE-th pixel of the masks'
+    resolution (nan for the bottle, or without `pix`)."""
+    scores, labels, pix_s, pix_l = [], [], [], []
+    for p, anomalous, mask in test:
+        sm = map_of(p)
+        scores.append(image_score(sm, agg))
+        labels.append(anomalous)
+        if pix and cat != "bottle":
+            PW, PH = Image.open(p).size
+            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
+            if mask is not None:
+                gt = np.asarray(Image.open(mask).convert("L")) > 0
+                assert gt.shape == (PH, PW), (mask, gt.shape, PH, PW)
+            else:
+                gt = np.zeros((PH, PW), bool)
+            pix_s.append(m.numpy()[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+            pix_l.append(gt[::PIX_STRIDE, ::PIX_STRIDE].ravel())
+    img = 100 * roc_auc_score(labels, scores)
+    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
+    return img, px
 
 
 def run(c, cat, k, seed, pix=True):
@@ -465,9 +489,10 @@ def run(c, cat, k, seed, pix=True):
         loo = torch.cat(loo)
         mu = loo.mean(0, keepdim=True)
         sd = loo.std(0, keepdim=True) + loo.std() if c["lnorm"] == "z" else None
-    scores, labels, pix_s, pix_l = [], [], [], []
     t_fwd = t_nn = 0.0
-    for p, anomalous, mask in test:
+
+    def final_map(p):
+        nonlocal t_fwd, t_nn
         t0 = time.perf_counter()
         ts = AUGS["flip"] if c["tta"] == "flip" else [None]
         maps = [smoothed_map(c, mem, p, t, dm) for t in ts]
@@ -481,20 +506,9 @@ def run(c, cat, k, seed, pix=True):
                 sm = sm / sd
         if c["center"]:
             sm = sm - sm.median()
-        scores.append(image_score(sm, c["agg"]))
-        labels.append(anomalous)
-        if pix and cat != "bottle":
-            PW, PH = Image.open(p).size
-            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
-            if mask is not None:
-                gt = np.asarray(Image.open(mask).convert("L")) > 0
-                assert gt.shape == (PH, PW), (mask, gt.shape, PH, PW)
-            else:
-                gt = np.zeros((PH, PW), bool)
-            pix_s.append(m.numpy()[::PIX_STRIDE, ::PIX_STRIDE].ravel())
-            pix_l.append(gt[::PIX_STRIDE, ::PIX_STRIDE].ravel())
-    img = 100 * roc_auc_score(labels, scores)
-    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
+        return sm
+
+    img, px = evaluate(test, cat, pix, c["agg"], final_map)
     n = len(test)
     return dict(img=img, pix=px, fwd_ms=1000 * t_fwd / n, nn_ms=1000 * t_nn / n, mem=mem.shape[0])
 
@@ -510,19 +524,8 @@ def run_ensemble(c, cat, k, seed, pix):
     cs = [dict(c, ens="none"), dict(c, ens="none", model=c["ens"])]
     mems = [memory_of(ci, shots) for ci in cs]
     ws = [1 - c["ensw"], c["ensw"]]
-    scores, labels, pix_s, pix_l = [], [], [], []
-    for p, anomalous, mask in test:
-        sm = sum(w * smoothed_map(ci, m, p)[0] for w, ci, m in zip(ws, cs, mems))
-        scores.append(image_score(sm, c["agg"]))
-        labels.append(anomalous)
-        if pix and cat != "bottle":
-            PW, PH = Image.open(p).size
-            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
-            gt = np.asarray(Image.open(mask).convert("L")) > 0 if mask is not None else np.zeros((PH, PW), bool)
-            pix_s.append(m.numpy()[::PIX_STRIDE, ::PIX_STRIDE].ravel())
-            pix_l.append(gt[::PIX_STRIDE, ::PIX_STRIDE].ravel())
-    img = 100 * roc_auc_score(labels, scores)
-    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
+    img, px = evaluate(test, cat, pix, c["agg"],
+                       lambda p: sum(w * smoothed_map(ci, m, p)[0] for w, ci, m in zip(ws, cs, mems)))
     return dict(img=img, pix=px, fwd_ms=0.0, nn_ms=0.0, mem=mems[0].shape[0])
 
 

@@ -24,7 +24,6 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 import visual_proto as vp
 
@@ -71,40 +70,20 @@ def vit_map(mem, path, layer):
     return vp.gauss_blur(F.interpolate(d, size=(224, 224), mode="bilinear", align_corners=False), 4.0)
 
 
-def loo_scale(per_shot):
-    """Mean NN distance of each shot's patches to the other shots' patches."""
-    out = []
-    for i, m in enumerate(per_shot):
-        rest = torch.cat([o for j, o in enumerate(per_shot) if j != i])
-        out.append(0.5 * (1 - (m @ rest.T).max(1).values))
-    return float(torch.cat(out).mean())
-
-
 def run(cat, k, seed, layer, aug, w_vit=None):
     train, test = vp.load_category(cat)
     shots = [train[i] for i in vp.splitmix_draw(len(train), k, seed)]
     per_v = [F.normalize(torch.cat([tokens(p, t, layer) for t in vp.AUGS[aug]]), dim=1) for p in shots]
     mem_v = torch.cat(per_v)
-    if w_vit is not None:
-        c = vp.parse_config("base")
-        per_l = [F.normalize(vp.patch_features(c, p)[0], dim=1) for p in shots]
-        mem_l, sl, sv = torch.cat(per_l), loo_scale(per_l), loo_scale(per_v)
-    scores, labels, pix_s, pix_l = [], [], [], []
-    for p, anomalous, mask in test:
-        sm = vit_map(mem_v, p, layer)
-        if w_vit is not None:
-            sm = w_vit * sm / sv + (1 - w_vit) * vp.smoothed_map(c, mem_l, p)[0] / sl
-        scores.append(float(sm.max()))
-        labels.append(anomalous)
-        if cat != "bottle":
-            PW, PH = Image.open(p).size
-            m = F.interpolate(sm, size=(PH, PW), mode="bilinear", align_corners=False)[0, 0]
-            gt = np.asarray(Image.open(mask).convert("L")) > 0 if mask else np.zeros((PH, PW), bool)
-            pix_s.append(m.numpy()[::vp.PIX_STRIDE, ::vp.PIX_STRIDE].ravel())
-            pix_l.append(gt[::vp.PIX_STRIDE, ::vp.PIX_STRIDE].ravel())
-    img = 100 * roc_auc_score(labels, scores)
-    px = 100 * roc_auc_score(np.concatenate(pix_l), np.concatenate(pix_s)) if pix_s else float("nan")
-    return img, px
+    if w_vit is None:
+        return vp.evaluate(test, cat, True, "max", lambda p: vit_map(mem_v, p, layer))
+    # Each map over its support's mean leave-one-shot-out NN distance, so that the two add alike.
+    c = vp.parse_config("base")
+    per_l = [vp.patch_features(c, p)[0] for p in shots]
+    mem_l = F.normalize(torch.cat(per_l), dim=1)
+    sl, sv = float(vp.memory_own_distance(per_l).mean()), float(vp.memory_own_distance(per_v).mean())
+    return vp.evaluate(test, cat, True, "max", lambda p: w_vit * vit_map(mem_v, p, layer) / sv
+                       + (1 - w_vit) * vp.smoothed_map(c, mem_l, p)[0] / sl)
 
 
 def main():
