@@ -53,6 +53,13 @@ fn rows_run(plugin: &str) {
     for r in &rows {
         assert_eq!(r["plugin"], plugin, "{r}");
         assert!(r["ms"].as_f64().is_some_and(f64::is_finite), "{r}");
+        // CPU time per item: a process total, never negative, except img2img's (a difference of
+        // medians, as its `ms`).
+        let cpu = r["cpu_ms"].as_f64();
+        match r["row"].as_str() {
+            Some("img2img-step") => assert!(cpu.is_some_and(f64::is_finite), "{r}"),
+            _ => assert!(cpu.is_some_and(|c| c.is_finite() && c >= 0.0), "{r}"),
+        }
         if cfg!(target_os = "linux") {
             assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
         }

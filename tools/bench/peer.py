@@ -82,6 +82,24 @@ def timed(fn):
     return out, (time.perf_counter() - t) * 1e3
 
 
+def cpu_ms():
+    # This process's CPU time so far, user + system over every thread (as adp's `cpu_ms`).
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return (r.ru_utime + r.ru_stime) * 1e3
+
+
+def median_times(fn, repeats):
+    """Median wall and CPU milliseconds of `repeats` runs of fn, after one untimed warm-up (as
+    adp's rows)."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c = cpu_ms()
+        walls.append(timed(fn)[1])
+        cpus.append(cpu_ms() - c)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def visual(a):
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite_pytorch.utils import round_repeats
@@ -210,11 +228,10 @@ def clip(a):
     }
     fn, per, items = work[a.row]
     with torch.inference_mode():
-        fn()
-        ms = statistics.median(timed(fn)[1] for _ in range(a.repeats))
+        ms, cpu = median_times(fn, a.repeats)
     return [{
         "row": a.row, "plugin": "pytorch", "runtime": f"torch {torch.__version__}, open_clip {open_clip.__version__}",
-        "per": per, "items": items, "repeats": a.repeats, "ms": ms / items,
+        "per": per, "items": items, "repeats": a.repeats, "ms": ms / items, "cpu_ms": cpu / items,
         "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
     }]
 
@@ -328,8 +345,13 @@ def diffusion(a):
            "repeats": a.repeats, "size": size}
 
     def median_ms(fn):
-        fn()  # warm-up, as adp's rows
-        return statistics.median(timed(fn)[1] for _ in range(a.repeats))
+        return median_times(fn, a.repeats)[0]
+
+    def main_row(fn, items=1):
+        # The row's own time, with its CPU time (the parts below are wall time only, as adp's).
+        ms, cpu = median_times(fn, a.repeats)
+        row["cpu_ms"] = cpu / items
+        return ms / items
 
     if a.row == "unet":
         row["per"] = "call"
@@ -337,7 +359,7 @@ def diffusion(a):
             z = torch.randn(1, channels, side, side, generator=gen(1))
             cond = d.conditioning(["a photo of a bottle"])
             ts = torch.tensor([t])
-            row["ms"] = median_ms(lambda: d.unet(z, ts, encoder_hidden_states=cond).sample)
+            row["ms"] = main_row(lambda: d.unet(z, ts, encoder_hidden_states=cond).sample)
     elif a.row.startswith("learn-step-"):
         b = int(a.row.rsplit("-", 1)[1])
         files = list_images(a.images)
@@ -348,7 +370,7 @@ def diffusion(a):
         prompts = [f"a photo of a {Diffusion.PLACEHOLDER}"] * b
         ts = torch.full((b,), t, dtype=torch.int64)
         row["items"] = b
-        row["ms"] = median_ms(lambda: d.learn_step(images, prompts, concept, ts, noise)) / b
+        row["ms"] = main_row(lambda: d.learn_step(images, prompts, concept, ts, noise), b)
         # The same parts as adp's row: VAE encoding, a UNet forward without gradients on the same
         # batch, and the rest (text encoder, the forward's bookkeeping, the backward pass).
         with torch.inference_mode():
@@ -358,13 +380,13 @@ def diffusion(a):
         row["parts"] = {"vae_encode": vae, "unet_forward": unet, "text_and_backward": row["ms"] - vae - unet}
     else:
         image = photos(list_images(a.images)[:1], size)
-        ms = {}
+        ms, cpu = {}, {}
         with torch.inference_mode():
             for steps in (1, 2):
-                ms[steps] = median_ms(lambda: d.img2img(image, "a photo of a damaged bottle", "", 1.0, 7.5,
-                                                        steps, 0))
+                ms[steps], cpu[steps] = median_times(
+                    lambda: d.img2img(image, "a photo of a damaged bottle", "", 1.0, 7.5, steps, 0), a.repeats)
         row["parts"] = {"img2img_1_step": ms[1], "img2img_2_steps": ms[2]}
-        row["ms"] = ms[2] - ms[1]
+        row["ms"], row["cpu_ms"] = ms[2] - ms[1], cpu[2] - cpu[1]
     row.update(threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb())
     return [row]
 

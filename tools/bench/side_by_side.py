@@ -3,7 +3,8 @@
 photos at the same thread count, interleaved (per round: the peer, then each adp plugin, row by
 row) so that a slow spell of the machine costs them alike. Prints a markdown table of medians over
 the rounds, each adp time with its ratio to the peer's, and every side's peak resident memory
-(each row runs in a process of its own on both sides).
+(each row runs in a process of its own on both sides); then each side's CPU time per item (user +
+system over all threads) for the rows timed as one call, and the rows' parts.
 
     /root/.cache/adp/golden-venv/bin/python tools/bench/side_by_side.py \\
         --adp target/release/adp --plugin-dir target/release --plugin candle --plugin tch \\
@@ -114,6 +115,24 @@ def main():
             peaks.append(f"{peak:.0f}")
         label = f"{row} @{px}" if px else row
         out.append(f"| {label} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
+    # CPU time (user + system, every thread) per item, where both sides report it: unlike wall
+    # time it leaves out what a virtual machine's CPU was taken away (steal) and what threads sat
+    # idle, so a wall ratio above a CPU ratio says the time went to waiting, not to work.
+    def cpu(row, s):
+        v = [r["cpu_ms"] for r in results.get((row, s), []) if r.get("cpu_ms") is not None]
+        return statistics.median(v) if v else None
+    cpu_rows = [row for row in rows if cpu(row, "pytorch") is not None]
+    if cpu_rows:
+        out += ["", "| row: CPU time | " + " | ".join(f"{s} CPU ms" for s in sides) + " |",
+                "|" + "---|" * (1 + len(sides))]
+    for row in cpu_rows:
+        peer = cpu(row, "pytorch")
+        cells = []
+        for s in sides:
+            v = cpu(row, s)
+            ratio = f" ({v / peer:.2f}x)" if v is not None and peer and s != "pytorch" else ""
+            cells.append("-" if v is None else f"{v:.1f}{ratio}")
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
     # Each row's parts (where both sides report them): medians over the rounds, with ratios.
     parts = [(row, name) for row in rows
              for name in sorted({n for s in sides for r in results.get((row, s), []) for n in r.get("parts", {})})]

@@ -102,6 +102,12 @@ pub struct RowTiming {
     pub ms: f64,
     /// The row's own parts (`features`, `association` for `visual`), per item.
     pub parts: BTreeMap<String, f64>,
+    /// The process's CPU time (user + system, every thread) per item over the same repetitions
+    /// as `ms`, median; for rows timed as one call (CLIP and diffusion rows). Unlike wall time it
+    /// does not count time a virtual machine's CPU was taken away (steal), and beside `ms` it
+    /// tells work from waiting: `cpu_ms` under `threads × ms` is time threads sat idle.
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
     /// The whole process's peak resident memory when the row ended (models loaded included).
     pub peak_rss_mb: Option<f64>,
     /// Input side in pixels where it is a choice (diffusion rows).
@@ -120,16 +126,49 @@ fn need<'a, T>(what: Option<&'a T>, row: Row, flag: &str) -> Result<&'a T> {
     what.ok_or_else(|| Error::invalid("bench", format!("row {row} needs {flag}")))
 }
 
-/// Median milliseconds of `repeats` runs of `f`, after one untimed warm-up.
-fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// This process's CPU time so far, user + system over every thread, in ms.
+fn process_cpu_ms() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the buffer it is given and reads nothing else.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrusage returned 0, so it filled the struct (and it was zeroed before).
+    let u = unsafe { usage.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    Some(ms(u.ru_utime) + ms(u.ru_stime))
+}
+
+/// Medians of wall and CPU milliseconds over repetitions.
+#[derive(Clone, Copy)]
+struct Timed {
+    ms: f64,
+    cpu_ms: Option<f64>,
+}
+
+impl std::ops::Div<f64> for Timed {
+    type Output = Timed;
+    fn div(self, n: f64) -> Timed {
+        Timed {
+            ms: self.ms / n,
+            cpu_ms: self.cpu_ms.map(|c| c / n),
+        }
+    }
+}
+
+/// Median wall and CPU milliseconds of `repeats` runs of `f`, after one untimed warm-up.
+fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timed> {
     f()?;
-    let mut ms = Vec::with_capacity(repeats);
+    let (mut ms, mut cpu) = (Vec::with_capacity(repeats), Vec::with_capacity(repeats));
     for _ in 0..repeats.max(1) {
+        let c = process_cpu_ms();
         let t = Instant::now();
         f()?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
+        cpu.extend(c.zip(process_cpu_ms()).map(|(a, b)| b - a));
     }
-    Ok(median(ms))
+    let cpu_ms = (cpu.len() == ms.len()).then(|| median(cpu));
+    Ok(Timed { ms: median(ms), cpu_ms })
 }
 
 /// Deterministic standard-normal values (latents, noise, a concept vector).
@@ -149,6 +188,7 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
         repeats: i.repeats,
         ms: 0.0,
         parts: BTreeMap::new(),
+        cpu_ms: None,
         peak_rss_mb: None,
         size: None,
     };
@@ -173,7 +213,7 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
             // The photos `visual` scores: all but the support set.
             let (_, photos) = split(&(i.photos)(encoder.dims().image_size)?, i.shots)?;
             out.items = photos.len();
-            let ms = match row {
+            let t = match row {
                 Row::ClipImage => time(i.repeats, || encoder.image_embeddings(&photos).map(drop))?,
                 Row::ClipDense => time(i.repeats, || encoder.dense_features(&photos, &[2, 3]).map(drop))?,
                 _ => {
@@ -186,7 +226,8 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                     time(i.repeats, || encoder.text_embeddings(&prompts).map(drop))?
                 }
             };
-            out.ms = ms / out.items as f64;
+            let t = t / out.items as f64;
+            (out.ms, out.cpu_ms) = (t.ms, t.cpu_ms);
         }
         Row::Unet | Row::LearnStep(_) | Row::Img2ImgStep => {
             let sd = need(i.sd, row, "--sd")?;
@@ -224,7 +265,7 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
             out.per = "step".into();
             let latent = |b: usize, seed| noise(vec![b, dims.latent_channels, side, side], seed);
             let t = (dims.train_timesteps / 2) as u32;
-            out.ms = match row {
+            let t = match row {
                 Row::Unet => {
                     out.per = "call".into();
                     let request = UnetRequest {
@@ -260,9 +301,9 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                         conditioning: diffuser.text_conditioning(&vec![Prompt::plain("a photo of a bottle"); b])?,
                     };
                     let unet = time(i.repeats, || diffuser.unet_prediction(&forward).map(drop))? / b as f64;
-                    out.parts.insert("vae_encode".into(), vae);
-                    out.parts.insert("unet_forward".into(), unet);
-                    out.parts.insert("text_and_backward".into(), step - vae - unet);
+                    out.parts.insert("vae_encode".into(), vae.ms);
+                    out.parts.insert("unet_forward".into(), unet.ms);
+                    out.parts.insert("text_and_backward".into(), step.ms - vae.ms - unet.ms);
                     step
                 }
                 _ => {
@@ -281,11 +322,15 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                     let (one, two) = (request(1), request(2));
                     let t1 = time(i.repeats, || diffuser.img2img(&one).map(drop))?;
                     let t2 = time(i.repeats, || diffuser.img2img(&two).map(drop))?;
-                    out.parts.insert("img2img_1_step".into(), t1);
-                    out.parts.insert("img2img_2_steps".into(), t2);
-                    t2 - t1
+                    out.parts.insert("img2img_1_step".into(), t1.ms);
+                    out.parts.insert("img2img_2_steps".into(), t2.ms);
+                    Timed {
+                        ms: t2.ms - t1.ms,
+                        cpu_ms: t2.cpu_ms.zip(t1.cpu_ms).map(|(b, a)| b - a),
+                    }
                 }
             };
+            (out.ms, out.cpu_ms) = (t.ms, t.cpu_ms);
         }
     }
     out.peak_rss_mb = peak_rss_mb();

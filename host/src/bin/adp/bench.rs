@@ -106,8 +106,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         let ms = median(runs.iter().map(|t| t.ms).collect());
         let peer = *first.entry(row.to_string()).or_insert(ms);
+        let cpu: Vec<f64> = runs.iter().filter_map(|t| t.cpu_ms).collect();
         let mut v = serde_json::to_value(RowTiming {
             ms,
+            cpu_ms: (cpu.len() == runs.len()).then(|| median(cpu)),
             peak_rss_mb: runs.iter().filter_map(|t| t.peak_rss_mb).reduce(f64::max),
             ..last
         })?;
@@ -199,11 +201,11 @@ fn child(a: &Args, rows: &[Row]) -> anyhow::Result<()> {
 
 fn markdown(rows: &[serde_json::Value]) -> String {
     let mut out = String::from(
-        "| row | plugin | ms | per | ratio to first | peak MiB | parts (ms) |\n|---|---|---|---|---|---|---|\n",
+        "| row | plugin | ms | per | ratio to first | CPU ms | peak MiB | parts (ms) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         if let Some(e) = r.get("error") {
-            out += &format!("| {} | {} | failed: {} | | | | |\n", r["row"], r["plugin"], e);
+            out += &format!("| {} | {} | failed: {} | | | | | |\n", r["row"], r["plugin"], e);
             continue;
         }
         let parts = r["parts"]
@@ -216,13 +218,17 @@ fn markdown(rows: &[serde_json::Value]) -> String {
             })
             .unwrap_or_default();
         out += &format!(
-            "| {}{} | {} | {:.1} | {} | {:.2} | {:.0} | {} |\n",
+            "| {}{} | {} | {:.1} | {} | {:.2} | {} | {:.0} | {} |\n",
             r["row"].as_str().unwrap_or("?"),
             r["size"].as_u64().map(|s| format!(" @{s}")).unwrap_or_default(),
             r["plugin"].as_str().unwrap_or("?"),
             r["ms"].as_f64().unwrap_or(f64::NAN),
             r["per"].as_str().unwrap_or("?"),
             r["ratio"].as_f64().unwrap_or(f64::NAN),
+            r["cpu_ms"]
+                .as_f64()
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
             r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
             parts
         );
