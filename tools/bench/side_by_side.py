@@ -115,40 +115,40 @@ def main():
             peaks.append(f"{peak:.0f}")
         label = f"{row} @{px}" if px else row
         out.append(f"| {label} | {per} | " + " | ".join(times) + " | " + " | ".join(peaks) + " |")
+
+    def ratio_cells(value):
+        # One cell per side: value(side) (None where absent), with its ratio to the peer's.
+        peer = value("pytorch")
+        cells = []
+        for s in sides:
+            v = value(s)
+            ratio = f" ({v / peer:.2f}x)" if v is not None and peer and s != "pytorch" else ""
+            cells.append("-" if v is None else f"{v:.1f}{ratio}")
+        return " | ".join(cells)
+
+    def median_of(row, s, field):
+        # Median over the rounds of field(result) for the results that have it.
+        v = [x for x in (field(r) for r in results.get((row, s), [])) if x is not None]
+        return statistics.median(v) if v else None
+
     # CPU time (user + system, every thread) per item, where both sides report it: unlike wall
     # time it leaves out what a virtual machine's CPU was taken away (steal) and what threads sat
     # idle, so a wall ratio above a CPU ratio says the time went to waiting, not to work.
-    def cpu(row, s):
-        v = [r["cpu_ms"] for r in results.get((row, s), []) if r.get("cpu_ms") is not None]
-        return statistics.median(v) if v else None
-    cpu_rows = [row for row in rows if cpu(row, "pytorch") is not None]
+    cpu = lambda r: r.get("cpu_ms")
+    cpu_rows = [row for row in rows if median_of(row, "pytorch", cpu) is not None]
     if cpu_rows:
         out += ["", "| row: CPU time | " + " | ".join(f"{s} CPU ms" for s in sides) + " |",
                 "|" + "---|" * (1 + len(sides))]
     for row in cpu_rows:
-        peer = cpu(row, "pytorch")
-        cells = []
-        for s in sides:
-            v = cpu(row, s)
-            ratio = f" ({v / peer:.2f}x)" if v is not None and peer and s != "pytorch" else ""
-            cells.append("-" if v is None else f"{v:.1f}{ratio}")
-        out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append(f"| {row} | " + ratio_cells(lambda s: median_of(row, s, cpu)) + " |")
     # Each row's parts (where both sides report them): medians over the rounds, with ratios.
     parts = [(row, name) for row in rows
              for name in sorted({n for s in sides for r in results.get((row, s), []) for n in r.get("parts", {})})]
     if parts:
         out += ["", "| row: part | " + " | ".join(f"{s} ms" for s in sides) + " |", "|" + "---|" * (1 + len(sides))]
     for row, name in parts:
-        def part(s):
-            v = [r["parts"][name] for r in results.get((row, s), []) if name in r.get("parts", {})]
-            return statistics.median(v) if v else None
-        peer = part("pytorch")
-        cells = []
-        for s in sides:
-            v = part(s)
-            ratio = f" ({v / peer:.2f}x)" if v is not None and peer and s != "pytorch" else ""
-            cells.append("-" if v is None else f"{v:.1f}{ratio}")
-        out.append(f"| {row}: {name} | " + " | ".join(cells) + " |")
+        part = lambda r: r.get("parts", {}).get(name)
+        out.append(f"| {row}: {name} | " + ratio_cells(lambda s: median_of(row, s, part)) + " |")
     print("\n".join(out))
     print(f"\n{a.threads} threads, {a.rounds} rounds x {a.repeats} repeats, medians; load average "
           f"{os.getloadavg()[0]:.1f} at the end", file=sys.stderr)

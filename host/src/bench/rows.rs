@@ -126,7 +126,14 @@ fn need<'a, T>(what: Option<&'a T>, row: Row, flag: &str) -> Result<&'a T> {
     what.ok_or_else(|| Error::invalid("bench", format!("row {row} needs {flag}")))
 }
 
+/// This process's CPU time so far, user + system over every thread, in ms; `None` off Unix.
+#[cfg(not(unix))]
+fn process_cpu_ms() -> Option<f64> {
+    None
+}
+
 /// This process's CPU time so far, user + system over every thread, in ms.
+#[cfg(unix)]
 fn process_cpu_ms() -> Option<f64> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one `rusage` into the buffer it is given and reads nothing else.
