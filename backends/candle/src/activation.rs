@@ -106,7 +106,7 @@ fn each2(out: &mut [f32], x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32) {
 }
 
 /// The f32 data of a contiguous CPU storage (what [`apply`] and the backward pass hand over).
-fn data<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn data<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(d), Some((start, end))) => Ok(&d[start..end]),
         _ => bail!("{op}: expected a contiguous f32 tensor, got {:?}", storage.dtype()),

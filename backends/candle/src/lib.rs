@@ -14,6 +14,7 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod frozen;
+pub mod geglu;
 mod gemm_view;
 mod math;
 mod nn;

@@ -8,14 +8,15 @@
 //! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and the
 //! transformer blocks of the down and up blocks at the largest token counts are checkpointed
 //! (`crate::checkpoint`).
-use crate::activation::{gelu_erf, silu};
+use crate::activation::silu;
 use crate::attention::{attention, attention_with_output};
 use crate::checkpoint::{checkpoint, Checkpointable, Memo};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
+use crate::geglu::geglu;
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
 use adp_api::layout;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::sync::Arc;
 
@@ -178,7 +179,7 @@ impl SpatialTransformer {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor, memo: Option<&Memo>) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
+        let (_, _, h, w) = x.dims4()?;
         let hs = self.norm.forward(x)?;
         let hs = match &self.proj_in {
             Projection::Linear(l) => l.forward(&to_tokens(&hs)?)?,
@@ -187,9 +188,8 @@ impl SpatialTransformer {
         let n1 = self.norm1.forward(&hs)?;
         let hs = (&hs + self.attn1.forward(&n1, &n1, memo)?)?;
         let hs = (&hs + self.attn2.forward(&self.norm2.forward(&hs)?, context, memo)?)?;
-        let g = self.ff_in.forward(&self.norm3.forward(&hs)?)?;
-        let (a, gate) = (g.narrow(D::Minus1, 0, 4 * c)?, g.narrow(D::Minus1, 4 * c, 4 * c)?);
-        let hs = (&hs + self.ff_out.forward(&(a * gelu_erf(&gate)?)?)?)?;
+        let gated = geglu(&self.ff_in.forward(&self.norm3.forward(&hs)?)?)?;
+        let hs = (&hs + self.ff_out.forward(&gated)?)?;
         let out = match &self.proj_out {
             Projection::Linear(l) => to_map(&l.forward(&hs)?, h, w)?,
             Projection::Conv(conv) => conv.forward(&to_map(&hs, h, w)?)?,
