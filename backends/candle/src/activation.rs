@@ -157,24 +157,15 @@ impl CustomOp2 for Grad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::testing::{assert_close as assert_within, value_and_gradient};
+    use candle_core::Device;
 
     /// Largest allowed |ours − candle's| relative to max(1, |candle's|): candle's GELU goes
     /// through libm's `erff` and ours through [`crate::math`]; both are within a few ulp.
     const TOLERANCE: f32 = 2e-6;
 
     fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-        let (got, want) = (
-            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= TOLERANCE * w.abs().max(1.0),
-                "{what}[{i}]: {g} against {w}"
-            );
-        }
+        assert_within(what, got, want, TOLERANCE)
     }
 
     /// Values over where the functions bend and far into both tails, more than one chunk.
@@ -194,15 +185,10 @@ mod tests {
             fn(&Tensor) -> Result<Tensor>,
         );
         let pairs: [Pair; 2] = [("gelu", gelu_erf, |x| x.gelu_erf()), ("silu", silu, |x| x.silu())];
+        let (x, w) = (inputs(), (inputs().cos().unwrap() + 0.5).unwrap());
         for (name, ours, theirs) in pairs {
-            let x = Var::from_tensor(&inputs()).unwrap();
-            let w = (inputs().cos().unwrap() + 0.5).unwrap();
-            let run = |f: fn(&Tensor) -> Result<Tensor>| {
-                let y = f(x.as_tensor()).unwrap();
-                let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                (y, grads.get(x.as_tensor()).unwrap().clone())
-            };
-            let ((y, dx), (want_y, want_dx)) = (run(ours), run(theirs));
+            let (y, dx) = value_and_gradient(ours, &x, &w);
+            let (want_y, want_dx) = value_and_gradient(theirs, &x, &w);
             assert_close(&format!("{name} value"), &y, &want_y);
             assert_close(&format!("{name} gradient"), &dx, &want_dx);
         }

@@ -149,23 +149,14 @@ mod rows_any {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::testing::{assert_close as assert_within, value_and_gradient};
+    use candle_core::Device;
 
     /// As `crate::activation`'s: both GELUs are within a few ulp of each other.
     const TOLERANCE: f32 = 2e-6;
 
     fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-        assert_eq!(got.dims(), want.dims(), "{what}");
-        let (got, want) = (
-            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= TOLERANCE * w.abs().max(1.0),
-                "{what}[{i}]: {g} against {w}"
-            );
-        }
+        assert_within(what, got, want, TOLERANCE)
     }
 
     /// `[2, rows, 2·half]` over the GELU's bend and tails, more rows than one task holds.
@@ -185,14 +176,10 @@ mod tests {
     #[test]
     fn values_and_gradients_match_candles_ops() {
         for (rows, half) in [(300, 160), (3, 1), (1, 4096)] {
-            let x = Var::from_tensor(&inputs(rows, half)).unwrap();
-            let w = (inputs(rows, half).narrow(D::Minus1, 0, half).unwrap().sin().unwrap() + 0.25).unwrap();
-            let run = |f: fn(&Tensor) -> Result<Tensor>| {
-                let y = f(x.as_tensor()).unwrap();
-                let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                (y, grads.get(x.as_tensor()).unwrap().clone())
-            };
-            let ((y, dx), (want_y, want_dx)) = (run(geglu), run(composed));
+            let x = inputs(rows, half);
+            let w = (x.narrow(D::Minus1, 0, half).unwrap().sin().unwrap() + 0.25).unwrap();
+            let (y, dx) = value_and_gradient(geglu, &x, &w);
+            let (want_y, want_dx) = value_and_gradient(composed, &x, &w);
             assert_close(&format!("value {rows}x{half}"), &y, &want_y);
             assert_close(&format!("gradient {rows}x{half}"), &dx, &want_dx);
         }
