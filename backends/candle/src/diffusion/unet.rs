@@ -5,7 +5,8 @@
 //!
 //! Its layers keep for the backward pass only what the concept's gradient needs: frozen linear and
 //! convolution layers give no weight gradients (`crate::frozen`), each norm is one node
-//! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), and the
+//! (`crate::norm`), attention recomputes its probabilities (`crate::attention`), the
+//! feed-forward's gate is one node keeping only its input (`crate::geglu`), and the
 //! transformer blocks of the down and up blocks at the largest token counts are checkpointed
 //! (`crate::checkpoint`).
 use crate::activation::silu;
