@@ -12,7 +12,9 @@ use rayon::prelude::*;
 use crate::gemm_view::{self, Mat, Threads};
 use crate::math::exp;
 
-/// Most scores one block of query rows holds: 2^17 f32, 512 KiB, half of a Zen 4 core's L2.
+/// Scores one block of query rows holds for heads 64 wide, beyond its least rows: 2^17 f32,
+/// 512 KiB, half of a Zen 4 core's L2. Wider heads do more work per score, so their blocks may
+/// hold proportionally more.
 const BLOCK_SCORES: usize = 1 << 17;
 
 /// Sizes of one attention: `bh` heads × batch, `tq` query and `tk` key rows, `d` the query/key
@@ -46,7 +48,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32, out: &mu
         out.fill(0.0);
         return;
     }
-    let rows = block_rows(tk);
+    let rows = block_rows(tk, d);
     out.par_chunks_mut(tq * dv).enumerate().for_each(|(h, out_h)| {
         let (q_h, k_h, v_h) = (
             &q[h * tq * d..][..tq * d],
@@ -67,10 +69,16 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32, out: &mu
 
 /// Most query rows in a block (the size of a block's array of row sums).
 const MAX_ROWS: usize = 256;
+/// Fewest query rows in a block: each block's products pack all of `k` and `v` (`tk · d` values
+/// each) for `rows · tk · d` multiply-adds, so few rows spend the block on packing. With 16 rows
+/// at 9216 keys (SD 2.1's 96×96 tokens), a 1-head VAE attention at 4096 keys and 32 rows, adp's
+/// attention took 1.6× and 2.7× PyTorch's time (`examples/attention_rate.rs`).
+const MIN_ROWS: usize = 128;
 
-/// Query rows per block for `tk` keys: a block's scores fill about [`BLOCK_SCORES`].
-fn block_rows(tk: usize) -> usize {
-    (BLOCK_SCORES / tk.max(1)).clamp(16, MAX_ROWS)
+/// Query rows per block for `tk` keys `d` wide: a block's scores fill about
+/// [`BLOCK_SCORES`]` · d / 64`, within [`MIN_ROWS`] and [`MAX_ROWS`].
+fn block_rows(tk: usize, d: usize) -> usize {
+    (BLOCK_SCORES * d.max(64) / 64 / tk.max(1)).clamp(MIN_ROWS, MAX_ROWS)
 }
 
 /// One block of `n` query rows: scores into `s`, probabilities in place, then `o = P·v` with each
@@ -116,7 +124,7 @@ pub fn backward(
     assert!(bh * tq * tk * d * dv != 0, "attention backward: empty dims {dims:?}");
     assert!(q.len() == bh * tq * d && k.len() == bh * tk * d && v.len() == bh * tk * dv);
     assert!(o.len() == bh * tq * dv && go.len() == o.len());
-    let rows = block_rows(tk);
+    let rows = block_rows(tk, d);
     let span = tq.div_ceil(rows).div_ceil(rayon::current_num_threads().max(1)) * rows;
     let mut dq = vec![0f32; bh * tq * d];
     let partial: Vec<(usize, Vec<f32>, Vec<f32>)> = dq

@@ -3,7 +3,7 @@
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
 mod activation;
 mod attention;
-mod attention_cpu;
+pub mod attention_cpu;
 mod checkpoint;
 /// Public for `examples/conv_rate.rs`, which times it against PyTorch's convolution.
 pub mod conv_cpu;
