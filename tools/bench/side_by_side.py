@@ -107,7 +107,8 @@ def main():
         for s in sides:
             ms, peak, err = summary(results.get((row, s), [{"error": "no peer for this row"}]))
             if ms is None:
-                times.append(f"- ({err})" if s != "pytorch" else "-")
+                # The peer's failure too (a package missing from its venv, say), not a bare "-".
+                times.append(f"- ({err})")
                 peaks.append("-")
                 continue
             ratio = f" ({ms / peer:.2f}x)" if peer and s != "pytorch" else ""
