@@ -5,35 +5,17 @@ warm-up), to put adp's candle attention next to it.
 
     /root/.cache/adp/golden-venv/bin/python tools/bench/attention_rate.py --threads 2
 """
-import argparse
-import json
-import os
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from rates import median_time, setup, shapes
+
 # [what, batch x heads, query rows, key rows, head width], shared with the Rust example.
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_shapes.json")) as f:
-    SHAPES = json.load(f)
-
-
-def median_time(f, reps=5):
-    f()
-    t = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        f()
-        t.append(time.perf_counter() - start)
-    return statistics.median(t)
+SHAPES = shapes("attention_shapes.json")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    setup(__doc__)
     for what, bh, tq, tk, d in SHAPES:
         q, k, v = (torch.randn(1, bh, t, d) for t in (tq, tk, tk))
         with torch.inference_mode():

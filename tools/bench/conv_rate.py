@@ -4,35 +4,17 @@ count, medians of 5 after one warm-up), to put adp's candle convolution next to 
 
     /root/.cache/adp/golden-venv/bin/python tools/bench/conv_rate.py --threads 2
 """
-import argparse
-import json
-import os
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from rates import median_time, setup, shapes
+
 # [what, in channels, out channels, side, stride], shared with the Rust example.
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_shapes.json")) as f:
-    SHAPES = json.load(f)
-
-
-def median_time(f, reps=5):
-    f()
-    t = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        f()
-        t.append(time.perf_counter() - start)
-    return statistics.median(t)
+SHAPES = shapes("conv_shapes.json")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    setup(__doc__)
     for what, c, o, side, stride in SHAPES:
         x = torch.randn(1, c, side, side)
         w, b = torch.randn(o, c, 3, 3) * 0.05, torch.randn(o) * 0.05
