@@ -378,6 +378,19 @@ mod tests {
 
     /// The reference's gradients are those of `L = Σ go ⊙ out` by central differences (f64).
     #[test]
+    fn blocks_hold_enough_rows_to_pay_for_packing_k_and_v() {
+        // SD 2.1's 96×96 and 64×64 tokens, the VAE's 1-head attention 512 wide, cross-attention.
+        assert_eq!(block_rows(9216, 64), MIN_ROWS);
+        assert_eq!(block_rows(4096, 64), MIN_ROWS);
+        assert_eq!(block_rows(4096, 512), MAX_ROWS);
+        assert_eq!(block_rows(9216, 512), MIN_ROWS); // 2^20 / 9216 = 113 rows of budget
+        assert_eq!(block_rows(77, 64), MAX_ROWS);
+        // Between the bounds the score budget decides (the definition test's 1000 keys: 3 blocks).
+        assert_eq!(block_rows(1000, 64), BLOCK_SCORES / 1000);
+        assert_eq!(block_rows(0, 0), MAX_ROWS);
+    }
+
+    #[test]
     fn the_reference_gradients_are_the_derivatives() {
         let dims = Dims {
             bh: 1,
