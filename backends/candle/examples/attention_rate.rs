@@ -6,26 +6,17 @@
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example attention_rate
 use adp_backend_candle::attention_cpu::{backward, forward, Dims};
-use std::time::Instant;
+use common::time;
 
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[2]
-}
+mod common;
 
-fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/bench/attention_shapes.json");
-    let text = std::fs::read_to_string(path).expect("tools/bench/attention_shapes.json");
+/// `[what, heads × batch, query rows, key rows, head width]`: the shapes
+/// `tools/bench/attention_rate.py` times too.
+const SHAPES: &str = include_str!("../../../tools/bench/attention_shapes.json");
+
+fn main() -> candle_core::Result<()> {
     let shapes: Vec<(String, usize, usize, usize, usize)> =
-        serde_json::from_str(&text).expect("attention_shapes.json: [what, bh, tq, tk, d] rows");
+        serde_json::from_str(SHAPES).expect("tools/bench/attention_shapes.json");
     for (what, bh, tq, tk, d) in shapes {
         let randn = |seed, n| adp_api::rng::normals(seed, n);
         let (q, k, v) = (randn(1, bh * tq * d), randn(2, bh * tk * d), randn(3, bh * tk * d));
@@ -33,8 +24,14 @@ fn main() {
         let dims = Dims { bh, tq, tk, d, dv: d };
         let scale = 1.0 / (d as f32).sqrt();
         let mut o = vec![0f32; bh * tq * d];
-        let fwd = median_ms(|| forward(&q, &k, &v, dims, scale, &mut o));
-        let bwd = median_ms(|| drop(backward(&q, &k, &v, &o, &go, dims, scale)));
+        let fwd = time(5, || {
+            forward(&q, &k, &v, dims, scale, &mut o);
+            Ok(())
+        })? * 1e3;
+        let bwd = time(5, || {
+            backward(&q, &k, &v, &o, &go, dims, scale);
+            Ok(())
+        })? * 1e3;
         let gflop = 2.0 * (bh * tq * tk * d) as f64 / 1e9;
         println!(
             "{what:42} forward {fwd:8.1} ms {:6.1} GFLOP/s   backward {bwd:8.1} ms {:6.1} GFLOP/s",
@@ -42,4 +39,5 @@ fn main() {
             5.0 * gflop / bwd * 1e3
         );
     }
+    Ok(())
 }

@@ -6,24 +6,13 @@
 //!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example conv_rate
 use adp_backend_candle::conv_cpu::{conv2d, conv2d_input_grad};
 use candle_core::{Device, Tensor};
-use std::time::Instant;
+use common::time;
+
+mod common;
 
 /// `[what, in channels, out channels, side, stride]`, kernel 3×3, padding 1, batch 1: the shapes
 /// `tools/bench/conv_rate.py` times too.
 const SHAPES: &str = include_str!("../../../tools/bench/conv_shapes.json");
-
-/// Seconds per call, the median of `reps` after one warm-up.
-fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
-    f()?;
-    let mut t = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f().map(|_| start.elapsed().as_secs_f64())
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[reps / 2])
-}
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;

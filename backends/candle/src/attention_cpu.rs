@@ -376,7 +376,6 @@ mod tests {
         }
     }
 
-    /// The reference's gradients are those of `L = Σ go ⊙ out` by central differences (f64).
     #[test]
     fn blocks_hold_enough_rows_to_pay_for_packing_k_and_v() {
         // SD 2.1's 96×96 and 64×64 tokens, the VAE's 1-head attention 512 wide, cross-attention.
@@ -390,6 +389,7 @@ mod tests {
         assert_eq!(block_rows(0, 0), MAX_ROWS);
     }
 
+    /// The reference's gradients are those of `L = Σ go ⊙ out` by central differences (f64).
     #[test]
     fn the_reference_gradients_are_the_derivatives() {
         let dims = Dims {

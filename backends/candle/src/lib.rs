@@ -3,6 +3,7 @@
 //! EfficientNet-Lite image backbone (`FeatureExtractor`).
 mod activation;
 mod attention;
+/// Public for `examples/attention_rate.rs`, which times it against PyTorch's attention.
 pub mod attention_cpu;
 mod checkpoint;
 /// Public for `examples/conv_rate.rs`, which times it against PyTorch's convolution.
