@@ -7,8 +7,9 @@
 //! weight's gradient in memory (~3.5 GB for SD 2.1) and about a third more backward compute.
 //!
 //! Here the weight is hidden inside a `CustomOp1` applied to the input alone, whose `bwd` returns
-//! the input's gradient only. The bias is added outside the op with `broadcast_add`: its gradient
-//! is one vector per layer, and candle's own backward handles it.
+//! the input's gradient only. The bias is frozen too: the linear op adds it itself, and the
+//! convolution's fallback adds it with [`add_frozen`], so neither gives it a gradient (candle's
+//! add would give its broadcast view one the size of the output and keep it to the end).
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
@@ -16,6 +17,8 @@ use candle_core::{
 };
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use std::sync::Mutex;
+
+use crate::frozen_add::{self, add_broadcast, add_frozen, on_storage};
 
 /// `y = x·Wᵀ + b` over the last dimension of `x`, like `candle_nn::Linear`.
 #[derive(Clone, Debug)]
@@ -102,22 +105,32 @@ impl Module for FrozenLinear {
                 self.weight_t.dtype()
             );
         }
+        if let Some(bias) = &self.bias {
+            let out = self.weight_t.dims2()?.1;
+            if bias.dtype() != x.dtype() || bias.dims() != [out] {
+                bail!(
+                    "frozen linear: bias {:?} {:?} for {out} {:?} outputs",
+                    bias.dtype(),
+                    bias.dims(),
+                    x.dtype()
+                );
+            }
+        }
         // The op multiplies the input as one `(rows, in_dim)` matrix, which needs it contiguous
         // (candle-nn's Linear takes the same single-matmul path for contiguous inputs).
-        let y = x.contiguous()?.apply_op1(LinearOp {
+        x.contiguous()?.apply_op1(LinearOp {
             weight_t: self.weight_t.clone(),
-        })?;
-        match &self.bias {
-            None => Ok(y),
-            Some(bias) => y.broadcast_add(bias),
-        }
+            bias: self.bias.clone(),
+        })
     }
 }
 
-/// `x·Wᵀ` with the gradient for `x` only.
+/// `x·Wᵀ + b` with the gradient for `x` only. The bias is added inside the op: as a separate
+/// add it would get a gradient the size of the output (`crate::frozen_add`).
 struct LinearOp {
     /// `(in, out)`.
     weight_t: Tensor,
+    bias: Option<Tensor>,
 }
 
 impl LinearOp {
@@ -158,35 +171,43 @@ impl LinearOp {
     }
 }
 
+impl LinearOp {
+    /// The product, then the bias, on the storages `pick` finds (the input's device).
+    fn fwd_on<B: BackendStorage<Device = D>, D: BackendDevice<Storage = B>>(
+        &self,
+        x: &B,
+        layout: &Layout,
+        pick: fn(&Storage) -> Option<&B>,
+    ) -> Result<(B, Shape)> {
+        let (y, shape) = on_storage(&self.weight_t, "frozen linear: the weight", pick, |w, wl| {
+            self.fwd(x, layout, w, wl)
+        })?;
+        match &self.bias {
+            None => Ok((y, shape)),
+            Some(b) => on_storage(b, "frozen linear: the bias", pick, |b, bl| {
+                add_broadcast(&y, &Layout::contiguous(shape), b, bl)
+            }),
+        }
+    }
+}
+
 impl CustomOp1 for LinearOp {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (w, w_layout) = self.weight_t.storage_and_layout();
-        match &*w {
-            Storage::Cpu(w) => self.fwd(x, layout, w, w_layout),
-            _ => bail!("frozen linear: the weight is not on the input's device"),
-        }
+        self.fwd_on(x, layout, frozen_add::cpu)
     }
 
     // Without the `cuda`/`metal` features candle's storages here are dummies whose ops return
     // "not compiled with ..." errors, so these are written once for both builds.
     fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (w, w_layout) = self.weight_t.storage_and_layout();
-        match &*w {
-            Storage::Cuda(w) => self.fwd(x, layout, w, w_layout),
-            _ => bail!("frozen linear: the weight is not on the input's device"),
-        }
+        self.fwd_on(x, layout, frozen_add::cuda)
     }
 
     fn metal_fwd(&self, x: &MetalStorage, layout: &Layout) -> Result<(MetalStorage, Shape)> {
-        let (w, w_layout) = self.weight_t.storage_and_layout();
-        match &*w {
-            Storage::Metal(w) => self.fwd(x, layout, w, w_layout),
-            _ => bail!("frozen linear: the weight is not on the input's device"),
-        }
+        self.fwd_on(x, layout, frozen_add::metal)
     }
 
     /// `dL/dx = dL/dy · W`, the rows flattened as in the forward pass.
@@ -300,7 +321,7 @@ impl Module for FrozenConv2d {
             y
         };
         match &self.bias {
-            Some(bias) if !with_bias => y.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+            Some(bias) if !with_bias => add_frozen(&y, &bias.reshape((1, bias.dims1()?, 1, 1))?),
             _ => Ok(y),
         }
     }
@@ -522,6 +543,13 @@ mod tests {
             let dx = frozen.get(&x).expect("input gradient");
             assert!(max_diff(dx, plain.get(&x).unwrap()) < TOL);
             assert!(plain.get(&wt).is_some(), "candle keeps the frozen weight's gradient");
+            // Both keep the gradient of the constant `r`; candle's add keeps the bias's too.
+            let out_sized = |g: &candle_core::backprop::GradStore| {
+                g.get_ids()
+                    .filter(|id| g.get_id(**id).unwrap().dims() == out_dims.as_slice())
+                    .count()
+            };
+            assert_eq!((out_sized(&frozen), out_sized(&plain)), (1, 2), "{dims:?}");
             assert!(frozen.get(&w).is_none());
             assert!(
                 !holds_shape(&frozen, &[&[7, 5], &[5, 7]]),

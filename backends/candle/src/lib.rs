@@ -15,6 +15,7 @@ pub mod efficientnet;
 mod encoder;
 mod features;
 mod frozen;
+mod frozen_add;
 pub mod geglu;
 mod gemm_view;
 mod math;

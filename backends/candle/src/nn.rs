@@ -40,7 +40,7 @@ impl Module for LayerNorm {
 pub fn attention_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let mut s = scores.to_dtype(DType::F32)?;
     if let Some(mask) = mask {
-        s = s.broadcast_add(mask)?;
+        s = crate::frozen_add::add_frozen(&s, mask)?;
     }
     candle_nn::ops::softmax(&s, D::Minus1)?.to_dtype(scores.dtype())
 }

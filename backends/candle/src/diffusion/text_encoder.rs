@@ -3,6 +3,7 @@
 //! which Stable Diffusion's UNet cross-attends to.
 use crate::convert::err;
 use crate::frozen::{linear, FrozenLinear as Linear};
+use crate::frozen_add::add_frozen;
 use crate::nn::{layer_norm, substitute, LayerNorm};
 use adp_api::config::diffusion::TextEncoderConfig;
 use adp_api::layout::{causal_mask, Substitution};
@@ -102,7 +103,7 @@ impl TextEncoder {
     fn run(&self, s: &Substitution, slots: &[Vec<Tensor>]) -> Result<Tensor> {
         let (p, c) = (s.prompts, s.context);
         let x = substitute(&self.token_embedding, s, slots)?.reshape((p, c, ()))?;
-        let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, c)?)?;
+        let mut x = add_frozen(&x, &self.position_embedding.narrow(0, 0, c)?)?;
         let mask = self.mask.narrow(0, 0, c)?.narrow(D::Minus1, 0, c)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;

@@ -13,6 +13,7 @@ use crate::activation::silu;
 use crate::attention::{attention, attention_with_output};
 use crate::checkpoint::{checkpoint, Checkpointable, Memo};
 use crate::frozen::{conv2d, linear, linear_no_bias, FrozenConv2d as Conv2d, FrozenLinear as Linear};
+use crate::frozen_add::add_frozen;
 use crate::geglu::geglu;
 use crate::norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 use adp_api::config::diffusion::UnetConfig;
@@ -61,9 +62,7 @@ impl Resnet {
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
         let t = self.time_emb_proj.forward(&silu(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = self
-            .conv2
-            .forward(&silu(&self.norm2.forward(&h.broadcast_add(&t)?)?)?)?;
+        let h = self.conv2.forward(&silu(&self.norm2.forward(&add_frozen(&h, &t)?)?)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),

@@ -2,6 +2,7 @@
 //! `ln_final`, `text_projection`) with concept vectors substituted at placeholder positions.
 use super::transformer::Transformer;
 use crate::convert::err;
+use crate::frozen_add::add_frozen;
 use crate::nn::{layer_norm, substitute, LayerNorm};
 use adp_api::layout::{causal_mask, Substitution};
 use adp_api::tokenizer::Tokens;
@@ -53,7 +54,7 @@ impl TextTransformer {
     }
 
     fn run(&self, s: &Substitution, ends: &[u32], slots: &[Vec<Tensor>]) -> Result<Tensor> {
-        let x = self.embed_tokens(s, slots)?.broadcast_add(&self.positional_embedding)?;
+        let x = add_frozen(&self.embed_tokens(s, slots)?, &self.positional_embedding)?;
         let x = self.transformer.forward(&x, Some(&self.causal_mask), None)?;
         let pooled = x.flatten_to(1)?.index_select(&Tensor::new(ends, x.device())?, 0)?;
         self.ln_final.forward(&pooled)?.matmul(&self.text_projection)
