@@ -123,7 +123,7 @@ impl CustomOp1 for AddFrozen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::max_diff;
+    use crate::testing::{max_diff, weighted_sum_grads};
     use candle_core::{DType, Device, Var};
 
     fn randn(dims: &[usize]) -> Tensor {
@@ -144,8 +144,8 @@ mod tests {
             let a = add_frozen(&x, &c).unwrap();
             let b = x.broadcast_add(&c).unwrap();
             assert_eq!(max_diff(&a, &b), 0.0, "{xd:?} + {cd:?}");
-            let ga = a.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = b.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = weighted_sum_grads(&a, &r);
+            let gb = weighted_sum_grads(&b, &r);
             assert_eq!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()), 0.0);
             let x_sized = |g: &candle_core::backprop::GradStore| {
                 g.get_ids().filter(|id| g.get_id(**id).unwrap().dims() == xd).count()
@@ -160,14 +160,7 @@ mod tests {
     fn the_plain_add_where_no_gradient_is_wanted_for_x_alone() {
         let (x, c) = (randn(&[2, 3]), Var::from_tensor(&randn(&[3])).unwrap());
         let r = randn(&[2, 3]);
-        let g = add_frozen(&x, &c)
-            .unwrap()
-            .mul(&r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g = weighted_sum_grads(&add_frozen(&x, &c).unwrap(), &r);
         // c tracks: its gradient is the product summed over the broadcast rows.
         assert!(max_diff(g.get(&c).unwrap(), &r.sum(0).unwrap()) < 1e-6);
         assert!(!add_frozen(&x, &randn(&[3])).unwrap().track_op());

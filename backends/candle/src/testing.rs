@@ -1,4 +1,5 @@
 //! Helpers the unit tests of the custom ops share.
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 
 /// The largest absolute difference between two tensors of the same shape, compared in f32.
@@ -41,4 +42,9 @@ pub fn value_and_gradient(f: fn(&Tensor) -> Result<Tensor>, x: &Tensor, weight: 
     let grads = (&y * weight).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = grads.get(x.as_tensor()).unwrap().clone();
     (y, dx)
+}
+
+/// The gradients of `sum(y · weight)`: a loss that weighs every element of `y` differently.
+pub fn weighted_sum_grads(y: &Tensor, weight: &Tensor) -> GradStore {
+    y.mul(weight).unwrap().sum_all().unwrap().backward().unwrap()
 }
