@@ -42,5 +42,37 @@ fn main() -> candle_core::Result<()> {
             );
         }
     }
+    // A frozen linear layer's input gradient `dy · W` (`frozen::LinearOp::bwd`), with the weight
+    // stored `[in, out]` as the layer keeps it: plain, and as `(Wᵀ · dyᵀ)ᵀ`, the form taken below
+    // `FEW_ROWS` rows. `(rows, in, out)`.
+    for (rows, i, o) in [
+        (77, 1024, 4096),
+        (77, 4096, 1024),
+        (77, 1024, 1024),
+        (256, 1280, 10240),
+        (4096, 320, 2560),
+        (4096, 1280, 320),
+    ] {
+        let wt = Tensor::randn(0f32, 1.0, (i, o), &dev)?;
+        let dy = Tensor::randn(0f32, 1.0, (rows, o), &dev)?;
+        let forms: [(&str, &dyn Fn() -> candle_core::Result<Tensor>); 2] = [
+            ("dy·W", &|| dy.matmul(&wt.t()?)),
+            ("(Wᵀ·dyᵀ)ᵀ", &|| wt.matmul(&dy.t()?)?.t()?.contiguous()),
+        ];
+        for (form, product) in forms {
+            product()?; // warm-up
+            let reps = 20;
+            let start = Instant::now();
+            for _ in 0..reps {
+                product()?;
+            }
+            let s = start.elapsed().as_secs_f64() / reps as f64;
+            let gflops = 2.0 * (rows * i * o) as f64 / s / 1e9;
+            println!(
+                "input gradient {rows}×{i}×{o} {form:10}: {:8.3} ms {gflops:6.1} GFLOP/s",
+                s * 1e3
+            );
+        }
+    }
     Ok(())
 }

@@ -218,8 +218,9 @@ impl CustomOp1 for LinearOp {
     /// encoder's 77 tokens) as `(Wᵀ · dyᵀ)ᵀ`: `gemm` packs the operand that `W`'s transposed
     /// view becomes for it row by row, which dominates when the other is small; multiplying the
     /// weight as stored packs only the small gradient, and the transposed result is small to copy
-    /// back. On 2 threads (a scratch timing of both forms): SD 2.1's text encoder, 77 rows, 48–59
-    /// against 86–146 GFLOP/s; at 4096 rows the plain form is faster (170–195 against 56–131).
+    /// back. On 2 threads (`examples/matmul_rate.rs`, its input-gradient rows): SD 2.1's text
+    /// encoder, 77 rows, 48–65 against 86–146 GFLOP/s; at 4096 rows the plain form is faster
+    /// (170–195 against 56–139).
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, n) = self.weight_t.dims2()?;
         let rows = grad.elem_count() / n.max(1);
