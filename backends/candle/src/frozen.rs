@@ -173,9 +173,7 @@ impl LinearOp {
         let y = x.matmul(w, (1, m, n, k), &x_layout, w_layout)?;
         Ok((y, out_dims.into()))
     }
-}
 
-impl LinearOp {
     /// The product, then the bias, on the storages `pick` finds (the input's device).
     fn fwd_on<B: BackendStorage<Device = D>, D: BackendDevice<Storage = B>>(
         &self,
