@@ -5,7 +5,9 @@
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example matmul_rate
 use candle_core::{Device, Tensor};
-use std::time::Instant;
+use common::time;
+
+mod common;
 
 /// `(what, batch, m, k, n)`.
 const SHAPES: [(&str, usize, usize, usize, usize); 8] = [
@@ -28,13 +30,7 @@ fn main() -> candle_core::Result<()> {
         let w = Tensor::randn(0f32, 1.0, (b, k, n), &dev)?;
         let wt = Tensor::randn(0f32, 1.0, (b, n, k), &dev)?.transpose(1, 2)?;
         for (layout, w) in [("[k, n]", &w), ("[n, k]ᵀ", &wt)] {
-            a.matmul(w)?; // warm-up
-            let reps = 20;
-            let start = Instant::now();
-            for _ in 0..reps {
-                a.matmul(w)?;
-            }
-            let s = start.elapsed().as_secs_f64() / reps as f64;
+            let s = time(20, || a.matmul(w).map(drop))?;
             let gflops = 2.0 * (b * m * k * n) as f64 / s / 1e9;
             println!(
                 "{what:40} {b}×{m}×{k}×{n} {layout:8}: {:8.3} ms {gflops:6.1} GFLOP/s",
@@ -60,13 +56,7 @@ fn main() -> candle_core::Result<()> {
             ("(Wᵀ·dyᵀ)ᵀ", &|| wt.matmul(&dy.t()?)?.t()?.contiguous()),
         ];
         for (form, product) in forms {
-            product()?; // warm-up
-            let reps = 20;
-            let start = Instant::now();
-            for _ in 0..reps {
-                product()?;
-            }
-            let s = start.elapsed().as_secs_f64() / reps as f64;
+            let s = time(20, || product().map(drop))?;
             let gflops = 2.0 * (rows * i * o) as f64 / s / 1e9;
             println!(
                 "input gradient {rows}×{i}×{o} {form:10}: {:8.3} ms {gflops:6.1} GFLOP/s",

@@ -244,10 +244,7 @@ impl CustomOp3 for ChunkedAttention {
         if let Some(fused) = self.fused_cpu([(s1, l1), (s2, l2), (s3, l3)]) {
             return Ok(fused);
         }
-        self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cpu, |s| match s {
-            Storage::Cpu(s) => Some(s),
-            _ => None,
-        })
+        self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cpu, crate::storage::cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -266,10 +263,7 @@ impl CustomOp3 for ChunkedAttention {
         })? {
             return Ok(known);
         }
-        self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cuda, |s| match s {
-            Storage::Cuda(s) => Some(s),
-            _ => None,
-        })
+        self.fwd([(s1, l1), (s2, l2), (s3, l3)], Storage::Cuda, crate::storage::cuda)
     }
 
     /// Recomputes each chunk's probabilities `P` and accumulates the standard gradients:

@@ -18,7 +18,8 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use std::sync::Mutex;
 
-use crate::frozen_add::{self, add_broadcast, add_frozen, on_storage};
+use crate::frozen_add::{add_broadcast, add_frozen};
+use crate::storage::{self, on_storage};
 
 /// `y = x·Wᵀ + b` over the last dimension of `x`, like `candle_nn::Linear`.
 #[derive(Clone, Debug)]
@@ -199,17 +200,17 @@ impl CustomOp1 for LinearOp {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.fwd_on(x, layout, frozen_add::cpu)
+        self.fwd_on(x, layout, storage::cpu)
     }
 
     // Without the `cuda`/`metal` features candle's storages here are dummies whose ops return
     // "not compiled with ..." errors, so these are written once for both builds.
     fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.fwd_on(x, layout, frozen_add::cuda)
+        self.fwd_on(x, layout, storage::cuda)
     }
 
     fn metal_fwd(&self, x: &MetalStorage, layout: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.fwd_on(x, layout, frozen_add::metal)
+        self.fwd_on(x, layout, storage::metal)
     }
 
     /// `dL/dx = dL/dy · W`, the rows flattened as in the forward pass. With few rows (the text

@@ -12,6 +12,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::op::Add;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Storage, Tensor};
 
+use crate::storage::{cpu, cuda, metal, on_storage};
+
 /// `x.broadcast_add(c)`, the gradient for `x` only where `x` carries one and `c` does not (the
 /// plain add otherwise: then `c`'s gradient is wanted, or no gradient at all).
 pub fn add_frozen(x: &Tensor, c: &Tensor) -> Result<Tensor> {
@@ -37,41 +39,6 @@ fn check(x: &Tensor, c: &Tensor) -> Result<()> {
         bail!("add: tensor on {:?} plus tensor on {:?}", x.device(), c.device())
     }
     c.layout().broadcast_as(x.shape().clone()).map(|_| ())
-}
-
-/// The storage of type `S` under `t`, given to `f`; an error naming `what` on another device.
-pub(crate) fn on_storage<S, R>(
-    t: &Tensor,
-    what: &str,
-    pick: fn(&Storage) -> Option<&S>,
-    f: impl FnOnce(&S, &Layout) -> Result<R>,
-) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match pick(&storage) {
-        Some(s) => f(s, layout),
-        None => bail!("{what} is not on the input's device"),
-    }
-}
-
-pub(crate) fn cpu(s: &Storage) -> Option<&CpuStorage> {
-    match s {
-        Storage::Cpu(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn cuda(s: &Storage) -> Option<&CudaStorage> {
-    match s {
-        Storage::Cuda(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn metal(s: &Storage) -> Option<&MetalStorage> {
-    match s {
-        Storage::Metal(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// `x + c` on the storages, `c` broadcast to `x`'s shape: a fresh contiguous result.

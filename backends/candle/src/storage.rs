@@ -2,7 +2,7 @@
 //! forward passes with ordinary (untracked) tensor operations on a copy of their input.
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{bail, Layout, Result, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CudaStorage, Layout, MetalStorage, Result, Storage, Tensor};
 
 /// `storage`, a clone of the op's input buffer (`try_clone` copies the whole buffer and
 /// ignores the layout, on CPU and CUDA alike), as a tensor with the input's shape and no
@@ -39,5 +39,41 @@ pub(crate) fn copy_out_view(y: &Tensor) -> Result<Storage> {
         copy_out(y)
     } else {
         copy_out(&y.affine(1.0, 0.0)?)
+    }
+}
+
+/// The storage of type `S` under `t`, given to `f`; an error naming `what` on another device.
+pub(crate) fn on_storage<S, R>(
+    t: &Tensor,
+    what: &str,
+    pick: fn(&Storage) -> Option<&S>,
+    f: impl FnOnce(&S, &Layout) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match pick(&storage) {
+        Some(s) => f(s, layout),
+        None => bail!("{what} is not on the input's device"),
+    }
+}
+
+/// The device's storage inside a [`Storage`], for [`on_storage`] and ops generic over devices.
+pub(crate) fn cpu(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(crate) fn cuda(s: &Storage) -> Option<&CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(crate) fn metal(s: &Storage) -> Option<&MetalStorage> {
+    match s {
+        Storage::Metal(s) => Some(s),
+        _ => None,
     }
 }

@@ -1,4 +1,4 @@
-//! What the rate examples (`conv_rate`, `attention_rate`) share: the timing of one kernel call.
+//! What the rate examples (`conv_rate`, `attention_rate`, `matmul_rate`) share: the timing of one kernel call.
 use std::time::Instant;
 
 /// Seconds per call, the median of `reps` after one warm-up.
