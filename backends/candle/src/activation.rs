@@ -127,6 +127,7 @@ impl CustomOp1 for Act {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _t = crate::op_times::backward("activation", dy.dims());
         // `x` is the contiguous input `apply` gave the op; `dy` comes detached from candle.
         Ok(Some(x.detach().apply_op2_no_bwd(&dy.contiguous()?, &Grad(*self))?))
     }

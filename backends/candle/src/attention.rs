@@ -276,6 +276,8 @@ impl CustomOp3 for ChunkedAttention {
         out: &Tensor,
         grad_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Dims of the scores: [B, H, T_q, T_kv].
+        let _t = crate::op_times::backward("attention", &[&q.dims()[..3], &k.dims()[2..3]].concat());
         // Detached: the gradients are plain values, and a graph through the chunks would keep
         // every chunk's intermediates alive as long as the gradients.
         let [qf, kf, vf, o, go] = [q, k, v, out, grad_out].map(Tensor::detach);

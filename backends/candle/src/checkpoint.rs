@@ -155,6 +155,7 @@ impl<B: Checkpointable> CustomOp2 for Checkpoint<B> {
     /// tracks), and `Σ y ⊙ dy` backpropagated through it: its gradient with respect to each
     /// input is that input's share of `dy`.
     fn bwd(&self, x: &Tensor, c: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _t = crate::op_times::backward("checkpoint", dy.dims());
         let input = |t: &Tensor| -> Result<(Tensor, bool)> {
             Ok(if t.track_op() {
                 (Var::from_tensor(&t.detach())?.as_tensor().clone(), true)

@@ -164,7 +164,9 @@ impl LatentDiffuser for CandleDiffuser {
             .map_err(err)?;
         let grad = match &var {
             Some(var) => {
+                let timer = crate::op_times::backward("backward-pass", loss.dims());
                 let grads = loss.backward().map_err(err)?;
+                drop(timer);
                 let g = grads
                     .get(var.as_tensor())
                     .ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?;

@@ -221,6 +221,7 @@ impl CustomOp1 for LinearOp {
     /// encoder, 77 rows, 48–65 against 86–146 GFLOP/s; at 4096 rows the plain form is faster
     /// (170–195 against 56–139).
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _t = crate::op_times::backward("linear", grad.dims());
         let (_, n) = self.weight_t.dims2()?;
         let rows = grad.elem_count() / n.max(1);
         let dy = grad.reshape((rows, n))?;
@@ -410,6 +411,7 @@ impl CustomOp1 for ConvOp {
     /// width needs another: here the larger of the two is used and the surplus row or column
     /// (beyond the input) dropped, as output padding does not change the positions before it.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _t = crate::op_times::backward("conv", grad.dims());
         let (_, _, i_h, i_w) = arg.dims4()?;
         let (s, d, p) = (self.stride, self.dilation, self.padding);
         if let Some(dx) = crate::conv_cpu::conv2d_input_grad(grad, &self.weight, (i_h, i_w), p, s, d)? {

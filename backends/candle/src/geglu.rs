@@ -59,6 +59,7 @@ impl CustomOp1 for Geglu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _t = crate::op_times::backward("geglu", dy.dims());
         // `x` is the contiguous input `geglu` gave the op; `dy` comes detached from candle.
         Ok(Some(x.detach().apply_op2_no_bwd(&dy.contiguous()?, &GegluGrad)?))
     }

@@ -22,6 +22,7 @@ mod math;
 mod nn;
 mod norm;
 mod norm_cpu;
+mod op_times;
 pub mod open_clip;
 mod scorer;
 mod storage;

@@ -164,6 +164,7 @@ impl CustomOp1 for NormOp {
     /// than kept, which is the point of the op. `x` is detached so that `dx` carries no graph
     /// of its own; `dy` already comes detached from candle's backward.
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _t = crate::op_times::backward("norm", dy.dims());
         if x.device().is_cpu() && x.dtype() == DType::F32 && dy.dtype() == DType::F32 {
             // Read in place by `InputGrad`: no copies of `x` and `dy` on the way.
             let dx = x
