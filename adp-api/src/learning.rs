@@ -233,12 +233,35 @@ struct StepLoss {
     grad: Vec<f32>,
 }
 
+/// The support photos' latents, each encoded the first time a step draws it: a photo's encoding
+/// (the posterior mean) is the same at every step, and at 512 px it is about a third of a step.
+/// One photo per `vae_encode` call, so that a latent does not depend on which photos happened to
+/// be encoded with it: a resumed run gets the values of an uninterrupted one.
+#[derive(Default)]
+struct SupportLatents(Vec<Option<Tensor>>);
+
+impl SupportLatents {
+    /// `[idx.len(), C, h, w]`: the latents of `support`'s photos `idx`.
+    fn get(&mut self, dif: &dyn LatentDiffuser, support: &ImageBatch, idx: &[usize]) -> Result<Tensor> {
+        self.0.resize(support.len(), None);
+        let mut rows = Vec::with_capacity(idx.len());
+        for &i in idx {
+            if self.0[i].is_none() {
+                self.0[i] = Some(dif.vae_encode(&pick(support, &[i])?)?);
+            }
+            rows.extend(self.0[i].clone());
+        }
+        Tensor::concat(&rows)
+    }
+}
+
 /// The objective of `r` at `v` for step `step` (0-based), its draws seeded by the step.
 fn step_loss(
     enc: &dyn TextImageEncoder,
     dif: &dyn LatentDiffuser,
     r: &LearnRequest,
     support: &ImageBatch,
+    support_latents: &mut SupportLatents,
     step: u64,
     v: &[f32],
 ) -> Result<StepLoss> {
@@ -254,12 +277,13 @@ fn step_loss(
         normals(rng.next_u64(), b * dims.latent_channels * latent * latent),
     )?;
     let images = pick(support, &idx)?;
+    let latents = support_latents.get(dif, support, &idx)?;
     let prompts = tpl
         .iter()
         .map(|&t| state_prompt(&r.templates[t], "flawless", &r.placeholder, v))
         .collect();
     let diff = dif.denoising_loss(&DenoisingLossRequest {
-        images: images.clone(),
+        input: DenoisingInput::Latents(latents),
         prompts,
         timesteps,
         noise,
@@ -328,6 +352,7 @@ pub fn learn(
         }
         state = saved;
     }
+    let mut support_latents = SupportLatents::default();
     while state.step < r.steps {
         let v = state.vector.clone();
         let StepLoss {
@@ -336,7 +361,7 @@ pub fn learn(
             clip_normal,
             clip_anomaly,
             grad,
-        } = step_loss(enc, dif, r, &support, state.step, &v)?;
+        } = step_loss(enc, dif, r, &support, &mut support_latents, state.step, &v)?;
         crate::tensor::check_finite("concept gradient", &grad)?;
         state.optimizer.step(&mut state.vector, &grad);
         state.step += 1;
@@ -458,8 +483,14 @@ mod tests {
         }
     }
 
-    /// A diffuser whose denoising loss is `DIFF_VALUE` with gradient `DIFF_GRAD`.
-    struct StubDiffuser;
+    /// A diffuser whose denoising loss is `DIFF_VALUE` with gradient `DIFF_GRAD`; a photo's latent
+    /// (1×1, one channel) is its mean pixel. It records the photos it encodes and the latents each
+    /// loss gets.
+    #[derive(Default)]
+    struct StubDiffuser {
+        encoded: Mutex<Vec<f32>>,
+        losses: Mutex<Vec<Vec<f32>>>,
+    }
 
     impl LatentDiffuser for StubDiffuser {
         fn dims(&self) -> DiffuserDims {
@@ -474,8 +505,10 @@ mod tests {
                 prediction: Prediction::Epsilon,
             }
         }
-        fn vae_encode(&self, _: &ImageBatch) -> Result<Tensor> {
-            unimplemented!()
+        fn vae_encode(&self, images: &ImageBatch) -> Result<Tensor> {
+            let m = means(images);
+            self.encoded.lock().unwrap().extend(&m);
+            Tensor::new(vec![m.len(), 1, 1, 1], m)
         }
         fn vae_decode(&self, _: &Tensor) -> Result<ImageBatch> {
             unimplemented!()
@@ -487,6 +520,10 @@ mod tests {
             unimplemented!()
         }
         fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
+            let DenoisingInput::Latents(latents) = &r.input else {
+                panic!("a learning step sends its photos' latents");
+            };
+            self.losses.lock().unwrap().push(latents.data().to_vec());
             Ok(ValueAndGrad {
                 value: DIFF_VALUE,
                 grad: r.gradient_of.as_ref().map(|_| DIFF_GRAD.to_vec()),
@@ -536,12 +573,35 @@ mod tests {
 
     fn run(enc: &StubEncoder, r: &LearnRequest) -> Vec<Progress> {
         let mut seen = Vec::new();
-        learn("stub", enc, &StubDiffuser, r, &mut |p| {
+        learn("stub", enc, &StubDiffuser::default(), r, &mut |p| {
             seen.push(*p);
             Flow::Continue
         })
         .unwrap();
         seen
+    }
+
+    /// Every support photo is encoded once, the first time a step draws it, one photo per call;
+    /// each step's loss gets the latents of the photos it drew.
+    #[test]
+    fn each_support_photo_is_encoded_once() {
+        let mut r = eq4_request(12);
+        r.support = flat(&[0.125, 0.25, 0.5]);
+        let dif = StubDiffuser::default();
+        learn("stub", &StubEncoder::default(), &dif, &r, &mut |_| Flow::Continue).unwrap();
+        let mut encoded = dif.encoded.lock().unwrap().clone();
+        encoded.sort_by(f32::total_cmp);
+        assert_eq!(
+            encoded,
+            [0.125, 0.25, 0.5],
+            "12 steps of 2 draws encode each photo once"
+        );
+        let losses = dif.losses.lock().unwrap();
+        assert_eq!(losses.len(), 12);
+        for latents in losses.iter() {
+            assert_eq!(latents.len(), 2);
+            assert!(latents.iter().all(|v| [0.125, 0.25, 0.5].contains(v)), "{latents:?}");
+        }
     }
 
     /// Eq. 4: `L_diff − α_n · mean_i P(S_n | x_i) + α_a · Σ_j max(P(S_n | x̃_j) − γ, 0)`, with two
@@ -570,7 +630,16 @@ mod tests {
     fn eq4_gradient_weighs_each_term_by_its_own_alpha() {
         let r = eq4_request(1);
         let (enc, support) = (StubEncoder::default(), r.support.clone());
-        let got = step_loss(&enc, &StubDiffuser, &r, &support, 0, &r.init).unwrap();
+        let got = step_loss(
+            &enc,
+            &StubDiffuser::default(),
+            &r,
+            &support,
+            &mut SupportLatents::default(),
+            0,
+            &r.init,
+        )
+        .unwrap();
         let active: f32 = PSEUDO.iter().filter(|&&m| m > GAMMA).sum();
         let by_hand: Vec<f32> = (0..WIDTH)
             .map(|k| DIFF_GRAD[k] - ALPHA_N * SUPPORT * U[k] + ALPHA_A * active * U[k])
@@ -589,7 +658,16 @@ mod tests {
         // Eq. 3 alone: the same attraction, no hinge.
         let mut r = r;
         r.objective = Objective::NormalAware { alpha: ALPHA_N };
-        let got = step_loss(&enc, &StubDiffuser, &r, &support, 0, &r.init).unwrap();
+        let got = step_loss(
+            &enc,
+            &StubDiffuser::default(),
+            &r,
+            &support,
+            &mut SupportLatents::default(),
+            0,
+            &r.init,
+        )
+        .unwrap();
         let by_hand: Vec<f32> = (0..WIDTH).map(|k| DIFF_GRAD[k] - ALPHA_N * SUPPORT * U[k]).collect();
         assert!(
             close(&got.grad, &by_hand),
@@ -605,7 +683,16 @@ mod tests {
         let mut r = eq4_request(1);
         let many: Vec<f32> = (0..2 * HINGE_CHUNK + 3).map(|j| PSEUDO[j % PSEUDO.len()]).collect();
         r.pseudo_anomalies = Some(flat(&many));
-        let got = step_loss(&StubEncoder::default(), &StubDiffuser, &r, &r.support, 0, &r.init).unwrap();
+        let got = step_loss(
+            &StubEncoder::default(),
+            &StubDiffuser::default(),
+            &r,
+            &r.support,
+            &mut SupportLatents::default(),
+            0,
+            &r.init,
+        )
+        .unwrap();
         let hinge: f32 = many.iter().map(|m| (m - GAMMA).max(0.0)).sum();
         let active: f32 = many.iter().filter(|&&m| m > GAMMA).sum();
         assert!(

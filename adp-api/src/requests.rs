@@ -201,13 +201,39 @@ pub struct DiffuserDims {
 /// `z_t = sqrt(ᾱ_t) z0 + sqrt(1−ᾱ_t) ε` and ε (or v), one timestep, noise and prompt per image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DenoisingLossRequest {
-    pub images: ImageBatch,
+    /// What `z0` comes from.
+    pub input: DenoisingInput,
     pub prompts: Vec<Prompt>,
     pub timesteps: Vec<u32>,
     /// `[N, latent_channels, h, w]`.
     pub noise: Tensor,
     /// Placeholder of the concept to differentiate with respect to.
     pub gradient_of: Option<String>,
+}
+
+/// The clean side of a denoising loss: photos, or their latents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DenoisingInput {
+    /// Photos, encoded in the call as [`crate::LatentDiffuser::vae_encode`] does.
+    Images(ImageBatch),
+    /// `[N, latent_channels, h, w]`: what `vae_encode` gave for the photos. A photo's encoding (the
+    /// posterior mean) is the same at every step, and at 512 px it is about a third of a step, so a
+    /// learning loop encodes each support photo once ([`crate::learning`]).
+    Latents(Tensor),
+}
+
+impl DenoisingInput {
+    /// How many images (latents) the loss averages over.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Images(images) => images.len(),
+            Self::Latents(latents) => latents.shape().first().copied().unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// UNet prediction for given latents, timesteps and text conditioning.

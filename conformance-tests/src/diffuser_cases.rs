@@ -111,7 +111,7 @@ pub fn half_precision_matches_diffusers(backend: &dyn Backend) {
 
 fn loss_request(g: &Golden, concept: &[f32]) -> DenoisingLossRequest {
     DenoisingLossRequest {
-        images: ImageBatch::new(g.f32("images")).unwrap(),
+        input: DenoisingInput::Images(ImageBatch::new(g.f32("images")).unwrap()),
         prompts: prompts(g, "prompts", concept),
         timesteps: timesteps(g, "timesteps"),
         noise: g.f32("noise"),
@@ -132,6 +132,18 @@ fn loss_matches(backend: &dyn Backend, v_prediction: bool) {
     );
     let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
     assert_close("d loss / d concept", &grad, &g.f32("loss_grad"), GRADIENT);
+    // The same loss from the photos' latents, as a learning loop sends it after a photo's first step.
+    let latents = d.vae_encode(&ImageBatch::new(g.f32("images")).unwrap()).unwrap();
+    let got = d
+        .denoising_loss(&DenoisingLossRequest {
+            input: DenoisingInput::Latents(latents),
+            ..loss_request(&g, &concept)
+        })
+        .unwrap();
+    let value = Tensor::new(vec![1], vec![got.value]).unwrap();
+    assert_close("textual-inversion loss from latents", &value, &g.f32("loss"), FORWARD);
+    let grad = Tensor::new(vec![concept.len()], got.grad.expect("gradient")).unwrap();
+    assert_close("d loss / d concept from latents", &grad, &g.f32("loss_grad"), GRADIENT);
 }
 
 pub fn denoising_loss_matches_diffusers_epsilon(backend: &dyn Backend) {

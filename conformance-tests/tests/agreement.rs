@@ -196,7 +196,7 @@ fn diffusers_match(spec: &DiffusionSpec, label: &str) {
     close("UNet", &prediction, &c.unet_prediction(&unet).unwrap(), FORWARD);
 
     let loss = DenoisingLossRequest {
-        images: images.clone(),
+        input: DenoisingInput::Images(images.clone()),
         prompts: prompts.clone(),
         timesteps: vec![500, 42],
         noise: pattern(vec![2, dims.latent_channels, side, side], 5, -2.0, 2.0),

@@ -102,7 +102,7 @@ fn every_call(b: &dyn Backend) -> Vec<String> {
         format!(
             "{:?}",
             dif.denoising_loss(&DenoisingLossRequest {
-                images: x.clone(),
+                input: DenoisingInput::Images(x.clone()),
                 prompts: vec![p.clone(), pa.clone()],
                 timesteps: vec![3, 999],
                 noise,

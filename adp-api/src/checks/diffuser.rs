@@ -1,6 +1,6 @@
 //! What a `LatentDiffuser` checks of its requests, from the shapes it works at.
 use crate::config::diffusion::SchedulerConfig;
-use crate::requests::{DenoisingLossRequest, DiffuserDims, Img2ImgRequest, UnetRequest};
+use crate::requests::{DenoisingInput, DenoisingLossRequest, DiffuserDims, Img2ImgRequest, UnetRequest};
 use crate::{Error, ImageBatch, Result, Tensor};
 
 impl DiffuserDims {
@@ -74,7 +74,11 @@ impl DiffuserDims {
 
     /// One prompt, timestep and noise per image; returns the timesteps.
     pub fn check_denoising_loss(&self, r: &DenoisingLossRequest) -> Result<Vec<usize>> {
-        let n = r.images.len();
+        let n = r.input.len();
+        if let DenoisingInput::Latents(latents) = &r.input {
+            latents.expect_shape("latents", &exactly(&self.latent_shape(n)))?;
+            latents.check_finite("latents")?;
+        }
         if r.prompts.len() != n || r.timesteps.len() != n {
             let (p, t) = (r.prompts.len(), r.timesteps.len());
             let message = format!("{n} images need as many prompts and timesteps (got {p} and {t})");
@@ -167,7 +171,7 @@ mod tests {
         );
         fails(DIMS.check_unet(&at(0, 8)), "positive multiples of 4");
         let loss = |timesteps: Vec<u32>, noise: Tensor| DenoisingLossRequest {
-            images: images(1, 16),
+            input: DenoisingInput::Images(images(1, 16)),
             prompts: vec![Prompt::plain("a")],
             timesteps,
             noise,
@@ -182,7 +186,29 @@ mod tests {
             "noise: expected shape",
         );
         let nan = Tensor::from_fn(DIMS.latent_shape(1), |_| f32::NAN);
-        fails(DIMS.check_denoising_loss(&loss(vec![1], nan)), "noise: non-finite");
+        fails(
+            DIMS.check_denoising_loss(&loss(vec![1], nan.clone())),
+            "noise: non-finite",
+        );
+        // Latents instead of photos: their count is N, and they are checked like the noise.
+        let from_latents = |latents: Tensor| DenoisingLossRequest {
+            input: DenoisingInput::Latents(latents),
+            ..loss(vec![1], Tensor::zeros(DIMS.latent_shape(1)))
+        };
+        assert_eq!(
+            DIMS.check_denoising_loss(&from_latents(Tensor::zeros(DIMS.latent_shape(1))))
+                .unwrap(),
+            [1]
+        );
+        fails(
+            DIMS.check_denoising_loss(&from_latents(Tensor::zeros(vec![1, 4, 8]))),
+            "latents: expected shape",
+        );
+        fails(DIMS.check_denoising_loss(&from_latents(nan)), "latents: non-finite");
+        fails(
+            DIMS.check_denoising_loss(&from_latents(Tensor::zeros(DIMS.latent_shape(2)))),
+            "2 images need as many",
+        );
         let scheduler: crate::config::diffusion::SchedulerConfig =
             serde_json::from_str(r#"{"num_train_timesteps": 10, "steps_offset": 2}"#).unwrap();
         let mut r = Img2ImgRequest::spec_defaults(images(1, 16), Prompt::plain("a"), 0);

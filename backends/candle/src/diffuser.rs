@@ -136,9 +136,12 @@ impl LatentDiffuser for CandleDiffuser {
     }
 
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
-        let n = r.images.len();
+        let n = r.input.len();
         let timesteps = self.dims.check_denoising_loss(r)?;
-        let z0 = self.latents(&r.images)?.detach();
+        let z0 = match &r.input {
+            DenoisingInput::Images(images) => self.latents(images)?.detach(),
+            DenoisingInput::Latents(latents) => to_candle(latents, &self.device)?,
+        };
         let noise = to_candle(&r.noise, &self.device)?;
         let var = trainable_var(
             &r.prompts.iter().collect::<Vec<_>>(),

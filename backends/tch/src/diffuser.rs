@@ -129,9 +129,12 @@ impl LatentDiffuser for TchDiffuser {
     }
 
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
-        let n = r.images.len();
+        let n = r.input.len();
         let ts = self.dims.check_denoising_loss(r)?;
-        let z0 = self.latents(&r.images)?;
+        let z0 = match &r.input {
+            DenoisingInput::Images(images) => self.latents(images)?,
+            DenoisingInput::Latents(latents) => to_tch(latents, self.device)?,
+        };
         let noise = to_tch(&r.noise, self.device)?;
         let leaf = trainable_leaf(
             &r.prompts.iter().collect::<Vec<_>>(),

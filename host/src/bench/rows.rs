@@ -3,7 +3,7 @@
 //! reports ([`peak_rss_mb`]) is that row's, libtorch's allocations included.
 use crate::eval::bench::{self as visual_bench, median, BenchOptions};
 use crate::score::prompts::{State, TEMPLATES};
-use adp_api::requests::{DenoisingLossRequest, Img2ImgRequest, Prompt, UnetRequest};
+use adp_api::requests::{DenoisingInput, DenoisingLossRequest, Img2ImgRequest, Prompt, UnetRequest};
 use adp_api::{BackboneCheckpoint, Backend, ClipCheckpoint, Device, DiffusionSpec, Error, ImageBatch, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -291,7 +291,7 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                         .map(|v| v * 0.01)
                         .collect::<Vec<_>>();
                     let request = DenoisingLossRequest {
-                        images,
+                        input: DenoisingInput::Images(images.clone()),
                         prompts: vec![Prompt::with_concept("a photo of a <c>", "<c>", &concept); b],
                         timesteps: vec![t; b],
                         noise: latent(b, 2),
@@ -301,7 +301,7 @@ pub fn run(row: Row, plugin: &str, backend: &dyn Backend, i: &Inputs) -> Result<
                     // Where a step's time goes, for the side-by-side table: the VAE encoding and a
                     // UNet forward without gradients on the same batch; the rest is the text
                     // encoder, the forward's bookkeeping for the gradient and the backward pass.
-                    let vae = time(i.repeats, || diffuser.vae_encode(&request.images).map(drop))? / b as f64;
+                    let vae = time(i.repeats, || diffuser.vae_encode(&images).map(drop))? / b as f64;
                     let forward = UnetRequest {
                         latents: request.noise.clone(),
                         timesteps: request.timesteps.clone(),

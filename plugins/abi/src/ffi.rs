@@ -2,7 +2,7 @@
 use std::ffi::{c_char, c_void};
 
 /// Bumped on any change to these types, the tables or the wire messages.
-pub const ADP_ABI_VERSION: u32 = 5;
+pub const ADP_ABI_VERSION: u32 = 6;
 
 /// The exported symbol (NUL-terminated for `dlsym`).
 pub const DECLARATION_SYMBOL: &[u8] = b"adp_plugin_declaration\0";

@@ -96,17 +96,20 @@ impl LatentDiffuser for FixtureDiffuser {
 
     /// MSE(0.5·z_t + g(prompt) + t/1000, ε); g is affine in the concept, so the gradient is exact.
     fn denoising_loss(&self, r: &DenoisingLossRequest) -> Result<ValueAndGrad> {
-        if r.images.is_empty() {
+        if r.input.is_empty() {
             return Err(Error::EmptySupportSet);
         }
-        let z0 = self.vae_encode(&r.images)?;
+        let z0 = match &r.input {
+            DenoisingInput::Images(images) => self.vae_encode(images)?,
+            DenoisingInput::Latents(latents) => latents.clone(),
+        };
         if r.noise.shape() != z0.shape() {
             return Err(Error::shape("noise", format!("{:?}", z0.shape()), r.noise.shape()));
         }
-        if r.prompts.len() != r.images.len() {
+        if r.prompts.len() != r.input.len() {
             return Err(Error::shape(
                 "prompts",
-                format!("[{}]", r.images.len()),
+                format!("[{}]", r.input.len()),
                 &[r.prompts.len()],
             ));
         }

@@ -12,7 +12,7 @@
 //! | `images`, `noise` [N, C, s, s], `timesteps`, N prompts | `denoising_loss` [1] (and `denoising_loss_grad` [W] with a concept) |
 use crate::common::PluginDirs;
 use adp_api::config::st::read_f32;
-use adp_api::requests::{DenoisingLossRequest, DiffuserDims, UnetRequest};
+use adp_api::requests::{DenoisingInput, DenoisingLossRequest, DiffuserDims, UnetRequest};
 use adp_api::{Backend, Device, DiffusionSpec, Error, ImageBatch, LatentDiffuser, Prompt, Result, Tensor};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -199,7 +199,7 @@ fn run_parts(dif: &dyn LatentDiffuser, path: &Path, i: &Inputs) -> Result<Vec<(&
         same_count(path, ("images", n), ("timesteps", t.len()))?;
         same_count(path, ("images", n), ("prompts", prompts.len()))?;
         let request = DenoisingLossRequest {
-            images: ImageBatch::new(images.clone())?,
+            input: DenoisingInput::Images(ImageBatch::new(images.clone())?),
             prompts: prompts.clone(),
             timesteps: t.clone(),
             noise: noise.clone(),
