@@ -571,6 +571,12 @@ mod tests {
         }
     }
 
+    /// The objective's value and gradient at the first step, with a fresh stub diffuser.
+    fn first_step(enc: &StubEncoder, r: &LearnRequest, support: &ImageBatch) -> StepLoss {
+        let dif = StubDiffuser::default();
+        step_loss(enc, &dif, r, support, &mut SupportLatents::default(), 0, &r.init).unwrap()
+    }
+
     fn run(enc: &StubEncoder, r: &LearnRequest) -> Vec<Progress> {
         let mut seen = Vec::new();
         learn("stub", enc, &StubDiffuser::default(), r, &mut |p| {
@@ -630,16 +636,7 @@ mod tests {
     fn eq4_gradient_weighs_each_term_by_its_own_alpha() {
         let r = eq4_request(1);
         let (enc, support) = (StubEncoder::default(), r.support.clone());
-        let got = step_loss(
-            &enc,
-            &StubDiffuser::default(),
-            &r,
-            &support,
-            &mut SupportLatents::default(),
-            0,
-            &r.init,
-        )
-        .unwrap();
+        let got = first_step(&enc, &r, &support);
         let active: f32 = PSEUDO.iter().filter(|&&m| m > GAMMA).sum();
         let by_hand: Vec<f32> = (0..WIDTH)
             .map(|k| DIFF_GRAD[k] - ALPHA_N * SUPPORT * U[k] + ALPHA_A * active * U[k])
@@ -658,16 +655,7 @@ mod tests {
         // Eq. 3 alone: the same attraction, no hinge.
         let mut r = r;
         r.objective = Objective::NormalAware { alpha: ALPHA_N };
-        let got = step_loss(
-            &enc,
-            &StubDiffuser::default(),
-            &r,
-            &support,
-            &mut SupportLatents::default(),
-            0,
-            &r.init,
-        )
-        .unwrap();
+        let got = first_step(&enc, &r, &support);
         let by_hand: Vec<f32> = (0..WIDTH).map(|k| DIFF_GRAD[k] - ALPHA_N * SUPPORT * U[k]).collect();
         assert!(
             close(&got.grad, &by_hand),
@@ -683,16 +671,7 @@ mod tests {
         let mut r = eq4_request(1);
         let many: Vec<f32> = (0..2 * HINGE_CHUNK + 3).map(|j| PSEUDO[j % PSEUDO.len()]).collect();
         r.pseudo_anomalies = Some(flat(&many));
-        let got = step_loss(
-            &StubEncoder::default(),
-            &StubDiffuser::default(),
-            &r,
-            &r.support,
-            &mut SupportLatents::default(),
-            0,
-            &r.init,
-        )
-        .unwrap();
+        let got = first_step(&StubEncoder::default(), &r, &r.support);
         let hinge: f32 = many.iter().map(|m| (m - GAMMA).max(0.0)).sum();
         let active: f32 = many.iter().filter(|&&m| m > GAMMA).sum();
         assert!(
