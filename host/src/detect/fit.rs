@@ -19,6 +19,11 @@ use adp_api::{Backend, ClipCheckpoint, Concept, DiffusionSpec, Error, ImageBatch
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The models concept learning runs on: the fit's own CLIP and Stable Diffusion, not a backend
+/// `ConceptOptimizer`, which would load both again (about 9 GB more for ViT-H-14 and SD 2.1 in
+/// f32, resident beside them through the learning).
+type Models<'a> = (&'a dyn adp_api::TextImageEncoder, &'a dyn adp_api::LatentDiffuser);
+
 /// A random resized crop (area 50–100 %, square), back at the original size.
 fn random_resized_crop(images: &ImageBatch, rng: &mut SplitMix64) -> Result<ImageBatch> {
     let (h, w) = (images.height(), images.width());
@@ -103,7 +108,7 @@ impl Fitter<'_> {
     /// the anomaly-aware objective pushes away from.
     fn learn(
         &self,
-        opt: &dyn adp_api::ConceptOptimizer,
+        models: Models,
         name: &str,
         init: Vec<f32>,
         goal: (Objective, Option<ImageBatch>),
@@ -132,7 +137,8 @@ impl Fitter<'_> {
                 resume: c.resume,
             }),
         };
-        opt.learn(&request, &mut |p| {
+        let (enc, dif) = models;
+        adp_api::learning::learn(&self.backend.info().name, enc, dif, &request, &mut |p| {
             observer(&Stage::Learning {
                 concept: name.into(),
                 progress: *p,
@@ -144,21 +150,26 @@ impl Fitter<'_> {
     /// the way to `c_a`).
     fn learn_concepts(
         &self,
-        sd: &DiffusionSpec,
         dif: &dyn adp_api::LatentDiffuser,
         enc: &dyn adp_api::TextImageEncoder,
         sd_support: &ImageBatch,
         observer: &mut dyn FnMut(&Stage) -> Flow,
     ) -> Result<Vec<Concept>> {
         let o = &self.options;
-        let opt = self.backend.concept_optimizer(self.clip, sd, o.device)?;
         let init = enc.token_embedding("object")?;
         if o.method == Method::Ti {
             let goal = (Objective::DiffusionOnly, None);
-            return Ok(vec![self.learn(&*opt, "c_ti", init, goal, sd_support, observer)?]);
+            return Ok(vec![self.learn(
+                (enc, dif),
+                "c_ti",
+                init,
+                goal,
+                sd_support,
+                observer,
+            )?]);
         }
         let goal = (Objective::NormalAware { alpha: o.alpha_normal }, None);
-        let c_n = self.learn(&*opt, "c_n", init, goal, sd_support, observer)?;
+        let c_n = self.learn((enc, dif), "c_n", init, goal, sd_support, observer)?;
         if o.method == Method::Cn {
             return Ok(vec![c_n]);
         }
@@ -175,7 +186,7 @@ impl Fitter<'_> {
             gamma: o.gamma,
         };
         let c_a = self.learn(
-            &*opt,
+            (enc, dif),
             "c_a",
             c_n.vector.clone(),
             (objective, Some(pseudo)),
@@ -248,8 +259,8 @@ impl Fitter<'_> {
                     let width = enc.token_embedding("object")?.len();
                     reuse_concepts(file, learned_names(o.method), &hashes, width)?
                 }
-                (None, Some(sd), Some(dif), Some(sd_support)) => {
-                    let mut learned = self.learn_concepts(sd, &**dif, &*enc, sd_support, observer)?;
+                (None, Some(_), Some(dif), Some(sd_support)) => {
+                    let mut learned = self.learn_concepts(&**dif, &*enc, sd_support, observer)?;
                     for c in &mut learned {
                         c.provenance.checkpoints = hashes.clone();
                         c.provenance
