@@ -2,10 +2,10 @@
 //! opened, every batch encoded, every prompt encoded, every concept learned and the support set
 //! it was learned on. Shared by the host's integration tests.
 #![allow(dead_code)] // each test file uses the part of the log it checks
-use adp_api::requests::{self, DenseFeatures, EncoderDims, Flow, Prompt, StateProbability, StateProbabilityRequest};
+use adp_api::requests::{self, DenseFeatures, EncoderDims, Prompt, StateProbability, StateProbabilityRequest};
 use adp_api::{
-    Backend, BackendInfo, ClipCheckpoint, Concept, ConceptOptimizer, Device, DiffusionSpec, ImageBatch, LatentDiffuser,
-    Result, Scorer, Tensor, TextImageEncoder,
+    Backend, BackendInfo, ClipCheckpoint, ConceptOptimizer, Device, DiffusionSpec, ImageBatch, LatentDiffuser, Result,
+    Scorer, Tensor, TextImageEncoder,
 };
 use adp_plugin_test_fixture::{dummy_specs, FixtureBackend};
 use std::path::Path;
@@ -16,7 +16,9 @@ pub struct Log {
     pub parts: Vec<&'static str>,
     pub encoded: Vec<ImageBatch>,
     pub prompts: Vec<String>,
+    /// The concepts learned, in order.
     pub learned: Vec<String>,
+    /// Every batch the diffusion model encoded.
     pub learned_on: Vec<ImageBatch>,
 }
 
@@ -63,19 +65,43 @@ impl TextImageEncoder for Encoder {
     }
 }
 
-struct Optimizer(Box<dyn ConceptOptimizer>, Recording);
+struct Diffuser(Box<dyn LatentDiffuser>, Recording);
 
-impl ConceptOptimizer for Optimizer {
-    fn learn(
-        &self,
-        request: &requests::LearnRequest,
-        progress: &mut dyn FnMut(&requests::Progress) -> Flow,
-    ) -> Result<Concept> {
-        self.1.record(|l| {
-            l.learned.push(request.name.clone());
-            l.learned_on.push(request.support.clone());
-        });
-        self.0.learn(request, progress)
+/// Concept learning runs over the fit's own encoder and diffuser, so it is seen here: each
+/// batch the diffusion model encodes (the support photos, at its size), and each loss with a
+/// gradient, whose placeholder names the concept being learned.
+impl LatentDiffuser for Diffuser {
+    fn dims(&self) -> requests::DiffuserDims {
+        self.0.dims()
+    }
+    fn vae_encode(&self, images: &ImageBatch) -> Result<Tensor> {
+        self.1.record(|l| l.learned_on.push(images.clone()));
+        self.0.vae_encode(images)
+    }
+    fn vae_decode(&self, latents: &Tensor) -> Result<ImageBatch> {
+        self.0.vae_decode(latents)
+    }
+    fn text_conditioning(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        self.0.text_conditioning(prompts)
+    }
+    fn unet_prediction(&self, request: &requests::UnetRequest) -> Result<Tensor> {
+        self.0.unet_prediction(request)
+    }
+    fn denoising_loss(&self, request: &requests::DenoisingLossRequest) -> Result<requests::ValueAndGrad> {
+        if let Some(placeholder) = &request.gradient_of {
+            let name = placeholder.trim_start_matches('<').trim_end_matches('>').to_string();
+            // One entry per learning: its steps follow each other, and the pipeline never learns
+            // one concept twice in a row (c_n, then c_a; each fit of an eval anew).
+            self.1.record(|l| {
+                if l.learned.last() != Some(&name) {
+                    l.learned.push(name);
+                }
+            });
+        }
+        self.0.denoising_loss(request)
+    }
+    fn img2img(&self, request: &requests::Img2ImgRequest) -> Result<ImageBatch> {
+        self.0.img2img(request)
     }
 }
 
@@ -92,7 +118,10 @@ impl Backend for Recording {
     }
     fn latent_diffuser(&self, sd: &DiffusionSpec, device: Device) -> Result<Box<dyn LatentDiffuser>> {
         self.part("latent_diffuser");
-        FixtureBackend.latent_diffuser(sd, device)
+        Ok(Box::new(Diffuser(
+            FixtureBackend.latent_diffuser(sd, device)?,
+            self.clone(),
+        )))
     }
     fn concept_optimizer(
         &self,
@@ -101,10 +130,7 @@ impl Backend for Recording {
         device: Device,
     ) -> Result<Box<dyn ConceptOptimizer>> {
         self.part("concept_optimizer");
-        Ok(Box::new(Optimizer(
-            FixtureBackend.concept_optimizer(clip, sd, device)?,
-            self.clone(),
-        )))
+        FixtureBackend.concept_optimizer(clip, sd, device)
     }
     fn scorer(&self, device: Device) -> Result<Box<dyn Scorer>> {
         self.part("scorer");
