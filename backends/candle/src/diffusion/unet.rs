@@ -204,11 +204,14 @@ impl Checkpointable for SpatialTransformer {
     }
 }
 
-/// Batch × tokens above which a transformer block is checkpointed: more than SD 2.1-base's
-/// 64×64 latent at batch 1. A learning step of SD 2.1 at 768 px (96×96 tokens at the first
-/// level) peaked at 16.7 GB without checkpoints; at 512 px checkpointing every block took the
-/// step from 40.2 to 53.7 s for 9.4 → 7.0 GB (`adp bench --rows learn-step-1`, 2 threads).
-const CHECKPOINT_TOKENS: usize = 64 * 64;
+/// Batch × tokens above which a transformer block is checkpointed: more than SD 2.1's 96×96
+/// latent at batch 1 (768 px), so a batch-1 step runs its five first-level blocks plainly, and
+/// batch 2 at 768 px or batch 4 at 512 px, whose blocks keep two and four times as much, are
+/// checkpointed. `adp bench --plugin candle --rows learn-step-1 --repeats 1` at 768 px, two
+/// interleaved pairs: checkpointing those five blocks saved 1.46 GB (peak 10.70 → 9.24 GB;
+/// PyTorch's step 9.85 GB) for 4.4 s of a 56 s step (CPU 104 → 111 s). (When candle still
+/// gave frozen operands gradients, no checkpoints meant 16.3 GiB there.)
+const CHECKPOINT_TOKENS: usize = 96 * 96;
 
 /// Batch × tokens of a feature map `[B, C, H, W]`.
 fn b_tokens(x: &Tensor) -> Result<usize> {
