@@ -136,6 +136,34 @@ fn a_fit_on_non_square_photos_uses_each_photo_resized_straight_to_each_model() {
     }
 }
 
+/// An ADP fit learns its concepts on the CLIP and Stable Diffusion it has opened, each opened once:
+/// not through a backend `ConceptOptimizer`, which would load both again beside them (about 9 GB
+/// for ViT-H-14 and SD 2.1 in f32).
+#[test]
+fn an_adp_fit_opens_each_model_once_and_learns_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, sd) = specs(dir.path());
+    let files = vec![dir.path().join("good/0.png")];
+    photo(&files[0], 9, 9, 0, false);
+    let backend = Recording::default();
+    let fit = fit_files(
+        &backend,
+        &Checkpoints::clip(&clip),
+        Some(&sd),
+        &files,
+        quick(Method::Adp),
+        &mut |_| Flow::Continue,
+    );
+    fit.unwrap();
+    backend.log(|l| {
+        let opened = |part: &str| l.parts.iter().filter(|&&p| p == part).count();
+        assert_eq!(opened("text_image_encoder"), 1, "{:?}", l.parts);
+        assert_eq!(opened("latent_diffuser"), 1, "{:?}", l.parts);
+        assert_eq!(opened("concept_optimizer"), 0, "{:?}", l.parts);
+        assert_eq!(l.learned, ["c_n", "c_a"], "learned on the fit's own diffuser");
+    });
+}
+
 /// A `winclip` detector fitted on one support photo.
 fn winclip_on(support: &ImageBatch, clip: &ClipCheckpoint, sd: &DiffusionSpec) -> DetectorFile {
     let fitter = Fitter {
