@@ -276,7 +276,6 @@ fn step_loss(
         vec![b, dims.latent_channels, latent, latent],
         normals(rng.next_u64(), b * dims.latent_channels * latent * latent),
     )?;
-    let images = pick(support, &idx)?;
     let latents = support_latents.get(dif, support, &idx)?;
     let prompts = tpl
         .iter()
@@ -302,7 +301,9 @@ fn step_loss(
         Objective::AnomalyAware { alpha_normal, .. } => Some(alpha_normal),
     };
     if let Some(alpha) = alpha_normal {
-        let (p, g) = clip_term(enc, &images, &tpl, r, v)?;
+        // The drawn photos themselves only where CLIP scores them (the diffusion term has their
+        // latents).
+        let (p, g) = clip_term(enc, &pick(support, &idx)?, &tpl, r, v)?;
         out.clip_normal = p;
         out.loss -= alpha * p;
         out.grad.iter_mut().zip(g).for_each(|(a, d)| *a -= alpha * d);
