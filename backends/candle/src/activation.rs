@@ -21,6 +21,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 }
 
 fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
+    let _t = crate::op_times::forward("activation", x.dims());
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return match act {
             Act::GeluErf => x.gelu_erf(),

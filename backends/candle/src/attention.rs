@@ -49,6 +49,7 @@ fn apply(
     fused_cpu: bool,
     output: Option<Tensor>,
 ) -> Result<Tensor> {
+    let _t = crate::op_times::forward("attention", q.dims());
     let (b, h, _, d) = q.dims4()?;
     let (kb, kh, tkv, kd) = k.dims4()?;
     let (vb, vh, vt, _) = v.dims4()?;

@@ -86,6 +86,8 @@ impl CandleDiffuser {
 
     /// The UNet on f32 latents and any-dtype conditioning: run in the model's dtype, back as f32.
     fn unet(&self, z: &candle_core::Tensor, t: &[f64], c: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        crate::op_times::mark("unet-start", z.dims());
+        let _t = crate::op_times::part("unet-forward", z.dims());
         let (z, c) = (
             z.to_dtype(self.dtype).map_err(err)?,
             c.to_dtype(self.dtype).map_err(err)?,
@@ -165,6 +167,7 @@ impl LatentDiffuser for CandleDiffuser {
             .and_then(|d| d.sqr())
             .and_then(|d| d.mean_all())
             .map_err(err)?;
+        let value = loss.to_scalar::<f32>().map_err(err)?;
         let grad = match &var {
             Some(var) => {
                 let timer = crate::op_times::backward("backward-pass", loss.dims());
@@ -172,15 +175,16 @@ impl LatentDiffuser for CandleDiffuser {
                 drop(timer);
                 let g = grads
                     .get(var.as_tensor())
-                    .ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?;
-                Some(g.to_vec1::<f32>().map_err(err)?)
+                    .ok_or_else(|| Error::invalid("gradient", "the concept does not reach the loss"))?
+                    .to_vec1::<f32>()
+                    .map_err(err)?;
+                let _timer = crate::op_times::part("graph-release", loss.dims());
+                drop((grads, loss));
+                Some(g)
             }
             None => None,
         };
-        Ok(ValueAndGrad {
-            value: loss.to_scalar::<f32>().map_err(err)?,
-            grad,
-        })
+        Ok(ValueAndGrad { value, grad })
     }
 
     fn img2img(&self, r: &Img2ImgRequest) -> Result<ImageBatch> {

@@ -85,6 +85,7 @@ impl From<candle_nn::Linear> for FrozenLinear {
 
 impl Module for FrozenLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _t = crate::op_times::forward("linear", x.dims());
         if x.rank() < 2 {
             // candle-nn's Linear refuses these too (its matmul needs two dimensions).
             bail!(
@@ -301,6 +302,7 @@ impl TryFrom<candle_nn::Conv2d> for FrozenConv2d {
 
 impl Module for FrozenConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _t = crate::op_times::forward("conv", x.dims());
         let c = &self.config;
         // candle-core builds its convolution parameters (`ParamsConv2D`) only inside the crate,
         // so the op cannot call the backend's convolution itself. The convolution runs here on
@@ -372,6 +374,7 @@ impl ConvOp {
 
     /// A copy of the output's storage (any device) and its shape.
     fn output_storage(&self) -> Result<(Storage, Shape)> {
+        let _t = crate::op_times::forward("conv-output-copy", &[]);
         let y = self.output()?;
         Ok((crate::storage::copy_out(&y)?, y.shape().clone()))
     }

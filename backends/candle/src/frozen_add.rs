@@ -17,6 +17,7 @@ use crate::storage::{cpu, cuda, metal, on_storage};
 /// `x.broadcast_add(c)`, the gradient for `x` only where `x` carries one and `c` does not (the
 /// plain add otherwise: then `c`'s gradient is wanted, or no gradient at all).
 pub fn add_frozen(x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let _t = crate::op_times::forward("add-frozen", x.dims());
     if !x.track_op() || c.track_op() {
         return x.broadcast_add(c);
     }

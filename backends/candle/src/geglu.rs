@@ -14,6 +14,7 @@ use crate::math::{exp, normal_cdf};
 
 /// `a · GELU(gate)` where `[a, gate]` are the first and second halves of `x`'s last dim.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    let _t = crate::op_times::forward("geglu", x.dims());
     let width = x.dim(D::Minus1)?;
     if width % 2 != 0 {
         bail!(

@@ -215,6 +215,7 @@ impl candle_core::CustomOp2 for InputGrad {
 /// Applies the fused op to a contiguous copy of `x` (a no-op when `x` is contiguous already):
 /// the op reads its input storage as contiguous.
 fn apply(op: &NormOp, x: &Tensor) -> Result<Tensor> {
+    let _t = crate::op_times::forward("norm", x.dims());
     internal(x.dtype())?;
     x.contiguous()?.apply_op1(op.clone())
 }
