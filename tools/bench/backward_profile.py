@@ -6,11 +6,12 @@ plugin and in the PyTorch peer, on the same diffusers folder, photo and thread c
 
 adp's side: `adp bench --plugin candle --rows learn-step-1 --repeats 1` with
 ADP_CANDLE_OP_TIMES=1, whose custom ops print each backward call's wall time
-(backends/candle/src/op_times.rs), its UNet forward passes (the step's, tracked, and the row's
-untracked one, op by op), its whole backward pass and its graph release; the timed step's lines are summed per op (and, with
---shapes, per output-gradient shape), and what the whole pass took beyond them is candle's own
-ops (views, copies, adds, the text encoder's composed attention) and its gradient bookkeeping.
-The peer's side: the step of tools/bench/peer.py (`Diffusion.learn_step`'s graph), its tracked forward and backward
+(backends/candle/src/op_times.rs), and which prints its UNet forward passes (the step's, tracked,
+and the row's untracked one, op by op), its whole backward pass and its graph release; the timed
+step's lines are summed per op (and, with --shapes, per output-gradient shape), and what the
+whole pass took beyond them is candle's own ops (views, copies, adds, the text encoder's composed
+attention) and its gradient bookkeeping. The peer's side: the step of tools/bench/peer.py
+(`Diffusion.learn_step`'s graph), its tracked forward and backward
 pass timed without a profiler (median of --repeats after one warm-up) and then once under
 torch.profiler, whose autograd nodes (inclusive times; the profiler adds its own overhead) are
 summed into the same kinds. The kinds match up as far as the two graphs do: candle's `geglu` op is
@@ -48,11 +49,11 @@ def kind_of_adp(op):
     return {"geglu": "geglu + activation", "activation": "geglu + activation"}.get(op, op)
 
 
-def adp_lines(a, row):
-    """The op-time lines of `adp bench --plugin candle --rows ROW --repeats 1` (warm-up + 1)."""
+def adp_lines(a):
+    """The op-time lines of `adp bench --plugin candle --rows learn-step-1 --repeats 1`."""
     env = dict(os.environ, ADP_CANDLE_OP_TIMES="1", RAYON_NUM_THREADS=str(a.threads),
                OMP_NUM_THREADS=str(a.threads))
-    cmd = [a.adp, "bench", "--plugin", "candle", "--rows", row, "--repeats", "1",
+    cmd = [a.adp, "bench", "--plugin", "candle", "--rows", "learn-step-1", "--repeats", "1",
            "--sd", a.sd, "--quiet"] + sum((["--plugin-dir", d] for d in a.plugin_dir), []) + a.images
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -86,7 +87,7 @@ def unet_forwards(lines):
 def adp_side(a):
     # A step: its tracked UNet forward pass, its ops' backward calls, its whole backward pass,
     # the release of its graph.
-    lines = adp_lines(a, "learn-step-1")
+    lines = adp_lines(a)
     steps, current = [], None
     for forward, op, ms, dims in lines:
         if op == "unet-forward":

@@ -77,8 +77,8 @@ fn with_slices<R>(a: &Tensor, weight: &Tensor, f: impl FnOnce(&[f32], &[f32]) ->
 /// The gradient of [`conv2d`]'s input (`[N, C, h, w]`) from the gradient of its output, `grad`
 /// `[N, O, oh, ow]`, the weight frozen: at stride 1 a forward convolution of `grad` (see below),
 /// otherwise per tile the unfolded gradient `Wᵀ · grad`, folded back (col2im) onto the input
-/// positions each tap read. candle's transposed convolution, which this
-/// replaces on the CPU, is a dot product per output element with no matrix product at all.
+/// positions each tap read. candle's transposed convolution, which this replaces on the CPU, is
+/// a dot product per output element with no matrix product at all.
 /// `None` where [`conv2d`] would give `None`.
 pub fn conv2d_input_grad(
     grad: &Tensor,

@@ -52,7 +52,8 @@ impl CandleFeatures {
     /// over the pool, and between two kernels the pool's other threads sleep and are woken again:
     /// a 4-photo batch made about 380 context switches per photo (`perf stat`: 30 515 over 20
     /// repeats, tch's OpenMP 90), and its features took 1.4× tch's time. Kernels run per image,
-    /// so a photo's features are the same whichever part it is in.
+    /// so a photo's features do not depend on its part beyond rounding (the conformance suite's
+    /// batch-against-alone case).
     fn per_thread<T: Send>(
         &self,
         x: &candle_core::Tensor,

@@ -1,12 +1,13 @@
 //! `ADP_CANDLE_OP_TIMES=1`: adp's custom ops print the wall time of each backward call to stderr,
-//! one line `adp-op-time <op> <µs> <dims>` (the output gradient's dims), and a learning step its
-//! UNet forward pass (tracked or not, after a line `unet-start`), its whole backward pass and the
-//! release of its graph as ops `unet-forward`, `backward-pass` and `graph-release`; and each forward call of those ops, tracked
-//! or not, one line `adp-op-forward <op> <µs> <dims>` (the input's dims). `perf` cannot say which op a pool worker's samples
-//! belong to (rayon's workers carry no caller); these ops run one at a time on the caller's
-//! thread, so their wall times add up, and what the whole pass spends beyond them is candle's
-//! own ops and its gradient bookkeeping. `tools/bench/backward_profile.py` sums the lines per op
-//! and shape next to PyTorch's autograd profile of the same step.
+//! one line `adp-op-time <op> <µs> <dims>` (the output gradient's dims); a UNet forward pass
+//! (tracked or not, after a line `unet-start`), a learning step's whole backward pass and the
+//! release of its graph print the same line as ops `unet-forward`, `backward-pass` and
+//! `graph-release`; and each forward call of those ops, tracked or not, prints
+//! `adp-op-forward <op> <µs> <dims>` (the input's dims). `perf` cannot say which op a pool
+//! worker's samples belong to (rayon's workers carry no caller); these ops run one at a time on
+//! the caller's thread, so their wall times add up, and what the whole pass spends beyond them is
+//! candle's own ops and its gradient bookkeeping. `tools/bench/backward_profile.py` sums the
+//! lines per op and shape next to PyTorch's autograd profile of the same step.
 use std::sync::OnceLock;
 use std::time::Instant;
 
