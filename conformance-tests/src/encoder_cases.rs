@@ -202,6 +202,13 @@ pub fn encoder_is_deterministic_batch_invariant_and_thread_safe(backend: &dyn Ba
     );
     let alone = |i| enc.image_embeddings(&images.image(i)).unwrap();
     alone_in_threads_matches_batch("image embeddings", &batch, images.len(), alone);
+    // Text too: a backend may split a batch of prompts into parts (candle, one per thread).
+    let concept = g.f32("concept").into_data();
+    let texts: Vec<String> = serde_json::from_value(g.meta_json("prompts")).expect("prompts list");
+    let prompts: Vec<Prompt> = texts.iter().map(|t| prompt(t, &concept)).collect();
+    let batch = enc.text_embeddings(&prompts).unwrap();
+    let alone = |i: usize| enc.text_embeddings(&prompts[i..i + 1]).unwrap();
+    alone_in_threads_matches_batch("text embeddings", &batch, prompts.len(), alone);
 }
 
 /// A copy of the fixture CLIP folder whose weights `edit` rewrites (name → shape and values).

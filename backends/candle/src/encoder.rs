@@ -6,6 +6,7 @@ use adp_api::requests::*;
 use adp_api::tokenizer::{ClipTokenizer, Tokens};
 use adp_api::{checks, ClipCheckpoint, Error, ImageBatch, Result, Tensor, TextImageEncoder};
 use candle_core::{DType, D};
+use rayon::prelude::*;
 
 pub struct CandleEncoder {
     model: OpenClip,
@@ -41,6 +42,13 @@ impl CandleEncoder {
     fn tokens(&self, prompts: &[Prompt]) -> Result<Vec<Tokens>> {
         self.tokenizer.encode_all(prompts, self.dims.context_length)
     }
+
+    /// The text embeddings of `prompts`, none of them trainable.
+    fn text_part(&self, prompts: &[Prompt]) -> Result<candle_core::Tensor> {
+        let tokens = self.tokens(prompts)?;
+        let slots = concept_slots(prompts, self.dims.text_width, None, &self.device)?;
+        self.model.text.encode(&tokens, &slots)
+    }
 }
 
 /// L2-normalised in f32, whatever the model's dtype (the CLIP probabilities leave the model here).
@@ -69,10 +77,25 @@ impl TextImageEncoder for CandleEncoder {
         )
     }
 
+    /// On the CPU the prompts are split into one part per thread of the calling pool, each
+    /// part's kernels on its own thread, as `visual`'s features are: the text encoder's products
+    /// are small (77 tokens), and spread over the pool they left its threads waiting between
+    /// kernels (`clip-text` 1.05–1.10× PyTorch's wall time at 0.88–0.91× its CPU time). Each
+    /// prompt is encoded on its own rows, so its embedding does not depend on its part.
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        let tokens = self.tokens(prompts)?;
-        let slots = concept_slots(prompts, self.dims.text_width, None, &self.device)?;
-        from_candle(&self.model.text.encode(&tokens, &slots)?)
+        let parts = if self.device.is_cpu() {
+            rayon::current_num_threads().min(prompts.len())
+        } else {
+            1
+        };
+        if parts <= 1 {
+            return from_candle(&self.text_part(prompts)?);
+        }
+        let embeddings = prompts
+            .par_chunks(prompts.len().div_ceil(parts))
+            .map(|part| self.text_part(part))
+            .collect::<Result<Vec<_>>>()?;
+        from_candle(&candle_core::Tensor::cat(&embeddings, 0).map_err(err)?)
     }
 
     fn token_embedding(&self, word: &str) -> Result<Vec<f32>> {
