@@ -81,7 +81,8 @@ impl TextImageEncoder for CandleEncoder {
     /// part's kernels on its own thread, as `visual`'s features are: the text encoder's products
     /// are small (77 tokens), and spread over the pool they left its threads waiting between
     /// kernels (`clip-text` 1.05–1.10× PyTorch's wall time at 0.88–0.91× its CPU time). Each
-    /// prompt is encoded on its own rows, so its embedding does not depend on its part.
+    /// prompt is encoded on its own rows, so its embedding does not depend on its part beyond
+    /// rounding (the conformance suite's prompt-alone-against-batch case).
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
         let parts = if self.device.is_cpu() {
             rayon::current_num_threads().min(prompts.len())
