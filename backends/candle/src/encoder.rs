@@ -77,24 +77,17 @@ impl TextImageEncoder for CandleEncoder {
         )
     }
 
-    /// On the CPU the prompts are split into one part per thread of the calling pool, each
-    /// part's kernels on its own thread, as `visual`'s features are: the text encoder's products
-    /// are small (77 tokens), and spread over the pool they left its threads waiting between
-    /// kernels (`clip-text` 1.05–1.10× PyTorch's wall time at 0.88–0.91× its CPU time). Each
-    /// prompt is encoded on its own rows, so its embedding does not depend on its part beyond
-    /// rounding (the conformance suite's prompt-alone-against-batch case).
+    /// The prompts split into [`crate::threads::per_thread_parts`]. Each prompt is encoded on
+    /// its own rows, so its embedding does not depend on its part beyond rounding (the
+    /// conformance suite's prompt-alone-against-batch case).
     fn text_embeddings(&self, prompts: &[Prompt]) -> Result<Tensor> {
-        let parts = if self.device.is_cpu() {
-            rayon::current_num_threads().min(prompts.len())
-        } else {
-            1
-        };
-        if parts <= 1 {
+        let parts = crate::threads::per_thread_parts(prompts.len(), &self.device);
+        if parts.len() <= 1 {
             return from_candle(&self.text_part(prompts)?);
         }
-        let embeddings = prompts
-            .par_chunks(prompts.len().div_ceil(parts))
-            .map(|part| self.text_part(part))
+        let embeddings = parts
+            .into_par_iter()
+            .map(|(start, len)| self.text_part(&prompts[start..start + len]))
             .collect::<Result<Vec<_>>>()?;
         from_candle(&candle_core::Tensor::cat(&embeddings, 0).map_err(err)?)
     }

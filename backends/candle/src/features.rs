@@ -47,29 +47,19 @@ impl CandleFeatures {
             .collect()
     }
 
-    /// `f` on each chunk of `x`, on the CPU split along the batch into one part per thread of the
-    /// calling pool, each part's kernels on its own thread. Every candle kernel spreads its work
-    /// over the pool, and between two kernels the pool's other threads sleep and are woken again:
-    /// a 4-photo batch made about 380 context switches per photo (`perf stat`: 30 515 over 20
-    /// repeats, tch's OpenMP 90), and its features took 1.4× tch's time. Kernels run per image,
-    /// so a photo's features do not depend on its part beyond rounding (the conformance suite's
-    /// batch-against-alone case).
+    /// `f` on `x` split along the batch into [`crate::threads::per_thread_parts`]. Kernels run
+    /// per image, so a photo's features do not depend on its part beyond rounding (the
+    /// conformance suite's batch-against-alone case).
     fn per_thread<T: Send>(
         &self,
         x: &candle_core::Tensor,
         f: impl Fn(&candle_core::Tensor) -> candle_core::Result<T> + Sync,
     ) -> candle_core::Result<Vec<T>> {
-        let n = x.dim(0)?;
-        let parts = if self.device.is_cpu() {
-            rayon::current_num_threads().min(n)
-        } else {
-            1
-        };
-        if parts <= 1 {
+        let parts = crate::threads::per_thread_parts(x.dim(0)?, &self.device);
+        if parts.len() <= 1 {
             return Ok(vec![f(x)?]);
         }
-        chunks(n, n.div_ceil(parts))
-            .collect::<Vec<_>>()
+        parts
             .into_par_iter()
             .map(|(start, len)| f(&x.narrow(0, start, len)?))
             .collect()

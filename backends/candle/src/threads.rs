@@ -15,6 +15,21 @@ thread_local! {
 /// (a `visual` service on 2 cores: 2.2–3.6 photos/s with it, 6.6–20.7 without). Unless the
 /// user set `CANDLE_NUM_THREADS`, it is sized to no threads before candle first builds it, so
 /// those maps run on the calling thread, inside its budget.
+/// A batch of `n` items as `(start, len)` parts, one per thread of the calling pool on the CPU
+/// (one part elsewhere), for work whose items are independent. Every candle kernel spreads its
+/// work over the pool, and between two kernels the pool's other threads sleep and are woken
+/// again; with one part per thread, each part's kernels run on its own thread (candle's `visual`
+/// features: 30 515 context switches over 20 repeats of a 4-photo batch before, 2684–3009 after;
+/// its CLIP text embeddings: 1.05–1.10× PyTorch's wall time at 0.88–0.91× its CPU time before).
+pub(crate) fn per_thread_parts(n: usize, device: &candle_core::Device) -> Vec<(usize, usize)> {
+    let parts = if device.is_cpu() {
+        rayon::current_num_threads().min(n).max(1)
+    } else {
+        1
+    };
+    adp_api::layout::chunks(n, n.div_ceil(parts)).collect()
+}
+
 pub(crate) fn keep_elementwise_maps_on_the_caller() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
