@@ -3,20 +3,20 @@ it), forward and backward to q, k and v, at the shapes of backends/candle/exampl
 (both read tools/bench/attention_shapes.json; the same thread count, medians of 5 after one
 warm-up), to put adp's candle attention next to it.
 
-    /root/.cache/adp/golden-venv/bin/python tools/bench/attention_rate.py --threads 2
+    /root/.cache/adp/golden-venv/bin/python tools/bench/attention_rate.py --threads 2 [WORD]
 """
 import torch
 import torch.nn.functional as F
 
 from rates import median_time, setup, shapes
 
-# [what, batch x heads, query rows, key rows, head width], shared with the Rust example.
-SHAPES = shapes("attention_shapes.json")
+# Rows of attention_shapes.json, shared with the Rust example: [what, batch x heads, query rows,
+# key rows, head width].
 
 
 def main():
-    setup(__doc__)
-    for what, bh, tq, tk, d in SHAPES:
+    word = setup(__doc__).word
+    for what, bh, tq, tk, d in shapes("attention_shapes.json", word):
         q, k, v = (torch.randn(1, bh, t, d) for t in (tq, tk, tk))
         with torch.inference_mode():
             fwd = median_time(lambda: F.scaled_dot_product_attention(q, k, v))

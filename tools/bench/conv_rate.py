@@ -2,20 +2,20 @@
 backends/candle/examples/conv_rate.rs (both read tools/bench/conv_shapes.json; the same thread
 count, medians of 5 after one warm-up), to put adp's candle convolution next to it.
 
-    /root/.cache/adp/golden-venv/bin/python tools/bench/conv_rate.py --threads 2
+    /root/.cache/adp/golden-venv/bin/python tools/bench/conv_rate.py --threads 2 [WORD]
 """
 import torch
 import torch.nn.functional as F
 
 from rates import median_time, setup, shapes
 
-# [what, in channels, out channels, side, stride], shared with the Rust example.
-SHAPES = shapes("conv_shapes.json")
+# Rows of conv_shapes.json, shared with the Rust example: [what, in channels, out channels,
+# side, stride].
 
 
 def main():
-    setup(__doc__)
-    for what, c, o, side, stride in SHAPES:
+    word = setup(__doc__).word
+    for what, c, o, side, stride in shapes("conv_shapes.json", word):
         x = torch.randn(1, c, side, side)
         w, b = torch.randn(o, c, 3, 3) * 0.05, torch.randn(o) * 0.05
         with torch.inference_mode():

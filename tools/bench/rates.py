@@ -11,18 +11,21 @@ import torch
 
 
 def setup(doc):
-    """Parses `--threads` (default 2) and sets torch's intra-op threads to it."""
+    """Parses `--threads` (default 2) and an optional WORD (only the shapes whose description
+    contains it, as the Rust examples take it) and sets torch's intra-op threads."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("word", nargs="?", default="", help="only the shapes whose description contains it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args
 
 
-def shapes(name):
-    """The rows of tools/bench/<name>, shared with the Rust example."""
+def shapes(name, word=""):
+    """The rows of tools/bench/<name>, shared with the Rust example; with `word`, those whose
+    description (the first column) contains it."""
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)) as f:
-        return json.load(f)
+        return [row for row in json.load(f) if word in row[0]]
 
 
 def median_time(f, reps=5):

@@ -17,7 +17,7 @@ const SHAPES: &str = include_str!("../../../tools/bench/attention_shapes.json");
 fn main() -> candle_core::Result<()> {
     let shapes: Vec<(String, usize, usize, usize, usize)> =
         serde_json::from_str(SHAPES).expect("tools/bench/attention_shapes.json");
-    for (what, bh, tq, tk, d) in shapes {
+    for (what, bh, tq, tk, d) in shapes.into_iter().filter(|s| common::wanted(&s.0)) {
         let randn = |seed, n| adp_api::rng::normals(seed, n);
         let (q, k, v) = (randn(1, bh * tq * d), randn(2, bh * tk * d), randn(3, bh * tk * d));
         let go = randn(4, bh * tq * d);

@@ -3,7 +3,9 @@
 //! (768 px: a 96×96 latent); `tools/bench/conv_rate.py` times PyTorch's (oneDNN) at the same
 //! shapes and threads. Where candle's diffusion rows trail PyTorch's, this is the part measured.
 //!
-//!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example conv_rate
+//!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example conv_rate [WORD]
+//!
+//! With WORD, only the shapes whose description contains it (e.g. `24×24`, `VAE`).
 use adp_backend_candle::conv_cpu::{conv2d, conv2d_input_grad};
 use candle_core::{Device, Tensor};
 use common::time;
@@ -18,7 +20,7 @@ fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let shapes: Vec<(String, usize, usize, usize, usize)> =
         serde_json::from_str(SHAPES).expect("tools/bench/conv_shapes.json");
-    for (what, c, o, side, stride) in shapes {
+    for (what, c, o, side, stride) in shapes.into_iter().filter(|s| common::wanted(&s.0)) {
         let x = Tensor::randn(0f32, 1.0, (1, c, side, side), &dev)?;
         let w = Tensor::randn(0f32, 0.05, (o, c, 3, 3), &dev)?;
         let b = Tensor::randn(0f32, 0.05, o, &dev)?;

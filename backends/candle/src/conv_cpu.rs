@@ -15,6 +15,29 @@ use crate::gemm_view::{self, Mat, Threads};
 /// Floats per unfolded tile (8 MiB): whole output rows, at least one.
 const TILE: usize = 1 << 21;
 
+/// Output positions per band where each thread unfolds and multiplies its own bands (whole
+/// rows, at least this many): with fewer, `gemm` packs the weight for too little work. Timed
+/// with `examples/conv_rate.rs`: 256 and 512 alike on the VAE's shapes, 1024 slower.
+const BAND: usize = 512;
+
+/// The output buffer, shared by threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: only `run_per_thread` makes one, and its bands never write the same element.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `i` places on; a method, so that closures capture the whole (Sync) wrapper.
+    ///
+    /// # Safety
+    /// `i` lies inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
 /// `x` `[N, C, H, W]` convolved with `weight` `[O, C, k_h, k_w]` plus `bias` `[O]`, zero
 /// `padding` on every side, at `stride`; `None` where this path does not apply (not the CPU, not
 /// f32, dilation other than 1), for candle's own.
@@ -172,6 +195,9 @@ impl Geometry {
         let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
         let k = c * self.kh * self.kw;
         let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
+        if !pointwise && self.run_per_thread(x, weight, o, n, out) {
+            return;
+        }
         let rows = (TILE / (k * self.ow).max(1)).clamp(1, self.oh);
         let mut col = if pointwise {
             Vec::new()
@@ -196,6 +222,43 @@ impl Geometry {
                 product(dst, ohw, true, Mat::rows(weight, k), Mat::rows(col, t), o, t, k);
             }
         }
+    }
+
+    /// [`Self::run`] with each thread of the pool unfolding its own bands of output rows and
+    /// multiplying them on its own: no thread waits for another between a band's unfolding and
+    /// its product, and a band's unfolded tile stays in the cache of the core that reads it.
+    /// `false` (nothing done) where there are too few bands to share out evenly.
+    fn run_per_thread(&self, x: &[f32], weight: &[f32], o: usize, n: usize, out: &mut [f32]) -> bool {
+        let threads = rayon::current_num_threads();
+        let (c, hw, ohw, ow) = (self.c, self.h * self.w, self.oh * self.ow, self.ow);
+        let k = c * self.kh * self.kw;
+        let rows = BAND.div_ceil(ow.max(1)).min(self.oh);
+        let bands = self.oh.div_ceil(rows.max(1));
+        if threads < 2 || n * bands < 4 * threads {
+            return false;
+        }
+        assert!(x.len() >= n * c * hw && out.len() >= n * o * ohw && weight.len() >= o * k);
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..n * bands).into_par_iter().for_each_init(
+            || vec![0f32; k * rows * ow],
+            |col, i| {
+                let (b, oy0) = (i / bands, i % bands * rows);
+                let t = rows.min(self.oh - oy0) * ow;
+                let plane = &x[b * c * hw..(b + 1) * c * hw];
+                let col = &mut col[..k * t];
+                col.chunks_exact_mut(t)
+                    .enumerate()
+                    .for_each(|(r, row)| self.unfold(plane, r, oy0, row));
+                let (lhs, rhs) = (Mat::rows(weight, k), Mat::rows(col, t));
+                // SAFETY: band (b, oy0) writes output rows oy0.. of batch b's o planes, t
+                // values each: inside `out` (asserted above) and no other band's.
+                unsafe {
+                    let at = dst.at(b * o * ohw + oy0 * ow);
+                    gemm_view::product_raw(at, ohw, true, lhs, rhs, (o, t, k), 1.0, Threads::Caller)
+                }
+            },
+        );
+        true
     }
 
     /// `dx` (`[N, C, h, w]`, zero) from the output gradient `dy`.
@@ -301,10 +364,11 @@ mod tests {
     use super::*;
 
     /// (batch, in, out, h, w, k, padding, stride): 3×3 same, strided on odd and even sides,
-    /// 1×1, non-square, inputs no larger than the kernel, unpadded, and more output rows than
-    /// one tile holds. Shared by the forward and the gradient tests.
+    /// 1×1, non-square, inputs no larger than the kernel, unpadded, more output rows than one
+    /// tile holds, and (the last two) enough bands of output rows for each of two threads to
+    /// take several, the last band short. Shared by the forward and the gradient tests.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
-    const CASES: [Case; 8] = [
+    const CASES: [Case; 10] = [
         (2, 3, 4, 7, 9, 3, 1, 1),
         (1, 5, 3, 8, 6, 3, 1, 2),
         (1, 5, 3, 7, 9, 3, 1, 2),
@@ -313,7 +377,32 @@ mod tests {
         (1, 2, 2, 1, 1, 3, 1, 1),
         (1, 4, 3, 5, 5, 3, 0, 1),
         (1, 300, 8, 40, 30, 3, 1, 1),
+        (2, 3, 4, 64, 128, 3, 1, 1),
+        (1, 2, 3, 130, 257, 3, 1, 2),
     ];
+
+    /// `f` on a pool of two threads, whatever the machine's cores: the per-thread bands apply
+    /// only with two or more.
+    fn on_two_threads(f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn the_last_cases_take_per_thread_bands() {
+        on_two_threads(|| {
+            for (i, (n, c, o, h, w, k, p, s)) in CASES.into_iter().enumerate() {
+                let g = Geometry::new(c, (h, w), (k, k), p, s);
+                let (x, weight) = (vec![0f32; n * c * h * w], vec![0f32; o * c * k * k]);
+                let mut out = vec![0f32; n * o * g.oh * g.ow];
+                let banded = g.run_per_thread(&x, &weight, o, n, &mut out);
+                assert_eq!(banded, i >= CASES.len() - 2, "case {i}");
+            }
+        })
+    }
 
     fn wave(shape: &[usize], f: fn(&Tensor) -> Result<Tensor>) -> Tensor {
         let n = shape.iter().product::<usize>();
@@ -325,6 +414,10 @@ mod tests {
 
     #[test]
     fn equals_candles_convolution() {
+        on_two_threads(equals_candles_convolution_here)
+    }
+
+    fn equals_candles_convolution_here() {
         for (n, c, o, h, w, k, p, s) in CASES {
             let x = wave(&[n, c, h, w], Tensor::sin);
             let weight = wave(&[o, c, k, k], Tensor::cos);
@@ -369,6 +462,10 @@ mod tests {
 
     #[test]
     fn input_gradient_follows_the_definition() {
+        on_two_threads(input_gradient_follows_the_definition_here)
+    }
+
+    fn input_gradient_follows_the_definition_here() {
         for (n, c, o, h, w, k, p, s) in CASES {
             let weight = wave(&[o, c, k, k], Tensor::cos);
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);

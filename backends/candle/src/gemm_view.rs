@@ -55,9 +55,35 @@ pub fn product(
         return;
     }
     assert!((m - 1) * ld + n <= dst.len());
+    // SAFETY: the assert above keeps every element of dst the product writes inside `dst`.
+    unsafe { product_raw(dst.as_mut_ptr(), ld, accumulate, lhs, rhs, (m, n, k), beta, threads) }
+}
+
+/// [`product`] into `m` rows of `n` elements at `dst`, rows `ld` apart, for callers whose
+/// threads write disjoint parts of one output (a slice per part would overlap the others).
+///
+/// # Safety
+/// Every element `dst + i·ld + j` (i < m, j < n) is valid for writes, and no other thread
+/// reads or writes it during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn product_raw(
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    (m, n, k): (usize, usize, usize),
+    beta: f32,
+    threads: Threads,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     if k == 0 {
         if !accumulate {
-            dst.chunks_mut(ld).take(m).for_each(|row| row[..n].fill(0.0));
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * ld), n).fill(0.0);
+            }
         }
         return;
     }
@@ -67,28 +93,27 @@ pub fn product(
         Threads::Pool if pool > 1 => gemm::Parallelism::Rayon(pool),
         _ => gemm::Parallelism::None,
     };
-    // SAFETY: the asserts above keep every element gemm touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    // SAFETY: the assert above keeps every element gemm reads inside `lhs` and `rhs`; the caller
+    // vouches for `dst`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        accumulate,
+        lhs.data.as_ptr(),
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.data.as_ptr(),
+        rhs.cs as isize,
+        rhs.rs as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        beta,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
