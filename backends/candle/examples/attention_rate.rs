@@ -4,7 +4,9 @@
 //! `scaled_dot_product_attention` at the same shapes and threads. GFLOP/s count the products only
 //! (two forward, five backward). Medians of 5 after one warm-up.
 //!
-//!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example attention_rate
+//!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example attention_rate [WORD]
+//!
+//! With WORD, only the shapes whose description contains it (e.g. `VAE`), as `conv_rate`.
 use adp_backend_candle::attention_cpu::{backward, forward, Dims};
 use common::time;
 
