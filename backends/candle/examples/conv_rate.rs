@@ -1,7 +1,9 @@
-//! GFLOP/s of adp's CPU convolution (`conv_cpu`: im2col tiles and `gemm` products), forward and
-//! input gradient, at the 3×3 shapes that dominate the VAE encoder (768 px) and the SD 2.1 UNet
-//! (768 px: a 96×96 latent); `tools/bench/conv_rate.py` times PyTorch's (oneDNN) at the same
-//! shapes and threads. Where candle's diffusion rows trail PyTorch's, this is the part measured.
+//! GFLOP/s of adp's CPU convolution (`conv_cpu`: im2col tiles and `gemm` products, or Winograd's
+//! F(2×2, 3×3) in `winograd_cpu` where it applies), forward and input gradient, counted as the
+//! direct convolution's multiply-adds (`2·C·O·9·oh·ow`) whatever the algorithm, at the 3×3
+//! shapes that dominate the VAE encoder (768 px) and the SD 2.1 UNet (768 px: a 96×96 latent);
+//! `tools/bench/conv_rate.py` times PyTorch's (oneDNN) at the same shapes and threads. Where
+//! candle's diffusion rows trail PyTorch's, this is the part measured.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p adp-backend-candle --example conv_rate [WORD]
 //!

@@ -1,7 +1,8 @@
 //! The 2-D convolution of the frozen UNet and VAE on the CPU, in f32: the input unfolded
 //! (im2col) a few output rows at a time, and one matrix product per tile writing straight into
 //! the NCHW output, which starts as the bias. The weight `[O, C, k, k]` is read where it lies,
-//! as the `[O, C·k²]` left factor.
+//! as the `[O, C·k²]` left factor. Large 3×3 stride-1 convolutions (the VAE's, the UNet's first
+//! two levels, and their input gradients) go to [`winograd_cpu`] instead.
 //!
 //! candle's own CPU convolution (`conv2d_tiled`) copies the whole input to NHWC and the whole
 //! weight to another order on one thread at every call (a 1280-channel 3×3 weight is 59 MB),
@@ -10,7 +11,8 @@
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::gemm_view::{self, Mat, Threads};
+use crate::gemm_view::{self, Mat, SharedOut, Threads};
+use crate::winograd_cpu;
 
 /// Floats per unfolded tile (8 MiB): whole output rows, at least one.
 const TILE: usize = 1 << 21;
@@ -19,24 +21,6 @@ const TILE: usize = 1 << 21;
 /// rows, at least this many): with fewer, `gemm` packs the weight for too little work. Timed
 /// with `examples/conv_rate.rs`: 256 and 512 alike on the VAE's shapes, 1024 slower.
 const BAND: usize = 512;
-
-/// The output buffer, shared by threads that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: only `run_per_thread` makes one, and its bands never write the same element.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The element `i` places on; a method, so that closures capture the whole (Sync) wrapper.
-    ///
-    /// # Safety
-    /// `i` lies inside the buffer.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
 
 /// `x` `[N, C, H, W]` convolved with `weight` `[O, C, k_h, k_w]` plus `bias` `[O]`, zero
 /// `padding` on every side, at `stride`; `None` where this path does not apply (not the CPU, not
@@ -195,6 +179,9 @@ impl Geometry {
         let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
         let k = c * self.kh * self.kw;
         let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
+        if let Some(s) = self.winograd(o, n) {
+            return winograd_cpu::run(s, x, weight, out);
+        }
         if !pointwise && self.run_per_thread(x, weight, o, n, out) {
             return;
         }
@@ -224,6 +211,20 @@ impl Geometry {
         }
     }
 
+    /// The convolution's sizes for [`winograd_cpu`], where it takes it: a 3×3 kernel at stride 1
+    /// on a large enough plane with enough channels.
+    fn winograd(&self, o: usize, n: usize) -> Option<winograd_cpu::Shape> {
+        let s = winograd_cpu::Shape {
+            n,
+            c: self.c,
+            o,
+            h: self.h,
+            w: self.w,
+            padding: self.padding,
+        };
+        (self.kh == 3 && self.kw == 3 && self.stride == 1 && s.applies()).then_some(s)
+    }
+
     /// [`Self::run`] with each thread of the pool unfolding its own bands of output rows and
     /// multiplying them on its own: no thread waits for another between a band's unfolding and
     /// its product, and a band's unfolded tile stays in the cache of the core that reads it.
@@ -238,7 +239,7 @@ impl Geometry {
             return false;
         }
         assert!(x.len() >= n * c * hw && out.len() >= n * o * ohw && weight.len() >= o * k);
-        let dst = SharedOut(out.as_mut_ptr());
+        let dst = SharedOut::new(out);
         (0..n * bands).into_par_iter().for_each_init(
             || vec![0f32; k * rows * ow],
             |col, i| {
@@ -365,10 +366,12 @@ mod tests {
 
     /// (batch, in, out, h, w, k, padding, stride): 3×3 same, strided on odd and even sides,
     /// 1×1, non-square, inputs no larger than the kernel, unpadded, more output rows than one
-    /// tile holds, and (the last two) enough bands of output rows for each of two threads to
-    /// take several, the last band short. Shared by the forward and the gradient tests.
+    /// tile holds, two that `winograd_cpu` takes (odd sides, so the last tiles are half outside;
+    /// padding 1 and 0, whose gradients pad 1 and 2; two bands of tiles), and (the last two)
+    /// enough bands of output rows for each of two threads to take several, the last band
+    /// short. Shared by the forward and the gradient tests.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
-    const CASES: [Case; 10] = [
+    const CASES: [Case; 12] = [
         (2, 3, 4, 7, 9, 3, 1, 1),
         (1, 5, 3, 8, 6, 3, 1, 2),
         (1, 5, 3, 7, 9, 3, 1, 2),
@@ -377,6 +380,8 @@ mod tests {
         (1, 2, 2, 1, 1, 3, 1, 1),
         (1, 4, 3, 5, 5, 3, 0, 1),
         (1, 300, 8, 40, 30, 3, 1, 1),
+        (1, 32, 40, 47, 45, 3, 1, 1),
+        (2, 40, 32, 48, 47, 3, 0, 1),
         (2, 3, 4, 64, 128, 3, 1, 1),
         (1, 2, 3, 130, 257, 3, 1, 2),
     ];
@@ -396,12 +401,28 @@ mod tests {
         on_two_threads(|| {
             for (i, (n, c, o, h, w, k, p, s)) in CASES.into_iter().enumerate() {
                 let g = Geometry::new(c, (h, w), (k, k), p, s);
+                if g.winograd(o, n).is_some() {
+                    continue; // `run` never reaches the bands then
+                }
                 let (x, weight) = (vec![0f32; n * c * h * w], vec![0f32; o * c * k * k]);
                 let mut out = vec![0f32; n * o * g.oh * g.ow];
                 let banded = g.run_per_thread(&x, &weight, o, n, &mut out);
                 assert_eq!(banded, i >= CASES.len() - 2, "case {i}");
             }
         })
+    }
+
+    #[test]
+    fn winograd_takes_the_large_3x3_cases_and_their_gradients() {
+        for (i, (n, c, o, h, w, k, p, s)) in CASES.into_iter().enumerate() {
+            let g = Geometry::new(c, (h, w), (k, k), p, s);
+            assert_eq!(g.winograd(o, n).is_some(), i == 8 || i == 9, "case {i}");
+            // The gradient at stride 1: the output gradient convolved, padded k − 1 − p.
+            if s == 1 && p < k {
+                let grad = Geometry::new(o, (g.oh, g.ow), (k, k), k - 1 - p, 1);
+                assert_eq!(grad.winograd(c, n).is_some(), i == 8 || i == 9, "gradient, case {i}");
+            }
+        }
     }
 
     fn wave(shape: &[usize], f: fn(&Tensor) -> Result<Tensor>) -> Tensor {
@@ -437,6 +458,54 @@ mod tests {
             let diff = crate::testing::max_diff(&plain, &x.conv2d(&weight, p, s, 1, 1).unwrap());
             assert!(diff < 1e-3, "no bias: {diff}");
         }
+    }
+
+    /// Winograd's transforms add up to 16 inputs and halve the weight, so its sums round
+    /// differently from the direct ones; against an f64 reference on a layer of the UNet's
+    /// depth (320 channels, inputs of magnitude ≤ 1, weights of a trained layer's size) its
+    /// error stays that of candle's direct convolution, within a small factor.
+    #[test]
+    fn winograd_rounds_like_the_direct_sum() {
+        let (c, o, side) = (320, 32, 46);
+        let x = wave(&[1, c, side, side], Tensor::sin);
+        let weight = (wave(&[o, c, 3, 3], Tensor::cos) * 0.03).unwrap();
+        assert!(Geometry::new(c, (side, side), (3, 3), 1, 1).winograd(o, 1).is_some());
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xv, wv) = (values(&x), values(&weight));
+        // Direct, in f64: each tap's weight times the shifted input plane.
+        let mut exact = vec![0f64; o * side * side];
+        for (co, out) in exact.chunks_exact_mut(side * side).enumerate() {
+            for ci in 0..c {
+                let plane = &xv[ci * side * side..][..side * side];
+                for (tap, &wt) in wv[(co * c + ci) * 9..][..9].iter().enumerate() {
+                    let (ty, tx) = (tap / 3, tap % 3);
+                    for oy in (1 - ty.min(1))..(side + 1 - ty).min(side) {
+                        let iy = oy + ty - 1;
+                        for ox in (1 - tx.min(1))..(side + 1 - tx).min(side) {
+                            out[oy * side + ox] += wt as f64 * plane[iy * side + ox + tx - 1] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        let error = |t: &Tensor| {
+            let v = values(t);
+            v.iter()
+                .zip(&exact)
+                .map(|(&a, &b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max)
+        };
+        let e_ours = error(&conv2d(&x, &weight, None, 1, 1, 1).unwrap().unwrap());
+        let e_direct = error(&x.conv2d(&weight, 1, 1, 1, 1).unwrap());
+        let scale = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
+        // On an AMD EPYC: 6.1e-7 against 2.9e-7, the largest output 0.32. The factor 8 leaves
+        // room for another CPU's summation order on either side; the floor, for a direct sum
+        // that happens to round very well.
+        let bound = 8.0 * e_direct.max(1e-7 * scale);
+        assert!(
+            e_ours < bound && e_ours < 1e-5 * scale,
+            "{e_ours} against {e_direct} (largest {scale})"
+        );
     }
 
     /// Every (batch, out channel, out y, out x, in channel, tap y, tap x).

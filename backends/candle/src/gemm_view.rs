@@ -30,6 +30,28 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// The output buffer, shared by threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+pub struct SharedOut(*mut f32);
+
+// SAFETY: the convolutions' bands that share one never write the same element.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub fn new(out: &mut [f32]) -> Self {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    /// The element `i` places on; a method, so that closures capture the whole (Sync) wrapper.
+    ///
+    /// # Safety
+    /// `i` lies inside the buffer.
+    pub unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
 /// Whose threads one product runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Threads {

@@ -30,6 +30,7 @@ mod storage;
 mod testing;
 mod threads;
 mod weights;
+mod winograd_cpu;
 
 use adp_api::learning::Learner;
 use adp_api::{
