@@ -7,8 +7,8 @@
 //!
 //! Why: the VAE encoder and the UNet's resnets are 3×3 convolutions, and `gemm`'s kernel runs
 //! them 5–20 % below oneDNN's on CPUs without AVX-512 (`examples/conv_rate.rs`). 2.25× fewer
-//! multiplications more than make up for the transforms, which are additions over data a band
-//! keeps in cache. The transforms' coefficients are 0, ±1 and ±½, so F(2×2, 3×3) rounds like
+//! multiplications more than make up for the transforms, which are additions: 1.4–1.9× the
+//! im2col path's rate on those shapes, above PyTorch's (docs/speed.md). The transforms' coefficients are 0, ±1 and ±½, so F(2×2, 3×3) rounds like
 //! the direct sum (the larger tiles, F(4×4, 3×3), lose digits and are not used).
 //!
 //! Every thread of the pool takes whole bands (rows of tiles of one image): it transforms the
@@ -28,7 +28,8 @@ const BAND_TILES: usize = 256;
 /// band, each of the 16 products packs its `[O, C]` factor for little work.
 const MIN_POSITIONS: usize = 2048;
 
-/// Input and output channels this path needs: below, the products are too shallow for `gemm`.
+/// Input and output channels this path needs: the products are `C` deep and `O` tall, and the
+/// models' first and last convolutions (3 or 4 channels on one side) stay with im2col.
 const MIN_CHANNELS: usize = 32;
 
 /// Transform components per tile (4×4).
