@@ -176,12 +176,12 @@ impl Geometry {
 
     /// `out` (`[N, O, oh, ow]`, holding the bias) plus the convolution of `x` with `weight`.
     fn run(&self, x: &[f32], weight: &[f32], o: usize, n: usize, out: &mut [f32]) {
-        let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
-        let k = c * self.kh * self.kw;
-        let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
         if let Some(s) = self.winograd(o, n) {
             return winograd_cpu::run(s, x, weight, out);
         }
+        let (c, hw, ohw) = (self.c, self.h * self.w, self.oh * self.ow);
+        let k = c * self.kh * self.kw;
+        let pointwise = self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0;
         if !pointwise && self.run_per_thread(x, weight, o, n, out) {
             return;
         }

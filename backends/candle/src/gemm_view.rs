@@ -39,6 +39,7 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// Over `out`, which the caller keeps borrowed while threads write through it.
     pub fn new(out: &mut [f32]) -> Self {
         SharedOut(out.as_mut_ptr())
     }

@@ -86,7 +86,7 @@ pub fn run(s: Shape, x: &[f32], weight: &[f32], out: &mut [f32]) {
     // A few jobs per thread, each allocating its buffers once (up to tens of MB on the VAE).
     let per_job = (s.n * bands / (4 * rayon::current_num_threads())).max(1);
     (0..s.n * bands).into_par_iter().with_min_len(per_job).for_each_init(
-        || Scratch::new(s, rows * tw),
+        || Scratch::new(s, rows, tw),
         |scratch, i| {
             let (b, ty0) = (i / bands, i % bands * rows);
             let ty1 = (ty0 + rows).min(th);
@@ -101,7 +101,7 @@ pub fn run(s: Shape, x: &[f32], weight: &[f32], out: &mut [f32]) {
             }
             // SAFETY: band (b, ty0..ty1) writes output rows 2·ty0..2·ty1 of batch b's planes
             // only, inside `out` (asserted above): no other band's.
-            unsafe { add_outputs(s, &scratch.m[..XI * s.o * t], dst, b, ty0..ty1, tw) }
+            unsafe { scratch.add_outputs(s, dst, b, ty0..ty1, tw) }
         },
     );
 }
@@ -140,8 +140,9 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(s: Shape, tiles: usize) -> Self {
-        let (_, tw, _) = s.tiles();
+    /// For bands of `rows` rows of `tw` tiles.
+    fn new(s: Shape, rows: usize, tw: usize) -> Self {
+        let tiles = rows * tw;
         Scratch {
             v: vec![0f32; XI * s.c * tiles],
             m: vec![0f32; XI * s.o * tiles],
@@ -193,6 +194,59 @@ impl Scratch {
             }
         }
     }
+
+    /// Adds `Aᵀ·m·A` of every tile's 16 products (`self.m`, after the band's products) onto its 2×2 outputs, with
+    /// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`; outputs past the plane's edge are dropped.
+    ///
+    /// # Safety
+    /// `out` holds `[N, O, oh, ow]`, and no other thread touches rows `2·ty0..2·ty1` of batch `b`.
+    unsafe fn add_outputs(&mut self, s: Shape, out: SharedOut, b: usize, tys: std::ops::Range<usize>, tw: usize) {
+        let (oh, ow) = s.out();
+        let t = tys.len() * tw;
+        // The four output rows of a tile row go where the input's rows were split.
+        let (m, pair) = (&self.m[..XI * s.o * t], &mut self.rows[..4 * tw]);
+        for oc in 0..s.o {
+            for (r, ty) in tys.clone().enumerate() {
+                let at = |xi: usize| &m[xi * s.o * t + oc * t + r * tw..][..tw];
+                let (y0, rest) = pair.split_at_mut(tw);
+                let (y1, rest) = rest.split_at_mut(tw);
+                let (y2, y3) = rest.split_at_mut(tw);
+                // Per column j: s_j (rows 0 + 1 + 2) and d_j (rows 1 − 2 − 3); then the same along j.
+                let (m0, m1, m2, m3) = (at(0), at(1), at(2), at(3));
+                let (m4, m5, m6, m7) = (at(4), at(5), at(6), at(7));
+                let (m8, m9, m10, m11) = (at(8), at(9), at(10), at(11));
+                let (m12, m13, m14, m15) = (at(12), at(13), at(14), at(15));
+                for tx in 0..tw {
+                    let s0 = m0[tx] + m4[tx] + m8[tx];
+                    let s1 = m1[tx] + m5[tx] + m9[tx];
+                    let s2 = m2[tx] + m6[tx] + m10[tx];
+                    let s3 = m3[tx] + m7[tx] + m11[tx];
+                    let d0 = m4[tx] - m8[tx] - m12[tx];
+                    let d1 = m5[tx] - m9[tx] - m13[tx];
+                    let d2 = m6[tx] - m10[tx] - m14[tx];
+                    let d3 = m7[tx] - m11[tx] - m15[tx];
+                    y0[tx] = s0 + s1 + s2;
+                    y1[tx] = s1 - s2 - s3;
+                    y2[tx] = d0 + d1 + d2;
+                    y3[tx] = d1 - d2 - d3;
+                }
+                for (dy, (even, odd)) in [(&*y0, &*y1), (&*y2, &*y3)].into_iter().enumerate() {
+                    let oy = 2 * ty + dy;
+                    if oy >= oh {
+                        continue;
+                    }
+                    // SAFETY: row oy of plane (b, oc) lies inside `out` and belongs to this band.
+                    let row = std::slice::from_raw_parts_mut(out.at(((b * s.o + oc) * oh + oy) * ow), ow);
+                    for (pair, (&e, &o)) in row.chunks_mut(2).zip(even.iter().zip(odd)) {
+                        pair[0] += e;
+                        if let Some(v) = pair.get_mut(1) {
+                            *v += o;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `dst[x] = f(a[x], b[x])`.
@@ -219,56 +273,4 @@ fn split_row(src: &[f32], p: usize, e: &mut [f32], o: &mut [f32]) {
     let (evens, odds) = (src.iter().step_by(2), src.iter().skip(1).step_by(2));
     to_even.iter_mut().skip(at_even).zip(evens).for_each(|(d, &v)| *d = v);
     to_odd.iter_mut().skip(at_odd).zip(odds).for_each(|(d, &v)| *d = v);
-}
-
-/// Adds `Aᵀ·m·A` of every tile's 16 products onto its 2×2 outputs, with
-/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`; outputs past the plane's edge are dropped.
-///
-/// # Safety
-/// `out` holds `[N, O, oh, ow]`, and no other thread touches rows `2·ty0..2·ty1` of batch `b`.
-unsafe fn add_outputs(s: Shape, m: &[f32], out: SharedOut, b: usize, tys: std::ops::Range<usize>, tw: usize) {
-    let (oh, ow) = s.out();
-    let t = tys.len() * tw;
-    let mut pair = vec![0f32; 4 * tw];
-    for oc in 0..s.o {
-        for (r, ty) in tys.clone().enumerate() {
-            let at = |xi: usize| &m[xi * s.o * t + oc * t + r * tw..][..tw];
-            let (y0, rest) = pair.split_at_mut(tw);
-            let (y1, rest) = rest.split_at_mut(tw);
-            let (y2, y3) = rest.split_at_mut(tw);
-            // Per column j: s_j (rows 0 + 1 + 2) and d_j (rows 1 − 2 − 3); then the same along j.
-            let (m0, m1, m2, m3) = (at(0), at(1), at(2), at(3));
-            let (m4, m5, m6, m7) = (at(4), at(5), at(6), at(7));
-            let (m8, m9, m10, m11) = (at(8), at(9), at(10), at(11));
-            let (m12, m13, m14, m15) = (at(12), at(13), at(14), at(15));
-            for tx in 0..tw {
-                let s0 = m0[tx] + m4[tx] + m8[tx];
-                let s1 = m1[tx] + m5[tx] + m9[tx];
-                let s2 = m2[tx] + m6[tx] + m10[tx];
-                let s3 = m3[tx] + m7[tx] + m11[tx];
-                let d0 = m4[tx] - m8[tx] - m12[tx];
-                let d1 = m5[tx] - m9[tx] - m13[tx];
-                let d2 = m6[tx] - m10[tx] - m14[tx];
-                let d3 = m7[tx] - m11[tx] - m15[tx];
-                y0[tx] = s0 + s1 + s2;
-                y1[tx] = s1 - s2 - s3;
-                y2[tx] = d0 + d1 + d2;
-                y3[tx] = d1 - d2 - d3;
-            }
-            for (dy, (even, odd)) in [(&*y0, &*y1), (&*y2, &*y3)].into_iter().enumerate() {
-                let oy = 2 * ty + dy;
-                if oy >= oh {
-                    continue;
-                }
-                // SAFETY: row oy of plane (b, oc) lies inside `out` and belongs to this band.
-                let row = std::slice::from_raw_parts_mut(out.at(((b * s.o + oc) * oh + oy) * ow), ow);
-                for (pair, (&e, &o)) in row.chunks_mut(2).zip(even.iter().zip(odd)) {
-                    pair[0] += e;
-                    if let Some(v) = pair.get_mut(1) {
-                        *v += o;
-                    }
-                }
-            }
-        }
-    }
 }
